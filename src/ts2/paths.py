@@ -1,0 +1,64 @@
+"""Where ts2 finds data it does not ship, and where it caches what it builds.
+
+Data no package ships (UltraFeedback subset, AlpacaEval references, MT-Bench-101, creative-writing prompts,
+...) is read from a *data directory* laid out like ``../shared/data``:
+
+1. ``$TS2_DATA_DIR`` when set;
+2. otherwise the first ``shared/data`` found beside the repository (``<repo>/../shared/data``, CI's layout),
+   searched upward from the current directory and from this file.
+
+Caches (tiny models, tokenizers, reference-reward caches) go to ``$TS2_CACHE_DIR`` or ``~/.cache/ts2``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_HERE = Path(__file__).resolve()
+
+
+def _candidates() -> list[Path]:
+    starts = [Path.cwd().resolve(), _HERE.parent]
+    seen: list[Path] = []
+    for start in starts:
+        for d in [start, *start.parents]:
+            for c in (d / "shared" / "data", d.parent / "shared" / "data"):
+                if c not in seen:
+                    seen.append(c)
+    return seen
+
+
+def data_dir(required: bool = True) -> Path | None:
+    """Return the local data directory (see module docstring); raise a helpful error if none is found."""
+    env = os.environ.get("TS2_DATA_DIR")
+    if env:
+        p = Path(env).expanduser().resolve()
+        if not p.is_dir():
+            raise FileNotFoundError(f"TS2_DATA_DIR={env!r} is not a directory.")
+        return p
+    for c in _candidates():
+        if (c / "SOURCES.md").is_file() or (c / "ultrafeedback").is_dir():
+            return c
+    if required:
+        raise FileNotFoundError(
+            "No ts2 data directory found. Set TS2_DATA_DIR (or paths.data_dir=...) to a folder laid out like "
+            "shared/data (ultrafeedback/, alpaca_eval/, mt_bench_101/, gem_creative_writing/, openllm/), "
+            "or clone the repo with shared/ beside it."
+        )
+    return None
+
+
+def data_file(*parts: str) -> Path:
+    """A file inside the data directory, with an error naming the missing path."""
+    p = data_dir().joinpath(*parts)
+    if not p.exists():
+        raise FileNotFoundError(f"Expected data file {p} (inside the ts2 data directory) does not exist.")
+    return p
+
+
+def cache_dir() -> Path:
+    """Cache root for built artefacts (tiny models, RM reference rewards): $TS2_CACHE_DIR or ~/.cache/ts2."""
+    p = Path(os.environ.get("TS2_CACHE_DIR", Path.home() / ".cache" / "ts2")).expanduser()
+    p.mkdir(parents=True, exist_ok=True)
+    return p
