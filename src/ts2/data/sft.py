@@ -1,0 +1,167 @@
+"""Supervised fine-tuning data for all methods (PAPER.md §3).
+
+Paper scale: ``HuggingFaceH4/ultrafeedback_binarized``, split ``train_sft``, field ``messages``, shuffled
+with seed 42. Offline: ``<data_dir>/ultrafeedback/*.jsonl`` rows ``{prompt, chosen}`` become
+``[user: prompt, assistant: chosen]``.
+
+Each conversation is rendered with the tokenizer's chat template; labels are ``-100`` everywhere except
+the tokens of assistant turns (content and end-of-turn token), found from the character spans of each
+assistant turn in the rendered text. Sequences are truncated to ``max_length``.
+
+Bad rows (no or empty assistant turn, wrong types) and rows whose whole answer is truncated away are
+skipped, counted and listed with their id and reason in ``<run_dir>/skipped_rows.jsonl``;
+``data.strict=true`` makes the first one an error naming the row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ts2.paths import data_dir
+
+IGNORE_INDEX = -100
+
+
+class BadRow(ValueError):
+    """A training row that cannot be used; the message names the row and the reason."""
+
+
+@dataclass
+class SFTData:
+    """Tokenised examples plus an account of what was skipped and why."""
+
+    examples: list[dict[str, list[int]]]
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def skip_counts(self) -> dict[str, int]:
+        return dict(Counter(s["reason"].split(":")[0] for s in self.skipped))
+
+    def write_skipped(self, run_dir: str | Path) -> Path:
+        path = Path(run_dir) / "skipped_rows.jsonl"
+        with open(path, "w", encoding="utf-8") as fh:
+            for s in self.skipped:
+                fh.write(json.dumps(s) + "\n")
+        return path
+
+
+def _local_rows(cfg: Any) -> list[tuple[str, Any]]:
+    root = Path(cfg.get("local_dir") or data_dir())
+    files = sorted(root.glob(cfg.local_glob))
+    if not files:
+        raise FileNotFoundError(f"data.local_glob={cfg.local_glob!r} matches no file under {root}.")
+    rows: list[tuple[str, Any]] = []
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                where = f"{f.name}:{lineno}"
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as err:
+                    rows.append((where, BadRow(f"invalid JSON ({err.msg})")))
+                    continue
+                if not isinstance(row, dict):
+                    rows.append((where, BadRow("row is not a JSON object")))
+                    continue
+                rid = f"{f.stem}/{row.get('source_index', lineno)}"
+                prompt, chosen = row.get(cfg.prompt_field), row.get(cfg.response_field)
+                rows.append((rid, [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}]))
+    return rows
+
+
+def _hub_rows(cfg: Any) -> list[tuple[str, Any]]:
+    import datasets
+
+    ds = datasets.load_dataset(cfg.hub_name, split=cfg.split)
+    ids = ds[cfg.id_field] if cfg.get("id_field") and cfg.id_field in ds.column_names else range(len(ds))
+    return [(f"{cfg.split}/{i}", m) for i, m in zip(ids, ds[cfg.messages_field], strict=True)]
+
+
+def load_conversations(cfg: Any) -> list[tuple[str, Any]]:
+    """(row id, messages) pairs from the configured source, shuffled with ``cfg.shuffle_seed``."""
+    if cfg.source == "local":
+        rows = _local_rows(cfg)
+    elif cfg.source == "hub":
+        rows = _hub_rows(cfg)
+    else:
+        raise ValueError(f"data.source must be 'local' or 'hub', got {cfg.source!r}.")
+    if cfg.get("shuffle_seed") is not None:
+        import random
+
+        random.Random(cfg.shuffle_seed).shuffle(rows)
+    if cfg.get("limit"):
+        rows = rows[: cfg.limit]
+    return rows
+
+
+def _check_messages(messages: Any) -> None:
+    if isinstance(messages, BadRow):
+        raise messages
+    if not isinstance(messages, list) or not messages:
+        raise BadRow("bad_type: messages must be a non-empty list")
+    has_answer = False
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadRow(f"bad_type: message {i} is not a {{role, content}} object")
+        if not isinstance(m.get("content"), str):
+            raise BadRow(f"bad_type: message {i} ({m['role']}) content is {type(m.get('content')).__name__}, not str")
+        if m["role"] == "assistant":
+            if not m["content"].strip():
+                raise BadRow(f"empty_answer: assistant message {i} is empty")
+            has_answer = True
+    if not has_answer:
+        raise BadRow("no_answer: no assistant turn")
+
+
+def tokenize_conversation(messages: list[dict[str, str]], tokenizer: Any, max_length: int) -> dict[str, list[int]]:
+    """Render with the chat template; label only assistant-turn tokens; truncate to ``max_length``."""
+    _check_messages(messages)
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    spans: list[tuple[int, int]] = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not (upto.startswith(head) and full.startswith(upto)):
+            raise ValueError(
+                "The chat template does not render conversations prefix-consistently, so assistant spans "
+                "cannot be located; use a template in which each turn only appends text."
+            )
+        spans.append((len(head), len(upto)))
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    labels = [IGNORE_INDEX] * len(ids)
+    for t, (start, _end) in enumerate(offsets):
+        if any(a <= start < b for a, b in spans):
+            labels[t] = ids[t]
+    ids, labels = ids[:max_length], labels[:max_length]
+    if all(x == IGNORE_INDEX for x in labels):
+        raise BadRow(f"truncated: every answer token lies beyond max_length={max_length}")
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def build_sft_dataset(cfg: Any, tokenizer: Any, max_length: int) -> SFTData:
+    """Tokenise every row; collect skipped rows (or raise on the first one when ``cfg.strict``)."""
+    from tqdm.auto import tqdm
+
+    out = SFTData(examples=[])
+    for rid, messages in tqdm(load_conversations(cfg), desc="tokenising", unit="row", mininterval=2):
+        try:
+            out.examples.append(tokenize_conversation(messages, tokenizer, max_length))
+        except BadRow as err:
+            if cfg.get("strict"):
+                raise BadRow(f"data row {rid}: {err} (data.strict=true)") from err
+            out.skipped.append({"id": rid, "reason": str(err)})
+    if not out.examples:
+        raise ValueError(
+            f"The training set is empty after filtering ({len(out.skipped)} rows skipped: {out.skip_counts}). "
+            "Check data.* settings and model.max_length."
+        )
+    return out

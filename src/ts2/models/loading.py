@@ -1,0 +1,80 @@
+"""Load the configured model and tokenizer (``conf/model/*.yaml``).
+
+A model config either names a checkpoint (``name_or_path``: a hub id or a local folder) or carries a
+``tiny`` block, in which case the offline tiny model is built (and cached) by :mod:`ts2.models.tiny`.
+``chat_template_from`` takes the chat template of another tokenizer: the paper trains the *base*
+Llama-3.1-8B with the *Instruct* model's template (PAPER.md §3).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_HOW_TO_GET = (
+    "Model {name!r} could not be loaded ({err}).\n"
+    "  - For a hub model: run once with network access (`huggingface-cli login`, and accept the licence on "
+    "the model page for gated models such as meta-llama/*), or download it and set "
+    "model.name_or_path=/path/to/local/folder.\n"
+    "  - Offline (HF_HUB_OFFLINE=1) only local folders and the hub cache are searched.\n"
+    "  - For CPU runs use model=tiny (built offline by `python -m ts2.models.tiny`)."
+)
+
+
+def resolve_model_path(model_cfg: Any) -> str:
+    """The folder or hub id to load: builds the tiny model on first use."""
+    tiny = model_cfg.get("tiny") if hasattr(model_cfg, "get") else None
+    if tiny is not None:
+        from ts2.models.tiny import TinySpec, build_tiny_model
+
+        return str(build_tiny_model(TinySpec(**dict(tiny))))
+    name = model_cfg["name_or_path"]
+    if not name:
+        raise ValueError("model.name_or_path is empty: name a hub id or a local folder.")
+    return str(name)
+
+
+def _wrap(name: str, fn):
+    try:
+        return fn()
+    except (OSError, ValueError) as err:  # hub ids that cannot be fetched raise OSError
+        if Path(name).exists() or "/" not in name:
+            raise
+        raise FileNotFoundError(_HOW_TO_GET.format(name=name, err=str(err).splitlines()[0])) from err
+
+
+def load_tokenizer(model_cfg: Any, path: str | None = None):
+    """Tokenizer with a pad token and the configured chat template."""
+    from transformers import AutoTokenizer
+
+    path = path or resolve_model_path(model_cfg)
+    tok = _wrap(path, lambda: AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or path))
+    src = model_cfg.get("chat_template_from")
+    if src:
+        tmpl_tok = _wrap(src, lambda: AutoTokenizer.from_pretrained(src))
+        tok.chat_template = tmpl_tok.chat_template
+    if tok.chat_template is None:
+        raise ValueError(
+            f"Tokenizer of {path!r} has no chat template; set model.chat_template_from to a tokenizer that has one."
+        )
+    if tok.pad_token is None:
+        pad = model_cfg.get("pad_token") or tok.eos_token
+        tok.pad_token = pad
+    return tok
+
+
+def load_model(model_cfg: Any, path: str | None = None, **kwargs):
+    """``AutoModelForCausalLM`` in the configured dtype and attention implementation."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model_path(model_cfg)
+    dtype = getattr(torch, model_cfg.get("dtype", "float32"))
+    attn = model_cfg.get("attn_implementation") or None
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return _wrap(
+        path,
+        lambda: AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs),
+    )

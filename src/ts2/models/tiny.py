@@ -1,0 +1,176 @@
+"""A tiny Llama-architecture model and byte-level BPE tokenizer, built offline and deterministically.
+
+Same code path as paper scale (``LlamaForCausalLM`` + a chat template in the Llama-3.1 shape, with the
+always-emitted system block that PAPER.md §3 notes), at a size that trains in seconds on a CPU.
+
+The tokenizer is a byte-level BPE trained with the ``tokenizers`` library on the local UltraFeedback
+subset (``<data_dir>/ultrafeedback/*train*.jsonl``); the weights are random (``torch.manual_seed``).
+The result is cached under ``<cache_dir>/models/<name>-<fingerprint>`` so that every build parameter gives
+its own folder, and a rebuild with the same parameters is a no-op.
+
+Command::
+
+    python -m ts2.models.tiny            # builds (or finds) the default tiny model and prints its path
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ts2.paths import cache_dir, data_dir
+
+SPECIAL_TOKENS = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+    "<|eot_id|>",
+    "<|pad|>",
+]
+
+# Llama-3.1-Instruct's shape, shortened: the system block (with its "Cutting Knowledge Date") is always
+# emitted, each turn is "<|start_header_id|>role<|end_header_id|>\n\n" + content + "<|eot_id|>".
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- set system_message = messages[0]['content'] %}{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system_message = '' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
+    "{{- 'Cutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n' }}"
+    "{{- system_message }}{{- '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """Build parameters; each distinct spec is cached in its own folder."""
+
+    name: str = "tiny-llama"
+    vocab_size: int = 1024
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 1024
+    seed: int = 0
+    corpus_glob: str = "ultrafeedback/*train*.jsonl"
+    version: int = 1  # bump when the build code changes meaningfully
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _corpus(spec: TinySpec) -> list[str]:
+    files = sorted(data_dir().glob(spec.corpus_glob))
+    if not files:
+        raise FileNotFoundError(
+            f"No tokenizer corpus matches {spec.corpus_glob!r} under the data directory {data_dir()}."
+        )
+    texts: list[str] = []
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                texts += [str(row.get("prompt", "")), str(row.get("chosen", ""))]
+    return texts
+
+
+def _train_tokenizer(spec: TinySpec, out: Path) -> None:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(spec), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|pad|>",
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out)
+
+
+def _init_model(spec: TinySpec, out: Path) -> None:
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(out)
+    eos_ids = [tok.convert_tokens_to_ids(t) for t in ("<|end_of_text|>", "<|eot_id|>")]
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=eos_ids,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(spec.seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=eos_ids, pad_token_id=tok.pad_token_id
+    )
+    model.save_pretrained(out)
+
+
+def build_tiny_model(spec: TinySpec | None = None, *, force: bool = False, **overrides) -> Path:
+    """Build (or find in the cache) the tiny model + tokenizer and return its folder.
+
+    The folder is written to a temporary sibling and renamed into place, so an interrupted build never
+    leaves a half-written model that a later call would trust.
+    """
+    spec = spec or TinySpec(**overrides)
+    target = cache_dir() / "models" / f"{spec.name}-{spec.fingerprint()}"
+    if (target / "build.json").is_file() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
+    try:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        _train_tokenizer(spec, tmp)
+        _init_model(spec, tmp)
+        (tmp / "build.json").write_text(json.dumps({"spec": asdict(spec)}, indent=2))
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--force", action="store_true", help="rebuild even if cached")
+    args = p.parse_args(argv)
+    print(build_tiny_model(force=args.force))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Fine-tune a causal LM with one of the 8 methods: ``python -m ts2.train method=ts2 model=tiny``.
+
+Config: ``conf/train.yaml`` (+ groups ``model/``, ``data/``, ``loss/``, ``method/``, ``logger/``,
+``experiment/``, ``debug/``). The run folder is named by the command-line overrides
+(``runs/<name>/<overrides>``); it receives the Hydra config, ``run.json`` (method, model, versions),
+``skipped_rows.jsonl``, ``train_log.jsonl`` (every logged step: loss, ce, lr, grad norm), checkpoints
+(``checkpoint-*``), ``train_summary.json`` and the final model in ``model/``.
+
+Training uses ``transformers.Trainer`` with the configured loss as ``compute_loss_func`` (see
+:mod:`ts2.objective` for the global-token normalisation). ``train.resume=true`` continues a killed run from
+its last checkpoint (optimizer, scheduler, RNG and data order included).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from ts2.conf import CONF_DIR
+
+log = logging.getLogger("ts2.train")
+
+
+def _git_sha() -> str | None:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("ts2", "torch", "transformers", "accelerate", "datasets"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def _training_args(cfg: DictConfig, run_dir: Path, report_to: list[str]):
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=t.warmup_ratio,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        max_grad_norm=t.max_grad_norm,
+        weight_decay=t.weight_decay,
+        neftune_noise_alpha=t.neftune_noise_alpha,
+        optim=t.optim,
+        bf16=t.bf16,
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        logging_first_step=True,
+        save_strategy="steps",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        dataloader_num_workers=t.dataloader_num_workers,
+        deepspeed=t.deepspeed,
+        seed=cfg.seed,
+        report_to=report_to,
+        run_name=f"{cfg.method.id}-{cfg.model.id}",
+        remove_unused_columns=False,
+        disable_tqdm=False,
+        **OmegaConf.to_container(t.extra_args, resolve=True),
+    )
+
+
+def _make_trainer_cls():
+    from transformers import Trainer, TrainerCallback
+
+    class TS2Trainer(Trainer):
+        """Trainer that adds the token cross-entropy to each log (whatever the training loss)."""
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            pop_ce = getattr(self.compute_loss_func, "pop_ce", None)
+            if "loss" in logs and pop_ce is not None:
+                ce = pop_ce()
+                if ce is not None:
+                    logs["ce"] = ce
+            super().log(logs, start_time)
+
+    class JsonlLog(TrainerCallback):
+        """Append every log record to <run_dir>/train_log.jsonl (one whole line each)."""
+
+        def __init__(self, path: Path) -> None:
+            self.path = path
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    return TS2Trainer, JsonlLog
+
+
+def _init_wandb(cfg: DictConfig, run_dir: Path):
+    import wandb
+
+    if not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")
+    lg = cfg.logger
+    return wandb.init(
+        project=lg.project,
+        entity=lg.entity,
+        group=lg.group,
+        name=run_dir.name,
+        tags=[cfg.method.id, cfg.model.id, *lg.tags],
+        config=OmegaConf.to_container(cfg, resolve=True),
+        dir=str(run_dir),
+        job_type="train",
+    )
+
+
+def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run one training job into ``run_dir`` and return its summary."""
+    import torch
+    from datasets import Dataset
+    from transformers import DataCollatorForSeq2Seq, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ts2.data import build_sft_dataset
+    from ts2.models import load_model, load_tokenizer, resolve_model_path
+    from ts2.objective import CausalLMObjective, HiddenPassthrough, make_loss
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    loss_fn, hyper = make_loss(cfg.loss)  # fails fast on bad loss settings
+    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    if last and not cfg.train.resume:
+        raise FileExistsError(
+            f"Run folder {run_dir} already holds {Path(last).name}. Pass train.resume=true to continue it, "
+            "or change name=/overrides to start a new run."
+        )
+    if cfg.train.resume and not last:
+        log.warning("train.resume=true but %s has no checkpoint: starting from scratch.", run_dir)
+
+    set_seed(cfg.seed)
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, model_path)
+    data = build_sft_dataset(cfg.data, tokenizer, cfg.model.max_length)
+    data.write_skipped(run_dir)
+    n_tokens = sum(sum(lab != -100 for lab in ex["labels"]) for ex in data.examples)
+    log.info(
+        "data: %d examples, %d response tokens; skipped %d rows %s (listed in skipped_rows.jsonl)",
+        len(data.examples), n_tokens, len(data.skipped), data.skip_counts,
+    )
+    model = load_model(cfg.model, model_path)
+    model.config.use_cache = False
+
+    head = None
+    if cfg.loss.fused:
+        head = model.get_output_embeddings()
+        model.set_output_embeddings(HiddenPassthrough(head))
+    objective = CausalLMObjective(
+        loss_fn, loss_id=cfg.loss.id, hyperparameters=hyper, fused=cfg.loss.fused,
+        chunk_size=cfg.loss.chunk_size, head=model.get_output_embeddings(),
+    )
+
+    meta = {
+        "method": cfg.method.id, "model": cfg.model.id, "model_path": model_path, "loss": cfg.loss.id,
+        "data": cfg.data.id, "examples": len(data.examples), "skipped_rows": len(data.skipped),
+        "response_tokens": n_tokens, "git_sha": _git_sha(), "versions": _versions(),
+    }
+    (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
+
+    wandb_run = None
+    try:
+        report_to = ["none"]
+        if cfg.logger.backend == "wandb":
+            wandb_run = _init_wandb(cfg, run_dir)
+            report_to = ["wandb"]
+        TS2Trainer, JsonlLog = _make_trainer_cls()
+        trainer = TS2Trainer(
+            model=model,
+            args=_training_args(cfg, run_dir, report_to),
+            train_dataset=Dataset.from_list(data.examples),
+            data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+            processing_class=tokenizer,
+            compute_loss_func=objective,
+            callbacks=[JsonlLog(run_dir / "train_log.jsonl")],
+        )
+        t0 = time.time()
+        result = trainer.train(resume_from_checkpoint=last if cfg.train.resume else None)
+        elapsed = time.time() - t0
+        if head is not None:
+            model.set_output_embeddings(head)
+        if cfg.train.save_final_model and trainer.is_world_process_zero():
+            trainer.save_model(str(run_dir / "model"))
+            tokenizer.save_pretrained(str(run_dir / "model"))
+        losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        summary = {
+            **meta,
+            "global_step": trainer.state.global_step,
+            "resumed_from": Path(last).name if (cfg.train.resume and last) else None,
+            "first_loss": losses[0] if losses else None,
+            "last_loss": losses[-1] if losses else None,
+            "train_runtime_s": round(elapsed, 2),
+            "train_loss_mean": result.training_loss,
+            "device": str(next(model.parameters()).device),
+            "torch_threads": torch.get_num_threads(),
+        }
+        (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        log.info("done: %s", json.dumps({k: summary[k] for k in ("global_step", "first_loss", "last_loss")}))
+        return summary
+    finally:
+        if wandb_run is not None:
+            import wandb
+
+            wandb.finish()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    train(cfg, Path(HydraConfig.get().runtime.output_dir))
+
+
+if __name__ == "__main__":
+    main()
