@@ -50,7 +50,27 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def last_complete_checkpoint(run_dir: Path) -> Path | None:
+    """Newest ``checkpoint-N`` whose ``trainer_state.json`` (written last by Trainer) parses.
+
+    A process killed while saving leaves a torn checkpoint; it is removed (with a warning) so that resuming
+    restarts from the previous complete one instead of crashing on it.
+    """
+    import shutil
+
+    ckpts = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    for ckpt in sorted(ckpts, key=lambda p: int(p.name.split("-")[-1]), reverse=True):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            return ckpt
+        except (OSError, ValueError):
+            log.warning("Removing incomplete checkpoint %s (interrupted while saving).", ckpt)
+            shutil.rmtree(ckpt, ignore_errors=True)
+    return None
+
+
 def _training_args(cfg: DictConfig, run_dir: Path, report_to: list[str]):
+    import torch
     from transformers import TrainingArguments
 
     t = cfg.train
@@ -70,13 +90,14 @@ def _training_args(cfg: DictConfig, run_dir: Path, report_to: list[str]):
         neftune_noise_alpha=t.neftune_noise_alpha,
         optim=t.optim,
         bf16=t.bf16,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         logging_steps=t.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         dataloader_num_workers=t.dataloader_num_workers,
+        dataloader_pin_memory=torch.cuda.is_available(),
         deepspeed=t.deepspeed,
         seed=cfg.seed,
         report_to=report_to,
@@ -146,7 +167,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     loss_fn, hyper = make_loss(cfg.loss)  # fails fast on bad loss settings
-    last = get_last_checkpoint(str(run_dir)) if run_dir.is_dir() else None
+    last = last_complete_checkpoint(run_dir) if cfg.train.resume else get_last_checkpoint(str(run_dir))
     if last and not cfg.train.resume:
         raise FileExistsError(
             f"Run folder {run_dir} already holds {Path(last).name}. Pass train.resume=true to continue it, "
@@ -201,7 +222,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             callbacks=[JsonlLog(run_dir / "train_log.jsonl")],
         )
         t0 = time.time()
-        result = trainer.train(resume_from_checkpoint=last if cfg.train.resume else None)
+        result = trainer.train(resume_from_checkpoint=str(last) if (cfg.train.resume and last) else None)
         elapsed = time.time() - t0
         if head is not None:
             model.set_output_embeddings(head)

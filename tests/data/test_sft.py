@@ -1,0 +1,89 @@
+"""Assistant-only labels, truncation, and the accounting of bad rows (conf/data/*.yaml)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from ts2.data.sft import IGNORE_INDEX, BadRow, build_sft_dataset, tokenize_conversation
+
+CONV = [
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Another one?"},
+    {"role": "assistant", "content": "Green, like grass."},
+]
+
+
+def _labelled_text(tok, ex):
+    return tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE_INDEX])
+
+
+def test_only_assistant_turns_are_labelled(tiny_tokenizer):
+    ex = tokenize_conversation(CONV, tiny_tokenizer, max_length=4096)
+    assert _labelled_text(tiny_tokenizer, ex) == "Blue.<|eot_id|>Green, like grass.<|eot_id|>"
+    # every labelled token is the token itself, and the prompt text is never labelled
+    assert all(lab in (IGNORE_INDEX, t) for t, lab in zip(ex["input_ids"], ex["labels"], strict=True))
+    full = tiny_tokenizer.decode(ex["input_ids"])
+    assert full == tiny_tokenizer.apply_chat_template(CONV, tokenize=False)
+    assert "Cutting Knowledge Date" in full  # the Llama-3.1-style system block is always emitted
+
+
+def test_truncation_keeps_prefix_and_drops_fully_truncated_rows(tiny_tokenizer):
+    full = tokenize_conversation(CONV, tiny_tokenizer, max_length=4096)
+    n_prompt = full["labels"].index(next(lab for lab in full["labels"] if lab != IGNORE_INDEX))
+    cut = tokenize_conversation(CONV, tiny_tokenizer, max_length=n_prompt + 2)
+    assert cut["input_ids"] == full["input_ids"][: n_prompt + 2]
+    assert sum(lab != IGNORE_INDEX for lab in cut["labels"]) == 2
+    with pytest.raises(BadRow, match="truncated"):
+        tokenize_conversation(CONV, tiny_tokenizer, max_length=n_prompt)
+
+
+def _cfg(tmp_path, rows, **kw):
+    f = tmp_path / "ultrafeedback" / "toy_train.jsonl"
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    base = dict(source="local", local_dir=str(tmp_path), local_glob="ultrafeedback/*train*.jsonl",
+                prompt_field="prompt", response_field="chosen", shuffle_seed=None, limit=None, strict=False)
+    return OmegaConf.create({**base, **kw})
+
+
+BAD_ROWS = [
+    {"prompt": "ok?", "chosen": "Yes.", "source_index": 1},
+    {"prompt": "missing answer", "source_index": 2},
+    {"prompt": "empty answer", "chosen": "   ", "source_index": 3},
+    {"prompt": 7, "chosen": "wrong prompt type", "source_index": 4},
+    "{not json",
+    {"prompt": "fine too", "chosen": "Sure.", "source_index": 6},
+]
+
+
+def test_bad_rows_are_skipped_counted_and_listed(tmp_path, tiny_tokenizer):
+    data = build_sft_dataset(_cfg(tmp_path, BAD_ROWS), tiny_tokenizer, max_length=512)
+    assert len(data.examples) == 2
+    ids = {s["id"]: s["reason"] for s in data.skipped}
+    assert set(ids) == {"toy_train/2", "toy_train/3", "toy_train/4", "toy_train.jsonl:5"}
+    assert ids["toy_train/2"].startswith("bad_type")  # content None
+    assert ids["toy_train/3"].startswith("empty_answer")
+    assert "invalid JSON" in ids["toy_train.jsonl:5"]
+    out = data.write_skipped(tmp_path)
+    assert len(out.read_text().splitlines()) == 4
+
+
+def test_strict_mode_names_the_row(tmp_path, tiny_tokenizer):
+    with pytest.raises(BadRow, match=r"data row toy_train/2: .*strict"):
+        build_sft_dataset(_cfg(tmp_path, BAD_ROWS, strict=True), tiny_tokenizer, max_length=512)
+
+
+def test_empty_after_filtering_is_an_error(tmp_path, tiny_tokenizer):
+    with pytest.raises(ValueError, match="empty after filtering"):
+        build_sft_dataset(_cfg(tmp_path, BAD_ROWS[1:4]), tiny_tokenizer, max_length=512)
+
+
+def test_local_subset_loads_from_the_data_dir(compose, tiny_tokenizer):
+    cfg = compose(["data.limit=50"])
+    data = build_sft_dataset(cfg.data, tiny_tokenizer, cfg.model.max_length)
+    assert len(data.examples) + len(data.skipped) == 50
+    assert all(len(e["input_ids"]) <= cfg.model.max_length for e in data.examples)

@@ -1,0 +1,170 @@
+"""End-to-end training on the tiny model: every method, normalisation, resume, sweeps, wandb."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ts2.train import train
+
+METHODS = ["ce", "ce_wd", "neft", "gem", "ce_ls", "sparsemax", "entmax15", "ts2"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_its_loss_falls(compose, tmp_path, method):
+    cfg = compose([f"method={method}", "debug=cpu", "train.max_steps=12", "train.logging_steps=1"])
+    summary = train(cfg, tmp_path)
+    assert summary["global_step"] == 12 and summary["method"] == method
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 12
+    first, last = sum(losses[:3]) / 3, sum(losses[-3:]) / 3
+    assert last < first, (method, losses)
+    assert all("ce" in r for r in log if "loss" in r)  # token CE is logged beside every training loss
+    assert (tmp_path / "checkpoint-12").is_dir() and (tmp_path / "skipped_rows.jsonl").is_file()
+
+
+def _one_sgd_step(compose, run_dir, batch: int, accum: int) -> dict[str, torch.Tensor]:
+    cfg = compose([
+        "method=ts2", "debug=cpu", "train.max_steps=1", "train.optim=sgd", "train.learning_rate=1.0",
+        "train.lr_scheduler_type=constant", "train.warmup_ratio=0", "train.max_grad_norm=0",
+        f"train.per_device_train_batch_size={batch}", f"train.gradient_accumulation_steps={accum}",
+        "train.save_final_model=true", "data.limit=12",
+    ])
+    train(cfg, run_dir)
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+def test_grad_accumulation_matches_one_big_batch(compose, tmp_path, tiny_tokenizer):
+    """Loss = sum over response tokens / tokens in the *global* batch (PAPER.md §3): 4 x 1 == 1 x 4.
+
+    With lr 1 and plain SGD the update is the gradient itself. The four sequences have different numbers of
+    response tokens, so a per-micro-batch mean (the usual accumulation bug) would give a different update.
+    """
+    from ts2.data import build_sft_dataset
+
+    cfg = compose(["debug=cpu", "data.limit=12"])
+    counts = [sum(x != -100 for x in e["labels"]) for e in build_sft_dataset(cfg.data, tiny_tokenizer, 256).examples]
+    assert len(set(counts)) > 2
+    a = _one_sgd_step(compose, tmp_path / "a", batch=4, accum=1)
+    b = _one_sgd_step(compose, tmp_path / "b", batch=1, accum=4)
+    from ts2.models import resolve_model_path
+
+    w0 = load_file(Path(resolve_model_path(cfg.model)) / "model.safetensors")
+    moved = 0
+    for k in w0:
+        ga, gb = w0[k] - a[k], w0[k] - b[k]
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=2e-6, msg=k)
+        moved += int(ga.abs().max() > 1e-6)
+    assert moved > 10  # the step really changed the weights
+
+
+def _cli(*args: str, cwd: Path) -> list[str]:
+    return [sys.executable, "-m", "ts2.train", *args, f"paths.runs_dir={cwd}"]
+
+
+def test_alpha_multirun_gives_one_folder_per_value(tmp_path):
+    cmd = _cli("-m", "method=ts2", "loss.alpha=0.1,0.25,1.0", "debug=cpu", "train.max_steps=2", "name=sweep",
+               cwd=tmp_path)
+    subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
+    runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "train_summary.json").exists())
+    assert runs == [f"loss.alpha={a},method=ts2,train.max_steps=2" for a in ("0.1", "0.25", "1.0")]
+    cfg = (tmp_path / "sweep" / "loss.alpha=1.0,method=ts2,train.max_steps=2" / ".hydra" / "config.yaml").read_text()
+    assert "alpha: 1.0" in cfg
+
+
+def _parses(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
+    """SIGKILL a real training process after its second checkpoint, resume it, compare with a clean run."""
+    args = ("method=ts2", "debug=cpu", "train.max_steps=12", "train.save_steps=4", "train.save_final_model=true")
+    ref = subprocess.run(_cli(*args, "name=clean", cwd=tmp_path), cwd=REPO, capture_output=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    proc = subprocess.Popen(_cli(*args, "name=killed", cwd=tmp_path), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run = tmp_path / "killed" / "method=ts2,train.max_steps=12,train.save_final_model=true"  # save_steps: excluded
+    deadline = time.time() + 300
+    while not _parses(run / "checkpoint-8" / "trainer_state.json"):
+        assert proc.poll() is None, "training ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "train_summary.json").exists()  # it really died mid-run
+    torn = run / "checkpoint-10"  # as if killed while saving: weights written, trainer_state.json empty
+    shutil.copytree(run / "checkpoint-8", torn, dirs_exist_ok=True)
+    (torn / "trainer_state.json").write_text("")
+
+    again = subprocess.run(_cli(*args, "name=killed", cwd=tmp_path), cwd=REPO, capture_output=True, timeout=600)
+    assert again.returncode != 0 and b"train.resume=true" in again.stderr  # refuses to overwrite silently
+    res = subprocess.run(_cli(*args, "name=killed", "train.resume=true", cwd=tmp_path), cwd=REPO,
+                         capture_output=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["global_step"] == 12 and summary["resumed_from"] in ("checkpoint-8", "checkpoint-12")
+    clean = load_file(tmp_path / "clean" / run.name / "model" / "model.safetensors")
+    resumed = load_file(run / "model" / "model.safetensors")
+    for k in clean:
+        torch.testing.assert_close(resumed[k], clean[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_wandb_offline_group_tags_and_finish(compose, tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    seen: dict = {}
+    real_init, real_finish = wandb.init, wandb.finish
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.setdefault("init", kw) and real_init(**kw))
+    monkeypatch.setattr(wandb, "finish", lambda *a, **k: (seen.__setitem__("finished", True), real_finish(*a, **k)))
+    cfg = compose(["method=gem", "debug=cpu", "train.max_steps=2", "logger=wandb", "name=exp1"])
+    train(cfg, tmp_path)
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert seen["init"]["group"] == "exp1" and seen["init"]["tags"] == ["gem", "tiny"]
+    assert seen.get("finished") and wandb.run is None
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_wandb_finishes_when_training_fails(compose, tmp_path, monkeypatch):
+    import transformers
+    import wandb
+
+    finished = []
+    monkeypatch.setattr(wandb, "finish", lambda *a, **k: finished.append(True))
+    monkeypatch.setattr(wandb, "init", lambda **kw: object())
+
+    def boom(self, *a, **k):
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(transformers.Trainer, "train", boom)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose(["debug=cpu", "logger=wandb"]), tmp_path)
+    assert finished == [True]
+
+
+def test_empty_dataset_after_filtering_is_a_clear_error(compose, tmp_path):
+    with pytest.raises(ValueError, match="empty after filtering"):
+        train(compose(["debug=cpu", "data.limit=5", "model.max_length=8"]), tmp_path)
+
+
+def test_missing_model_says_how_to_get_it(compose, tmp_path):
+    with pytest.raises(FileNotFoundError, match="huggingface-cli login"):
+        train(compose(["model=llama31_8b", "data.limit=2"]), tmp_path)
