@@ -1,0 +1,1 @@
+"""Evaluation metrics (pure functions) and one module per benchmark (PAPER.md §4)."""

@@ -1,0 +1,226 @@
+"""Diversity metrics (PAPER.md §4) against independent references: hand counts, sacrebleu, nltk, numpy."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import nltk
+import numpy as np
+import punkt
+import pytest
+import sacrebleu
+from nltk.tokenize.punkt import load_punkt_params
+
+from ts2.eval import diversity as D
+from ts2.eval import tokenize as T
+
+TEXTS = [
+    "Dr. Smith went to Washington. He arrived at 5 p.m. and left early! Did he? Yes.",
+    'She said, "It costs $3.50 in the U.S." Then she left. The end.',
+    "Mr. Jones, e.g. the rep., said no. It was Jan. 5. Nobody (not even Ms. Lee) agreed.",
+    "First line.\nSecond line... and a third one? Sure: yes.",
+]
+
+# Groups for the self-BLEU references: mixed sizes, a duplicate pair (ties in the n-gram counts) and
+# repeated words inside one sample (clipping counts above 1).
+BLEU_GROUPS = [
+    ["the cat sat on the mat today", "the cat sat on a mat today", "a dog ran in the park all day"],
+    ["the the the the cat sat down", "the the cat sat down now", "the the cat sat down now", "one two"],
+    [
+        "I think the answer is forty two because it always is.",
+        "The answer is forty two, I think, because it always is.",
+        "Honestly, nobody knows the answer to that question.",
+        "It is forty two.",
+        "",
+    ],
+    ["alpha beta gamma delta", "alpha beta gamma delta epsilon"],
+]
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return D.load_sentence_model()
+
+
+# ----------------------------------------------------------------------------------------- tokenisation
+def test_word_tokenize_equals_nltk() -> None:
+    for text in TEXTS:
+        assert T.word_tokenize(text) == nltk.word_tokenize(text)
+
+
+def test_word_tokenize_splits_sentence_final_periods() -> None:
+    # Punkt splits "world." from the next sentence; the Treebank tokenizer then splits off the period.
+    # preserve_line=True (no Punkt) would keep "world." as one token.
+    assert T.word_tokenize("Hello world. Bye.") == ["Hello", "world", ".", "Bye", "."]
+    assert nltk.word_tokenize("Hello world. Bye.", preserve_line=True) != T.word_tokenize("Hello world. Bye.")
+
+
+def test_materialised_punkt_tab_matches_the_punkt_package() -> None:
+    folder = T.ensure_punkt_tab("english")
+    params = load_punkt_params(nltk.data.find("tokenizers/punkt_tab/english/"))
+    model = punkt.load_model("english")
+    assert Path(nltk.data.find("tokenizers/punkt_tab/english/").path) == folder
+    assert params.abbrev_types == model.abbrev_types
+    assert params.collocations == model.collocations
+    assert params.sent_starters == model.sent_starters
+    assert dict(params.ortho_context) == dict(model.ortho_context)
+    # nltk's Punkt on the written files agrees with the punkt package's own, independent implementation.
+    for text in TEXTS:
+        assert nltk.sent_tokenize(text) == punkt.sent_tokenize(text)
+
+
+def _materialise_in_child(cache: str, barrier) -> list[str]:  # runs in a forked process
+    os.environ["TS2_CACHE_DIR"] = cache
+    T._ready.clear()  # forget the parent's data dir, as a fresh process would
+    barrier.wait()  # both children write at the same moment
+    T.ensure_punkt_tab("english")
+    return T.word_tokenize("Hi there. Bye.")
+
+
+def test_ensure_punkt_tab_idempotent_and_race_safe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = multiprocessing.get_context("fork")  # no re-import of nltk: the children start at once
+    barrier = ctx.Manager().Barrier(2)
+    with ctx.Pool(2) as pool:
+        outs = pool.starmap(_materialise_in_child, [(str(tmp_path), barrier)] * 2)
+    assert outs == [["Hi", "there", ".", "Bye", "."]] * 2
+    parent = tmp_path / "nltk_data" / "tokenizers" / "punkt_tab"
+    assert [p.name for p in parent.iterdir()] == ["english"]  # the loser's temporary folder is gone
+    mtimes = {f.name: f.stat().st_mtime_ns for f in (parent / "english").iterdir()}
+    assert set(mtimes) == set(T.PUNKT_TAB_FILES)
+    # A later call (fresh process state) finds the files and does not rewrite them.
+    monkeypatch.setenv("TS2_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(T, "_ready", set())
+    monkeypatch.setattr(nltk.data, "path", [])  # only the folder ensure_punkt_tab registers
+    assert T.ensure_punkt_tab("english") == parent / "english"
+    assert {f.name: f.stat().st_mtime_ns for f in (parent / "english").iterdir()} == mtimes
+    found = nltk.data.find("tokenizers/punkt_tab/english/")
+    assert Path(found.path) == parent / "english"
+    assert load_punkt_params(found).abbrev_types == punkt.load_model("english").abbrev_types
+
+
+# ------------------------------------------------------------------------------------------------ n-gram
+def test_ngram_hand_computed() -> None:
+    groups = [["the cat sat", "the cat ran"], ["Hi. Hi."]]
+    # prompt 0 tokens: [the cat sat] [the cat ran]
+    #   1-grams: 6 total, unique {the, cat, sat, ran} = 4           -> 4/6
+    #   2-grams: (the cat) (cat sat) (the cat) (cat ran): 4, 3 uniq -> 3/4
+    #   3-grams: (the cat sat) (the cat ran): 2, 2 unique          -> 2/2
+    # prompt 1 tokens (Punkt splits the two sentences): [Hi . Hi .]
+    #   1-grams: 4 total, unique {Hi, .} = 2                         -> 2/4
+    #   2-grams: (Hi .) (. Hi) (Hi .): 3, 2 unique                   -> 2/3
+    #   3-grams: (Hi . Hi) (. Hi .): 2, 2 unique                     -> 2/2
+    p0 = (4 / 6 + 3 / 4 + 2 / 2) / 3
+    p1 = (2 / 4 + 2 / 3 + 2 / 2) / 3
+    assert D.ngram_diversity(groups) == pytest.approx(100 * (p0 + p1) / 2, abs=1e-12)
+    assert D.distinct_n(groups[0], 2) == pytest.approx(3 / 4)
+    # Only unigrams: prompt 0 4/6, prompt 1 2/4.
+    assert D.ngram_diversity(groups, 1, 1) == pytest.approx(100 * (4 / 6 + 2 / 4) / 2, abs=1e-12)
+
+
+def test_ngram_missing_order_scores_zero_with_warning() -> None:
+    # one token each: 1-grams 2/2 = 1; no 2- or 3-grams -> 0 each (official GEM behaviour)
+    with pytest.warns(UserWarning, match="prompt 0"):
+        assert D.ngram_diversity([["hi", "yo"]]) == pytest.approx(100 / 3)
+
+
+def test_ngram_parallel_equals_serial() -> None:
+    groups = [[t, TEXTS[(i + 1) % len(TEXTS)]] for i, t in enumerate(TEXTS)]
+    assert D.ngram_diversity(groups, num_workers=2) == D.ngram_diversity(groups)
+
+
+# --------------------------------------------------------------------------------------------- self-BLEU
+def _direct_self_bleu(groups: list[list[str]], paper: bool) -> float:
+    per_prompt = []
+    for g in groups:
+        scores = []
+        for i, h in enumerate(g):
+            refs = g[:i] + g[i + 1 :]
+            streams = [refs] if paper else [[r] for r in refs]
+            scores.append(sacrebleu.corpus_bleu([h], streams).score)
+        per_prompt.append(sum(scores) / len(scores))
+    return 100 - sum(per_prompt) / len(per_prompt)
+
+
+@pytest.mark.parametrize(("mode", "paper"), [("paper", True), ("all_refs", False)])
+def test_self_bleu_equals_direct_sacrebleu(mode: str, paper: bool) -> None:
+    got = D.self_bleu_diversity(BLEU_GROUPS, mode)  # type: ignore[arg-type]
+    assert got == pytest.approx(_direct_self_bleu(BLEU_GROUPS, paper), abs=1e-9)
+    assert D.self_bleu_diversity(BLEU_GROUPS, mode, num_workers=2) == pytest.approx(got, abs=1e-12)  # type: ignore[arg-type]
+
+
+def test_self_bleu_modes_differ_when_first_other_sample_is_unrelated() -> None:
+    # Sample 0 shares nothing with the rest, samples 1-3 are near copies: in paper mode samples 1-3 are
+    # scored against sample 0 only (BLEU ~ 0), in all_refs mode against their near copies (BLEU high).
+    group = [
+        "zebras quietly graze under purple skies near distant volcanoes",
+        "the quick brown fox jumps over the lazy dog again today",
+        "the quick brown fox jumps over the lazy dog once more today",
+        "the quick brown fox jumps over a lazy dog again today",
+    ]
+    paper, all_refs = D.self_bleu_diversity([group], "paper"), D.self_bleu_diversity([group], "all_refs")
+    assert paper == pytest.approx(_direct_self_bleu([group], True), abs=1e-9)
+    assert all_refs == pytest.approx(_direct_self_bleu([group], False), abs=1e-9)
+    assert paper - all_refs > 30
+
+
+def test_identical_samples_have_no_diversity(minilm) -> None:
+    sentence = "one two three four five six seven eight nine ten"
+    groups = [[sentence] * 4, [TEXTS[0]] * 3]
+    # prompt 0: 4 copies of 10 distinct words -> every n-gram appears 4 times: distinct-n = 1/4 for n = 1..3
+    assert D.distinct_n(groups[0], 1) == D.distinct_n(groups[0], 3) == pytest.approx(0.25)
+    assert D.ngram_diversity(groups[:1]) == pytest.approx(25.0)
+    for mode in D.SELF_BLEU_MODES:
+        assert D.self_bleu_diversity(groups, mode) == pytest.approx(0.0, abs=1e-9)  # type: ignore[arg-type]
+    assert D.sent_bert_diversity(groups, minilm) == pytest.approx(0.0, abs=1e-3)
+
+
+# --------------------------------------------------------------------------------------------- Sent-BERT
+def test_sent_bert_equals_numpy_pairwise_cosine(minilm) -> None:
+    from sentence_transformers import util
+
+    groups = [TEXTS, BLEU_GROUPS[0], ["a short one", "a completely different sentence about cooking"]]
+    per_prompt = []
+    for g in groups:
+        emb = minilm.encode(g, convert_to_numpy=True)  # not normalised: cos_sim divides by the norms
+        sims = util.cos_sim(emb, emb).numpy()
+        pairs = [sims[i, j] for i in range(len(g)) for j in range(i + 1, len(g))]
+        per_prompt.append(1 - float(np.mean(pairs)))
+    expected = 100 * float(np.mean(per_prompt))
+    assert D.sent_bert_diversity(groups, minilm, batch_size=4) == pytest.approx(expected, abs=1e-4)
+    assert 0 < expected < 100
+
+
+def test_report_keys_and_values(minilm) -> None:
+    report = D.diversity_report(BLEU_GROUPS[:2], model=minilm)
+    assert set(report) == {"ngram", "self_bleu", "sent_bert"}
+    assert report["ngram"] == D.ngram_diversity(BLEU_GROUPS[:2])
+    assert report["self_bleu"] == D.self_bleu_diversity(BLEU_GROUPS[:2], "paper")
+    assert report["sent_bert"] == pytest.approx(D.sent_bert_diversity(BLEU_GROUPS[:2], minilm), abs=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------ errors
+@pytest.mark.parametrize("fn", [D.self_bleu_diversity, D.sent_bert_diversity, D.diversity_report])
+def test_group_of_one_names_prompt(fn) -> None:
+    with pytest.raises(ValueError, match="prompt 1 has 1 sample"):
+        fn([["a b", "c d"], ["only one"]])
+
+
+@pytest.mark.parametrize("fn", [D.ngram_diversity, D.self_bleu_diversity, D.sent_bert_diversity])
+def test_bad_input_names_prompt(fn) -> None:
+    with pytest.raises(TypeError, match="prompt 1, sample 0 is int"):
+        fn([["a b", "c d"], [3, "x"]])
+    with pytest.raises(TypeError, match="prompt 0: expected a list"):
+        fn(["not a group"])
+    with pytest.raises(ValueError, match="no prompts"):
+        fn([])
+    with pytest.raises(ValueError, match="prompt 0 has 0 sample"):
+        fn([[]])
+
+
+def test_unknown_mode_and_missing_model() -> None:
+    with pytest.raises(ValueError, match="all_refs"):
+        D.self_bleu_diversity([["a", "b"]], "bogus")  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="huggingface-cli download"):
+        D.load_sentence_model("sentence-transformers/ts2-no-such-model")
