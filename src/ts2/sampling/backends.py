@@ -1,0 +1,400 @@
+"""Generation backends for the sampling stage: Hugging Face ``generate`` and vLLM (PAPER.md §4).
+
+The paper samples with vLLM (``SamplingParams(n=N, temperature, top_k, top_p, max_tokens)``, seed 42).
+Both backends here take the same :class:`SamplingParams` and the same token ids (the prompt rendered with
+the model's own chat template by :mod:`ts2.sample`), and return, per prompt, one :class:`Generation` per
+sample: text (special tokens skipped, cut before the first stop string), ``finish_reason`` ("stop": EOS or
+a stop string; "length": ``max_new_tokens`` reached) and ``num_tokens`` (generated tokens, the EOS token
+included, padding excluded).
+
+Work is split into fixed :class:`Batch` es by :meth:`plan`, which depends only on the number of prompts,
+N and the batch size, and every batch draws from its own seed derived from ``sample.seed`` and the batch's
+first (prompt, sample) index. A batch regenerated after a kill therefore reproduces exactly the samples an
+uninterrupted run would have written (same composition, same padding, same seed).
+
+- End of generation: the generation config's EOS ids, the tokenizer's EOS, the chat template's end-of-turn
+  token (:func:`end_of_turn_id`; ``eos_from_chat_template``) and any ``eos_tokens``; plus ``sample.stop``.
+- :class:`HFBackend`: batched ``model.generate`` with ``num_return_sequences``, left padding and
+  ``stop_strings``; up to ``batch_size`` sequences per call: a prompt's N samples are split into equal
+  chunks (the largest divisor of N that fits).
+- :class:`VLLMBackend`: ``LLM.generate`` on ``batch_size`` prompts per call, all N samples of a prompt in one
+  request with a per-prompt seed (vLLM's per-request seed makes a sample independent of its batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("ts2.sampling")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What to draw for every prompt (``sample:`` of ``conf/eval/<bench>.yaml``).
+
+    ``temperature == 0`` is greedy decoding (then ``n`` must be 1); ``top_k`` null/0 and ``top_p`` 1.0
+    disable those filters.
+    """
+
+    n: int
+    temperature: float
+    top_k: int | None
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.n, int) or self.n < 1:
+            problems.append(f"sample.n={self.n!r} must be an integer >= 1")
+        if self.temperature is None or self.temperature < 0:
+            problems.append(f"sample.temperature={self.temperature!r} must be >= 0 (0 = greedy)")
+        elif self.temperature == 0 and self.n != 1:
+            problems.append(
+                f"sample.n={self.n} with temperature 0 (greedy) repeats one answer; use sample.n=1"
+            )
+        if self.top_k is not None and self.top_k < 0:
+            problems.append(f"sample.top_k={self.top_k!r} must be null, 0 (off) or positive")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"sample.top_p={self.top_p!r} must be in (0, 1]")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            problems.append(f"sample.max_new_tokens={self.max_new_tokens!r} must be an integer >= 1")
+        if not isinstance(self.seed, int):
+            problems.append(f"sample.seed={self.seed!r} must be an integer")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            problems.append(f"sample.stop={list(self.stop)!r} must be a list of non-empty strings")
+        if problems:
+            raise ValueError("Bad sampling parameters: " + "; ".join(problems) + ".")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> SamplingParams:
+        stop = cfg.get("stop") or ()
+        if isinstance(stop, str):
+            stop = (stop,)
+        return cls(
+            n=cfg["n"],
+            temperature=float(cfg["temperature"]) if cfg["temperature"] is not None else None,  # type: ignore[arg-type]
+            top_k=cfg.get("top_k"),
+            top_p=float(cfg.get("top_p") if cfg.get("top_p") is not None else 1.0),
+            max_new_tokens=cfg["max_new_tokens"],
+            seed=cfg["seed"],
+            stop=tuple(stop),
+        )
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One generate call: ``samples`` (sample indices) drawn for each prompt index in ``prompts``."""
+
+    prompts: tuple[int, ...]
+    samples: range
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str
+    num_tokens: int
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A stable 31-bit seed from its parts (the run seed and a batch's first prompt / sample index)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (2**31 - 1)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """``text`` up to (not including) the earliest stop string, and whether one was found."""
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return (text[: min(cuts)], True) if cuts else (text, False)
+
+
+def end_of_turn_id(tokenizer: Any) -> int | None:
+    """The special token the chat template puts right after an assistant message (Llama-3.1: <|eot_id|>).
+
+    A model trained on a chat template ends its answer with it, even when its generation config only lists
+    the base model's EOS (the official runs sample with EOS ids [128001, 128009], PAPER.md §3).
+    """
+    marker = "\u2063ts2-end-of-turn-probe\u2063"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except Exception:  # templates may reject this shape; then there is nothing to add
+        return None
+    if marker not in text:
+        return None
+    ids = tokenizer(text.split(marker, 1)[1], add_special_tokens=False)["input_ids"]
+    if not ids:
+        return None
+    added = getattr(tokenizer, "added_tokens_decoder", {}).get(ids[0])
+    special = ids[0] in tokenizer.all_special_ids or (added is not None and added.special)
+    return int(ids[0]) if special else None
+
+
+def _eos_ids(
+    tokenizer: Any, generation_eos: Any, extra_tokens: Sequence[str], from_template: bool
+) -> list[int]:
+    ids: list[int] = []
+    for x in [generation_eos, tokenizer.eos_token_id, end_of_turn_id(tokenizer) if from_template else None]:
+        if x is None:
+            continue
+        ids += [int(i) for i in x] if isinstance(x, (list, tuple)) else [int(x)]
+    for tok in extra_tokens:
+        tid = tokenizer.convert_tokens_to_ids(tok)
+        if tid is None or tid == tokenizer.unk_token_id:
+            raise ValueError(f"sampler.eos_tokens: {tok!r} is not a token of the tokenizer.")
+        ids.append(int(tid))
+    return sorted(set(ids))
+
+
+def _model_cfg(model_cfg: Mapping[str, Any], **updates: Any) -> dict[str, Any]:
+    out = dict(model_cfg)
+    out.update({k: v for k, v in updates.items() if v is not None})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- HF
+@dataclass
+class HFBackend:
+    """Batched Hugging Face generation (see module docstring). ``batch_size`` counts sequences per call."""
+
+    model_path: str
+    model_cfg: Mapping[str, Any]
+    batch_size: int = 64
+    dtype: str | None = None
+    device: str = "auto"
+    attn_implementation: str | None = None
+    torch_threads: int | None = None
+    eos_tokens: Sequence[str] = ()
+    eos_from_chat_template: bool = True
+    name: str = field(default="hf", init=False)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        from ts2.models import load_model, load_tokenizer
+
+        if self.batch_size < 1:
+            raise ValueError(f"sampler.batch_size={self.batch_size} must be >= 1.")
+        if self.torch_threads:
+            torch.set_num_threads(int(self.torch_threads))
+        cfg = _model_cfg(self.model_cfg, dtype=self.dtype, attn_implementation=self.attn_implementation)
+        self.tokenizer = load_tokenizer(cfg, self.model_path)
+        self.model = load_model(cfg, self.model_path).eval()
+        dev = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(dev)
+        self._device = dev
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.eos_ids = _eos_ids(
+            self.tokenizer,
+            self.model.generation_config.eos_token_id,
+            self.eos_tokens,
+            self.eos_from_chat_template,
+        )
+        if not self.eos_ids:
+            raise ValueError(f"No EOS token id for {self.model_path}: set sampler.eos_tokens.")
+
+    def info(self) -> dict[str, Any]:
+        import torch
+
+        return {
+            "backend": self.name,
+            "batch_size": self.batch_size,
+            "device": self._device,
+            "dtype": str(self.model.dtype).removeprefix("torch."),
+            "eos_token_ids": self.eos_ids,
+            "pad_token_id": self.pad_id,
+            "torch_threads": torch.get_num_threads(),
+        }
+
+    def plan(self, num_prompts: int, n: int) -> list[Batch]:
+        chunk = max(d for d in range(1, min(n, self.batch_size) + 1) if n % d == 0)
+        per_batch = max(1, self.batch_size // chunk)
+        return [
+            Batch(tuple(range(g, min(g + per_batch, num_prompts))), range(j, j + chunk))
+            for g in range(0, num_prompts, per_batch)
+            for j in range(0, n, chunk)
+        ]
+
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], batch: Batch, params: SamplingParams
+    ) -> list[list[Generation]]:
+        import torch
+        from transformers import GenerationConfig
+
+        width = max(len(ids) for ids in prompt_ids)
+        input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
+        attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+        for i, ids in enumerate(prompt_ids):  # left padding: every prompt ends where generation starts
+            input_ids[i, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
+            attention[i, width - len(ids) :] = 1
+        k = len(batch.samples)
+        sampling = (
+            {}
+            if params.greedy
+            else {
+                "temperature": params.temperature,
+                "top_k": params.top_k or 0,
+                "top_p": params.top_p,
+            }
+        )
+        gen_cfg = GenerationConfig(
+            do_sample=not params.greedy,
+            num_return_sequences=k,
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=self.eos_ids,
+            pad_token_id=self.pad_id,
+            repetition_penalty=1.0,
+            stop_strings=list(params.stop) or None,
+            **sampling,
+        )
+        torch.manual_seed(derive_seed(params.seed, batch.prompts[0], batch.samples.start))
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=input_ids.to(self._device),
+                attention_mask=attention.to(self._device),
+                generation_config=gen_cfg,
+                tokenizer=self.tokenizer if params.stop else None,
+            )
+        rows = out[:, width:].tolist()  # prompt-major: row r is prompt r // k, sample r % k
+        return [[self._finish(rows[i * k + j], params) for j in range(k)] for i in range(len(prompt_ids))]
+
+    def _finish(self, tokens: list[int], params: SamplingParams) -> Generation:
+        eos = set(self.eos_ids)
+        end = next((i + 1 for i, t in enumerate(tokens) if t in eos), None)
+        if end is not None:
+            text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+            return Generation(cut_at_stop(text, params.stop)[0], "stop", end)
+        # No EOS: a row cut by a stop string is right-padded; pads without a stop string were sampled.
+        m = len(tokens)
+        while m and tokens[m - 1] == self.pad_id:
+            m -= 1
+        if m < len(tokens) and params.stop:
+            text, hit = cut_at_stop(self.tokenizer.decode(tokens[:m], skip_special_tokens=True), params.stop)
+            if hit:
+                return Generation(text, "stop", m)
+        text, hit = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
+        return Generation(text, "stop" if hit else "length", len(tokens))
+
+    def close(self) -> None:
+        self.model = None
+
+
+# ----------------------------------------------------------------------------------------------- vLLM
+_NO_VLLM = (
+    "sampler=vllm needs the `vllm` package, which is not installed here ({err}). vLLM is CUDA-only: on a GPU "
+    "machine run `pip install 'ts2[vllm]'`; elsewhere use sampler=hf."
+)
+
+
+def import_vllm() -> Any:
+    """``import vllm`` with an error that says what to do when it is missing."""
+    try:
+        import vllm
+    except ImportError as err:
+        raise ImportError(_NO_VLLM.format(err=err)) from err
+    return vllm
+
+
+@dataclass
+class VLLMBackend:
+    """vLLM generation (the paper's backend). ``batch_size`` counts prompts per ``LLM.generate`` call."""
+
+    model_path: str
+    model_cfg: Mapping[str, Any]
+    batch_size: int = 256
+    dtype: str = "auto"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    eos_tokens: Sequence[str] = ()
+    eos_from_chat_template: bool = True
+    extra_args: Mapping[str, Any] = field(default_factory=dict)
+    name: str = field(default="vllm", init=False)
+
+    def __post_init__(self) -> None:
+        vllm = import_vllm()
+        from transformers import GenerationConfig
+
+        from ts2.models import load_tokenizer
+
+        if self.batch_size < 1:
+            raise ValueError(f"sampler.batch_size={self.batch_size} must be >= 1.")
+        self.tokenizer = load_tokenizer(self.model_cfg, self.model_path)
+        try:
+            gen_eos = GenerationConfig.from_pretrained(self.model_path).eos_token_id
+        except OSError:
+            gen_eos = None
+        self.eos_ids = _eos_ids(self.tokenizer, gen_eos, self.eos_tokens, self.eos_from_chat_template)
+        self._vllm = vllm
+        self.llm = vllm.LLM(
+            model=self.model_path,
+            tokenizer=self.model_cfg.get("tokenizer") or self.model_path,
+            dtype=self.dtype,
+            tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_len,
+            enable_prefix_caching=self.enable_prefix_caching,
+            **dict(self.extra_args),
+        )
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "batch_size": self.batch_size,
+            "dtype": self.dtype,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "eos_token_ids": self.eos_ids,
+            "vllm": getattr(self._vllm, "__version__", None),
+        }
+
+    def plan(self, num_prompts: int, n: int) -> list[Batch]:
+        return [
+            Batch(tuple(range(g, min(g + self.batch_size, num_prompts))), range(n))
+            for g in range(0, num_prompts, self.batch_size)
+        ]
+
+    def request_params(self, prompt_index: int, batch: Batch, params: SamplingParams) -> Any:
+        """vLLM ``SamplingParams`` for one prompt: all its samples, with the prompt's own seed."""
+        greedy = params.greedy
+        return self._vllm.SamplingParams(
+            n=len(batch.samples),
+            seed=derive_seed(params.seed, prompt_index, batch.samples.start),
+            temperature=params.temperature,
+            top_k=-1 if greedy or not params.top_k else params.top_k,
+            top_p=1.0 if greedy else params.top_p,
+            max_tokens=params.max_new_tokens,
+            stop=list(params.stop) or None,
+            stop_token_ids=self.eos_ids,
+            skip_special_tokens=True,
+        )
+
+    def generate(
+        self, prompt_ids: Sequence[Sequence[int]], batch: Batch, params: SamplingParams
+    ) -> list[list[Generation]]:
+        requests = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
+        sp = [self.request_params(i, batch, params) for i in batch.prompts]
+        outputs = self.llm.generate(requests, sampling_params=sp, use_tqdm=False)
+        result = []
+        for out in outputs:
+            gens = []
+            for o in sorted(out.outputs, key=lambda o: o.index):
+                text, hit = cut_at_stop(o.text, params.stop)
+                reason = "stop" if hit else (o.finish_reason or "length")
+                gens.append(Generation(text, reason, len(o.token_ids)))
+            result.append(gens)
+        return result
+
+    def close(self) -> None:
+        self.llm = None
