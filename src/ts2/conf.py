@@ -23,8 +23,13 @@ def _dirname(overrides: str, default: str = "default") -> str:
     return re.sub(r"[/\\]+", "_", overrides).strip("_") or default
 
 
+def _subdir(parent: str | None, name: str) -> str | None:
+    """``<parent>/<name>``, or None when no parent folder is given."""
+    return str(Path(parent) / name) if parent else None
+
+
 def register_resolvers() -> None:
-    for name, fn in (("ts2_data_dir", _data_dir), ("ts2_dirname", _dirname)):
+    for name, fn in (("ts2_data_dir", _data_dir), ("ts2_dirname", _dirname), ("ts2_subdir", _subdir)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

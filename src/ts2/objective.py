@@ -77,8 +77,11 @@ class CausalLMObjective:
             )
         else:
             loss_sum = self.loss_fn(out, targets, reduction="sum")
-            with torch.no_grad():
-                ce = F.cross_entropy(out.detach().float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+            if self.loss_id == "ce":
+                ce = loss_sum.detach()
+            else:
+                with torch.no_grad():
+                    ce = F.cross_entropy(out.detach().float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
             self.ce_sum += float(ce)
             self.ce_tokens += n_local
         return loss_sum / denom

@@ -328,14 +328,14 @@ def split_eval_list(overrides: Sequence[str]) -> tuple[list[str] | None, list[st
     return names, rest
 
 
-def compose_all(overrides: Sequence[str]) -> list[DictConfig]:
+def compose_all(overrides: Sequence[str], config_name: str = "sample") -> list[DictConfig]:
     """One config per benchmark of ``eval=[...]`` (each composed as if given alone); needs Hydra initialised."""
     names, rest = split_eval_list(overrides)
     if names is None:
-        return [hydra.compose("sample", overrides=list(overrides))]
+        return [hydra.compose(config_name, overrides=list(overrides))]
     if not names:
         raise ValueError("eval=[] names no benchmark.")
-    return [hydra.compose("sample", overrides=[*rest, f"eval={n}"]) for n in names]
+    return [hydra.compose(config_name, overrides=[*rest, f"eval={n}"]) for n in names]
 
 
 @hydra.main(config_path=CONF_DIR, config_name="sample", version_base="1.3")

@@ -167,6 +167,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     loss_fn, hyper = make_loss(cfg.loss)  # fails fast on bad loss settings
+    done = run_dir / "train_summary.json"
+    if cfg.train.resume and done.is_file():
+        log.info("%s already finished training (train_summary.json): nothing to resume.", run_dir)
+        return json.loads(done.read_text())
     last = last_complete_checkpoint(run_dir) if cfg.train.resume else get_last_checkpoint(str(run_dir))
     if last and not cfg.train.resume:
         raise FileExistsError(
@@ -226,6 +230,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         elapsed = time.time() - t0
         if head is not None:
             model.set_output_embeddings(head)
+        if cfg.model.get("eos_token_ids"):  # PAPER.md §3: generation stops at these after training
+            model.generation_config.eos_token_id = list(cfg.model.eos_token_ids)
         if cfg.train.save_final_model and trainer.is_world_process_zero():
             trainer.save_model(str(run_dir / "model"))
             tokenizer.save_pretrained(str(run_dir / "model"))
