@@ -35,6 +35,23 @@ def test_each_method_trains_and_its_loss_falls(compose, tmp_path, method):
     assert (tmp_path / "checkpoint-12").is_dir() and (tmp_path / "skipped_rows.jsonl").is_file()
 
 
+def test_fused_head_trains_like_the_unfused_one(compose, tmp_path):
+    """loss.fused=true (chunked LM head + loss, no N x V logits) follows the same trajectory."""
+    args = ["method=ts2", "debug=cpu", "train.max_steps=3", "train.logging_steps=1", "train.save_final_model=true"]
+    logs = {}
+    for fused in (False, True):
+        run = tmp_path / str(fused)
+        train(compose([*args, f"loss.fused={fused}", "loss.chunk_size=64"]), run)
+        logs[fused] = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if '"loss"' in x]
+    for a, b in zip(logs[False], logs[True], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["ce"] == pytest.approx(b["ce"], rel=1e-4)
+    wa = load_file(tmp_path / "False" / "model" / "model.safetensors")
+    wb = load_file(tmp_path / "True" / "model" / "model.safetensors")
+    assert set(wa) == set(wb) and "lm_head.weight" in wb  # the head is restored before saving
+    for k in wa:
+        torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-5, msg=k)
+
+
 def _one_sgd_step(compose, run_dir, batch: int, accum: int) -> dict[str, torch.Tensor]:
     cfg = compose([
         "method=ts2", "debug=cpu", "train.max_steps=1", "train.optim=sgd", "train.learning_rate=1.0",

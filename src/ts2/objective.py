@@ -6,6 +6,10 @@ number of those tokens. ``Trainer`` passes that count as ``num_items_in_batch`` 
 ``-100``, summed over gradient-accumulation micro-batches and ranks), so each micro-batch returns
 ``sum / num_items_in_batch`` and accumulation 4 x batch 1 gives the same gradient as 1 x 4.
 
+Logged CE: on logging steps only (``log_ce_now``, set by the trainer before each optimizer step), the token
+cross-entropy of that step's batch is computed without gradient — free for ``ce``, one extra pass over the
+logits otherwise — so other steps pay nothing for it.
+
 Fused mode (``loss.fused=true``): the model's ``lm_head`` is replaced by a pass-through that keeps the same
 weight parameter, so the model returns hidden states [B, T, d] and the loss applies the head chunk by chunk
 (:func:`ts2.losses.fused.fused_linear_loss`) without ever holding B*T x V logits.
@@ -59,13 +63,15 @@ class CausalLMObjective:
         self.head = head
         self.ce_sum = 0.0
         self.ce_tokens = 0
+        self.log_ce_now = True
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
         out = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
         out = out[:, :-1, :].reshape(-1, out.shape[-1])
         targets = labels[:, 1:].reshape(-1).to(out.device)
-        n_local = int(targets.ne(IGNORE_INDEX).sum())
-        denom = num_items_in_batch if num_items_in_batch is not None else max(n_local, 1)
+        denom = num_items_in_batch
+        if denom is None:  # outside Trainer: normalise by this batch's own response tokens
+            denom = targets.ne(IGNORE_INDEX).sum().clamp_min(1)
         if isinstance(denom, torch.Tensor):
             denom = denom.to(out.device)
         if self.fused:
@@ -77,17 +83,24 @@ class CausalLMObjective:
             )
         else:
             loss_sum = self.loss_fn(out, targets, reduction="sum")
-            if self.loss_id == "ce":
-                ce = loss_sum.detach()
-            else:
-                with torch.no_grad():
-                    ce = F.cross_entropy(out.detach().float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
-            self.ce_sum += float(ce)
-            self.ce_tokens += n_local
+        if self.log_ce_now:
+            self.ce_sum += float(self._ce_sum(out, targets, loss_sum))
+            self.ce_tokens += int(targets.ne(IGNORE_INDEX).sum())
         return loss_sum / denom
 
+    @torch.no_grad()
+    def _ce_sum(self, out: torch.Tensor, targets: torch.Tensor, loss_sum: torch.Tensor) -> torch.Tensor:
+        if self.loss_id == "ce":
+            return loss_sum.detach()
+        if self.fused:
+            from ts2.losses.fused import fused_linear_loss
+
+            return fused_linear_loss(out.detach(), self.head.weight.detach(), targets, loss="ce",
+                                     reduction="sum", chunk_size=self.chunk_size)
+        return F.cross_entropy(out.detach().float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
+
     def pop_ce(self) -> float | None:
-        """Mean token CE since the last call (unfused mode; None in fused mode)."""
+        """Mean token CE of the batches seen since the last call with ``log_ce_now`` set (None if none)."""
         if self.ce_tokens == 0:
             return None
         ce = self.ce_sum / self.ce_tokens

@@ -133,7 +133,17 @@ def _make_trainer_cls():
                 with open(self.path, "a", encoding="utf-8") as fh:
                     fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
-    return TS2Trainer, JsonlLog
+    class CELogSchedule(TrainerCallback):
+        """Tell the objective to compute the token CE on the optimizer steps that will be logged."""
+
+        def __init__(self, objective) -> None:
+            self.objective = objective
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            step, every = state.global_step + 1, max(int(args.logging_steps), 1)
+            self.objective.log_ce_now = step == 1 or step % every == 0
+
+    return TS2Trainer, JsonlLog, CELogSchedule
 
 
 def _init_wandb(cfg: DictConfig, run_dir: Path):
@@ -215,7 +225,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.logger.backend == "wandb":
             wandb_run = _init_wandb(cfg, run_dir)
             report_to = ["wandb"]
-        TS2Trainer, JsonlLog = _make_trainer_cls()
+        TS2Trainer, JsonlLog, CELogSchedule = _make_trainer_cls()
         trainer = TS2Trainer(
             model=model,
             args=_training_args(cfg, run_dir, report_to),
@@ -223,7 +233,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             processing_class=tokenizer,
             compute_loss_func=objective,
-            callbacks=[JsonlLog(run_dir / "train_log.jsonl")],
+            callbacks=[JsonlLog(run_dir / "train_log.jsonl"), CELogSchedule(objective)],
         )
         t0 = time.time()
         result = trainer.train(resume_from_checkpoint=str(last) if (cfg.train.resume and last) else None)

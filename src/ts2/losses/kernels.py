@@ -27,7 +27,9 @@ Shapes: logits [N, V] (any float dtype; maths in fp32, fp64 for fp64 input), lab
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -39,10 +41,10 @@ from ts2.losses._common import check_hyperparameter, check_inputs, compute_dtype
 TOPK = 64
 """Values selected per row before the exactness test (a row whose support needs more is redone)."""
 
-BLOCK_BYTES_CPU = 1 << 21
-"""Rows are processed in blocks of about this many fp32 bytes so that a block stays in cache (CPU)."""
+BLOCK_BYTES_CPU = 1 << 28
+"""Rows are processed in blocks of about this many bytes of fp32 logits (bounds the scratch memory)."""
 
-BLOCK_BYTES_GPU = 1 << 28
+BLOCK_BYTES_GPU = 1 << 30
 
 LOSS_IDS = ("ce", "label_smoothing", "gem", "sparsemax", "entmax15", "ts2", "ts2_adaptive")
 
@@ -93,6 +95,21 @@ def make_spec(loss: str, **hyperparameters: Any) -> LossSpec:
     return LossSpec(name=loss, **hp)
 
 
+@contextlib.contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """Run the small [M, k] ops on one CPU thread: on a shared 2-core machine their thread barriers, not
+    their arithmetic, would dominate. The [M, V] passes stay multi-threaded."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 # --------------------------------------------------------------------------------------------------------
 # Exact thresholds from a partial selection
 
@@ -134,23 +151,25 @@ def _select_once(z: Tensor, k: int, entmax15: bool, temperature: float) -> tuple
     vocab = z.shape[1]
     kk = min(k + 1, vocab)
     values, index = z.topk(kk, dim=1)
-    zmax = values[:, 0]
-    # Entries with u <= -1 never enter the support; clamping them to -2 leaves tau unchanged and removes
-    # -inf and huge gaps from the cumulative sums.
-    scale = 0.5 if entmax15 else temperature
-    u = ((values - zmax.unsqueeze(1)) * scale).clamp_min(-2.0)
-    tau, size, probs = (_solve_entmax15 if entmax15 else _solve_sparsemax)(u)
-    solved = size < kk if kk < vocab else torch.ones_like(size, dtype=torch.bool)
+    with _one_thread(z.device):
+        zmax = values[:, 0]
+        # Entries with u <= -1 never enter the support; clamping them to -2 leaves tau unchanged and
+        # removes -inf and huge gaps from the cumulative sums.
+        scale = 0.5 if entmax15 else temperature
+        u = ((values - zmax.unsqueeze(1)) * scale).clamp_min(-2.0)
+        tau, size, probs = (_solve_entmax15 if entmax15 else _solve_sparsemax)(u)
+        solved = size < kk if kk < vocab else torch.ones_like(size, dtype=torch.bool)
     return Selection(zmax, values, index, tau, size, probs), solved
 
 
-def select(z: Tensor, *, k: int = TOPK, entmax15: bool = False, temperature: float = 1.0) -> Selection:
+def select(z: Tensor, *, k: int | None = None, entmax15: bool = False, temperature: float = 1.0) -> Selection:
     """Exact sparsemax (or 1.5-entmax) threshold of T z from a top-k selection, with fallback.
 
     z [M, V] in the compute dtype -> `Selection`; every row's support lies within its selected entries.
     Rows whose support may extend past the selection are redone with k = #{candidates} (the entries with
     z_i > max z - 1/T, or > max z - 2 for entmax15), doubled at least, until the test passes.
     """
+    k = TOPK if k is None else k
     sel, solved = _select_once(z, k, entmax15, temperature)
     if bool(solved.all()):
         return sel
@@ -172,7 +191,7 @@ def select(z: Tensor, *, k: int = TOPK, entmax15: bool = False, temperature: flo
     return sel
 
 
-def _threshold(z: Tensor, entmax15: bool, temperature: float, k: int) -> tuple[Tensor, Tensor]:
+def _threshold(z: Tensor, entmax15: bool, temperature: float, k: int | None) -> tuple[Tensor, Tensor]:
     if z.dim() == 0 or z.shape[-1] == 0:
         raise ValueError(f"need a non-empty last dimension, got shape {tuple(z.shape)}")
     zc = z.detach().to(compute_dtype(z.dtype))
@@ -183,7 +202,9 @@ def _threshold(z: Tensor, entmax15: bool, temperature: float, k: int) -> tuple[T
     return tau.reshape(zc.shape[:-1]), sel.size.reshape(zc.shape[:-1])
 
 
-def sparsemax_threshold_fast(z: Tensor, *, temperature: float = 1.0, k: int = TOPK) -> tuple[Tensor, Tensor]:
+def sparsemax_threshold_fast(
+    z: Tensor, *, temperature: float = 1.0, k: int | None = None
+) -> tuple[Tensor, Tensor]:
     """Exact sparsemax threshold of T z by partial selection (no full sort). No gradient.
 
     z [..., V] any float dtype -> (tau [...], |S| [...] int64) in the compute dtype, such that
@@ -192,7 +213,7 @@ def sparsemax_threshold_fast(z: Tensor, *, temperature: float = 1.0, k: int = TO
     return _threshold(z, False, temperature, k)
 
 
-def entmax15_threshold_fast(z: Tensor, *, k: int = TOPK) -> tuple[Tensor, Tensor]:
+def entmax15_threshold_fast(z: Tensor, *, k: int | None = None) -> tuple[Tensor, Tensor]:
     """Exact 1.5-entmax threshold by partial selection. No gradient.
 
     z [..., V] -> (tau [...], |S| [...]) with ``entmax15(z) = max(z / 2 - tau / 2, 0)^2`` (tau in the frame
@@ -205,150 +226,152 @@ def entmax15_threshold_fast(z: Tensor, *, k: int = TOPK) -> tuple[Tensor, Tensor
 # Block kernel: per-row losses and weighted gradients
 
 
-def _softmax_numerators(z: Tensor, zmax: Tensor, out: Tensor | None, scale: float = 1.0) -> Tensor:
-    """exp(scale (z - zmax)) written into `out` (or a new tensor)."""
-    buf = torch.sub(z, zmax.unsqueeze(1), out=out) if out is not None else z - zmax.unsqueeze(1)
-    if scale != 1.0:
-        buf.mul_(scale)
-    return buf.exp_()
+class Workspace:
+    """Scratch [rows, V] buffers reused across the row blocks of one call.
+
+    A fresh large tensor costs a page fault per 4 KiB page on first touch (glibc maps every allocation
+    above 32 MiB anew), which is as slow as a pass over it; reusing buffers pays that once per call.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, Tensor] = {}
+
+    def get(self, name: str, rows: int, like: Tensor) -> Tensor:
+        """A [rows, like.shape[1]] buffer with like's dtype and device (contents undefined)."""
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < rows or buf.shape[1:] != like.shape[1:] or buf.dtype != like.dtype:
+            buf = like.new_empty((rows, *like.shape[1:]))
+            self._buffers[name] = buf
+        return buf[:rows]
+
+
+def _softmax_into(z: Tensor, out: Tensor) -> Tensor:
+    """softmax(z) along dim 1 written into `out` (same dtype), one fused row-wise kernel."""
+    return torch.ops.aten._softmax.out(z, 1, False, out=out)
 
 
 def row_losses(
-    z: Tensor, y: Tensor, weight: Tensor, out: Tensor | None, spec: LossSpec, *, k: int = TOPK
+    z: Tensor,
+    y: Tensor,
+    weight: float,
+    out: Tensor | None,
+    spec: LossSpec,
+    *,
+    k: int | None = None,
+    workspace: Workspace | None = None,
 ) -> Tensor:
-    """Per-row losses of a block, and ``weight[:, None] * dL/dz`` written into `out`.
+    """Per-row losses of a block of rows, and ``weight * dL/dz`` written into `out`.
 
-    z [M, V] logits (any float dtype), y [M] labels (all valid), weight [M] row weights in the compute
-    dtype, out [M, V] compute-dtype buffer (may not alias z) or None for the loss only -> losses [M]
-    (unweighted, compute dtype).
+    z [M, V] logits in the compute dtype (fp32 or fp64), y [M] labels (none ignored), weight the weight of
+    every row in the reduction, out [M, V] buffer of z's dtype (not aliasing z) or None for the loss only
+    -> losses [M] (unweighted). Every pass over [M, V] is one whole-block op: with many small ops, two
+    cores shared with other jobs spend their time waiting at thread barriers.
     """
-    cdt = compute_dtype(z.dtype)
-    z = z if z.dtype == cdt else z.to(cdt)
     y1 = y.unsqueeze(1)
     zy = z.gather(1, y1).squeeze(1)
-    w = weight.unsqueeze(1)
     name = spec.name
     if name in ("ce", "label_smoothing"):
-        zmax = z.amax(1)
         eps = spec.epsilon if name == "label_smoothing" else 0.0
+        if out is None:
+            lse = torch.logsumexp(z, 1)
+        else:
+            zmax = z.amax(1)
+            _softmax_into(z, out)  # its row max is exp(zmax - lse)
+            lse = zmax - out.amax(1).log()
+        loss = lse - zy
         if eps:
-            vocab = z.shape[1]
-            zsum, count = z.sum(1), torch.full_like(zmax, vocab)
+            zsum, count = z.sum(1), torch.full_like(lse, z.shape[1])
             masked = ~torch.isfinite(zsum)
-            if bool(masked.any()):  # uniform smoothing over the finite logits only, as the reference
+            if bool(masked.any()):  # smoothing is uniform over the finite logits, as in the reference
                 rows = masked.nonzero().squeeze(1)
                 finite = torch.isfinite(z.index_select(0, rows))
                 zsum[rows] = torch.where(finite, z.index_select(0, rows), 0.0).sum(1)
-                count[rows] = finite.sum(1).to(cdt)
-        e = _softmax_numerators(z, zmax, out)
-        total = e.sum(1)
-        lse = zmax + total.log()
-        loss = lse - zy
-        if eps:
+                count[rows] = finite.sum(1).to(z.dtype)
             loss = (1.0 - eps) * loss + eps * (lse - zsum / count)
         if out is not None:
-            e.mul_(w / total.unsqueeze(1))
+            out.mul_(weight)
             if eps:
                 smooth = (weight * eps / count).unsqueeze(1)
-                if bool(masked.any()):
-                    e.sub_(torch.where(torch.isfinite(z), smooth, 0.0))
-                else:
-                    e.sub_(smooth)
-            e.scatter_add_(1, y1, -(1.0 - eps) * w)
+                out.sub_(torch.where(torch.isfinite(z), smooth, 0.0) if bool(masked.any()) else smooth)
+            out.scatter_add_(1, y1, torch.full_like(zy, -(1.0 - eps) * weight).unsqueeze(1))
         return loss
     if name == "gem":
-        c = _softmax_numerators(z, z.amax(1), out, 1.0 / spec.beta)
-        c.div_(c.sum(1, keepdim=True))  # q = softmax(z / beta)
-        gap = torch.sub(z, zy.unsqueeze(1)).nan_to_num_(neginf=0.0)  # -inf entries have q = 0
+        ws = workspace or Workspace()
+        scratch = torch.mul(z, 1.0 / spec.beta, out=ws.get("gem0", len(z), z))
+        q = _softmax_into(scratch, out if out is not None else ws.get("gem1", len(z), z))
+        gap = torch.sub(z, zy.unsqueeze(1), out=scratch).nan_to_num_(neginf=0.0)  # -inf entries have q = 0
+        tmp = ws.get("gem2", len(z), z)
         if spec.h == "logsigmoid":
-            c.mul_(torch.sigmoid(gap * 0.01))
-        loss = (c * gap).sum(1)
+            q.mul_(torch.mul(gap, 0.01, out=tmp).sigmoid_())  # q <- c = q * w
+        loss = torch.mul(q, gap, out=tmp).sum(1)
         if out is not None:
-            mass = c.sum(1, keepdim=True)
-            c.mul_(w)
-            c.scatter_add_(1, y1, -w * mass)
+            mass = q.sum(1, keepdim=True)
+            q.mul_(weight)
+            q.scatter_add_(1, y1, -weight * mass)
         return loss
 
     is_entmax = name == "entmax15"
     temp = spec.temperature if name.startswith("ts2") else 1.0
     sel = select(z, k=k, entmax15=is_entmax, temperature=temp)
     p, zmax = sel.probs, sel.zmax
-    if is_entmax:
-        # Fenchel-Young: (1 - sum p^1.5) / 0.75 + <p, z - zmax> - (z_y - zmax); on the support z - zmax = 2u
-        u = ((sel.values - zmax.unsqueeze(1)) * 0.5).clamp_min(-2.0)  # p = 0 where clamped; no 0 * inf
-        loss = (1.0 - (p * p.sqrt()).sum(1)) / 0.75 + 2.0 * (p * u).sum(1) - (zy - zmax)
-    else:
-        # sparsemax loss of T z in the frame shifted by T max z: tau - u_y + (1 + ||p||^2) / 2
-        u_y = temp * (zy - zmax)
-        loss = sel.tau - u_y + 0.5 * (1.0 + (p * p).sum(1))
+    with _one_thread(z.device):
+        if is_entmax:
+            # Fenchel-Young: (1 - sum p^1.5) / 0.75 + <p, z - zmax> - (z_y - zmax); z - zmax = 2u on S
+            u = ((sel.values - zmax.unsqueeze(1)) * 0.5).clamp_min(-2.0)  # p = 0 where clamped: no 0 * inf
+            loss = (1.0 - (p * p.sqrt()).sum(1)) / 0.75 + 2.0 * (p * u).sum(1) - (zy - zmax)
+        else:
+            # sparsemax loss of T z in the frame shifted by T max z: tau - u_y + (1 + ||p||^2) / 2
+            u_y = temp * (zy - zmax)
+            loss = sel.tau - u_y + 0.5 * (1.0 + (p * p).sum(1))
     if name in ("sparsemax", "entmax15"):
         if out is not None:
             out.zero_()
-            out.scatter_add_(1, sel.index, w * p)
-            out.scatter_add_(1, y1, -w)
+            with _one_thread(z.device):
+                out.scatter_add_(1, sel.index, weight * p)
+                out.scatter_add_(1, y1, torch.full_like(zy, -weight).unsqueeze(1))
         return loss
 
-    # TS²: penalty = logsumexp(z) - logsumexp(z_H), H = S ∪ {y}
-    e = _softmax_numerators(z, zmax, out)
-    total = e.sum(1)
-    lse = zmax + total.log()
-    in_support = torch.arange(p.shape[1], device=z.device).unsqueeze(0) < sel.size.unsqueeze(1)
-    head = sel.values.masked_fill(~in_support, -math.inf)
-    y_in_support = ((sel.index == y1) & in_support).any(1)
-    y_extra = zy.masked_fill(y_in_support, -math.inf)
-    lse_head = torch.logsumexp(torch.cat([head, y_extra.unsqueeze(1)], 1), 1)
-    penalty = lse - lse_head
-    scale = torch.ones_like(penalty)
-    if spec.clamp is not None:
-        cap = -math.log1p(-spec.clamp)
-        scale = (penalty <= cap).to(cdt)
-        penalty = penalty.clamp(max=cap)
-    if name == "ts2_adaptive":
-        a = 1.0 - (u_y - sel.tau).clamp_min(0.0)  # 1 - sparsemax(T z)_y, detached
-        penalty, scale = penalty * a, scale * a
-    loss = loss + spec.alpha * penalty
+    # TS²: penalty = logsumexp(z) - logsumexp(z_H), H = S ∪ {y}, both in the frame shifted by max z so
+    # that logits of size 1e4 keep their fp32 precision.
+    if out is None:
+        lse = torch.logsumexp(z - zmax.unsqueeze(1), 1)
+    else:
+        _softmax_into(z, out)
+        lse = -out.gather(1, sel.index[:, :1]).squeeze(1).log()  # softmax at the argmax is exp(-lse)
+    with _one_thread(z.device):
+        in_support = torch.arange(p.shape[1], device=z.device).unsqueeze(0) < sel.size.unsqueeze(1)
+        head = (sel.values - zmax.unsqueeze(1)).masked_fill(~in_support, -math.inf)
+        y_in_support = ((sel.index == y1) & in_support).any(1)
+        y_extra = (zy - zmax).masked_fill(y_in_support, -math.inf)
+        lse_head = torch.logsumexp(torch.cat([head, y_extra.unsqueeze(1)], 1), 1)
+        penalty = lse - lse_head
+        scale = torch.ones_like(penalty)
+        if spec.clamp is not None:
+            cap = -math.log1p(-spec.clamp)
+            scale = (penalty <= cap).to(z.dtype)  # torch.clamp passes the gradient at the cap itself
+            penalty = penalty.clamp(max=cap)
+        if name == "ts2_adaptive":
+            a = 1.0 - (u_y - sel.tau).clamp_min(0.0)  # 1 - sparsemax(T z)_y, detached
+            penalty, scale = penalty * a, scale * a
+        loss = loss + spec.alpha * penalty
+        dense = (weight * spec.alpha * scale).unsqueeze(1)  # coefficient of softmax(z) - softmax_H(z)
     if out is not None:
-        dense = weight * spec.alpha * scale  # coefficient of softmax(z) - softmax_H(z)
-        e.mul_((dense / total).unsqueeze(1))
-        d1 = dense.unsqueeze(1)
-        e.scatter_add_(1, sel.index, temp * w * p - d1 * (head - lse_head.unsqueeze(1)).exp())
-        e.scatter_add_(1, y1, -temp * w - d1 * (y_extra - lse_head).exp().unsqueeze(1))
+        out.mul_(dense)
+        with _one_thread(z.device):
+            out.scatter_add_(1, sel.index, temp * weight * p - dense * (head - lse_head.unsqueeze(1)).exp())
+            out.scatter_add_(1, y1, -temp * weight - dense * (y_extra - lse_head).exp().unsqueeze(1))
     return loss
 
 
 def block_rows(vocab: int, device: torch.device) -> int:
-    """Rows per block: about `BLOCK_BYTES_*` of fp32 logits."""
+    """Rows per block: about `BLOCK_BYTES_CPU` (`BLOCK_BYTES_GPU`) of fp32 logits."""
     budget = BLOCK_BYTES_GPU if device.type != "cpu" else BLOCK_BYTES_CPU
     return max(1, budget // (4 * vocab))
 
 
-def blocked_row_losses(
-    z: Tensor, y: Tensor, weight: Tensor, out: Tensor | None, spec: LossSpec, *, k: int = TOPK
-) -> Tensor:
-    """`row_losses` over row blocks of a 2-D z [M, V] (out [M, V] in any float dtype, or None) -> [M]."""
-    rows, vocab = z.shape
-    cdt = compute_dtype(z.dtype)
-    step = block_rows(vocab, z.device)
-    direct = out is not None and out.dtype == cdt
-    scratch = None if out is None or direct else torch.empty(min(step, rows), vocab, dtype=cdt, device=z.device)
-    losses = []
-    for start in range(0, rows, step):
-        stop = min(start + step, rows)
-        o = None
-        if out is not None:
-            o = out[start:stop] if direct else scratch[: stop - start]
-        losses.append(row_losses(z[start:stop], y[start:stop], weight[start:stop], o, spec, k=k))
-        if out is not None and not direct:
-            out[start:stop].copy_(o)
-    return torch.cat(losses) if losses else z.new_zeros(0, dtype=cdt)
-
-
-def row_weights(labels: Tensor, ignore_index: int, reduction: str, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Kept rows [M] (non-ignored, ascending) and the weight of each in the reduction [M]."""
-    keep = (labels != ignore_index).nonzero().squeeze(1)
-    n = keep.numel()
-    value = 1.0 / n if reduction == "mean" and n > 0 else 1.0
-    return keep, torch.full((n,), value, dtype=dtype, device=labels.device)
+def row_weight(n_kept: int, reduction: str) -> float:
+    """Weight of each kept row: 1 / n for "mean", 1 for "sum"."""
+    return 1.0 / n_kept if reduction == "mean" and n_kept > 0 else 1.0
 
 
 def _runs(keep: Tensor) -> list[tuple[int, int]]:
@@ -361,37 +384,53 @@ def _runs(keep: Tensor) -> list[tuple[int, int]]:
     return [(int(k[a]), int(k[b - 1]) + 1) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+def row_blocks(labels: Tensor, ignore_index: int, step: int) -> list[slice | Tensor]:
+    """The kept (non-ignored) rows in blocks of at most `step` rows: slices of runs of consecutive kept rows
+    (no gathering) unless the runs are so short that this would make over 4 times as many blocks, then
+    index tensors."""
+    keep = (labels != ignore_index).nonzero().squeeze(1)
+    slices = [slice(a, min(a + step, stop)) for start, stop in _runs(keep) for a in range(start, stop, step)]
+    if len(slices) <= 4 * -(-keep.numel() // step):
+        return slices
+    return list(keep.split(step))
+
+
 def _loss_and_grad(
     logits: Tensor, labels: Tensor, spec: LossSpec, ignore_index: int, reduction: str, need_grad: bool
 ) -> tuple[Tensor, Tensor | None]:
     cdt = compute_dtype(logits.dtype)
     logits = logits.contiguous()
-    keep, weight = row_weights(labels, ignore_index, reduction, cdt)
+    vocab = logits.shape[1]
+    blocks = row_blocks(labels, ignore_index, block_rows(vocab, logits.device))
+    n_kept = sum(b.stop - b.start if isinstance(b, slice) else b.numel() for b in blocks)
+    weight = row_weight(n_kept, reduction)
     grad = torch.empty_like(logits) if need_grad else None
-    if grad is not None and keep.numel() < labels.numel():
+    if grad is not None and n_kept < labels.numel():
         grad.index_fill_(0, (labels == ignore_index).nonzero().squeeze(1), 0.0)
-    if keep.numel() == 0:
-        return logits.new_zeros((), dtype=cdt), grad
-    runs = _runs(keep)
-    step = block_rows(logits.shape[1], logits.device)
     total = logits.new_zeros((), dtype=cdt)
-    if len(runs) * step <= keep.numel():  # long runs of kept rows: work on views, no gathering
-        done = 0
-        for start, stop in runs:
-            n = stop - start
-            g = grad[start:stop] if grad is not None else None
-            losses = blocked_row_losses(logits[start:stop], labels[start:stop], weight[done : done + n], g, spec)
-            total = total + (losses * weight[done : done + n]).sum()
-            done += n
-        return total, grad
-    for start in range(0, keep.numel(), step):
-        rows = keep[start : start + step]
-        g = torch.empty(rows.numel(), logits.shape[1], dtype=cdt, device=logits.device) if need_grad else None
-        w = weight[start : start + step]
-        losses = row_losses(logits.index_select(0, rows), labels.index_select(0, rows), w, g, spec)
-        total = total + (losses * w).sum()
+    ws = Workspace()
+    for rows in blocks:
+        sliced = isinstance(rows, slice)
+        direct = sliced and logits.dtype == cdt
+        n = rows.stop - rows.start if sliced else rows.numel()
+        z = logits[rows] if direct else ws.get("z", n, logits.new_empty(0, vocab, dtype=cdt))
+        if sliced and not direct:
+            z.copy_(logits[rows])
+        elif not sliced:
+            if logits.dtype == cdt:
+                torch.index_select(logits, 0, rows, out=z)
+            else:
+                z.copy_(logits.index_select(0, rows))
+        out = None
         if grad is not None:
-            grad.index_copy_(0, rows, g.to(grad.dtype))
+            out = grad[rows] if direct else ws.get("out", n, z)
+        y = labels[rows] if sliced else labels.index_select(0, rows)
+        total = total + row_losses(z, y, weight, out, spec, workspace=ws).sum() * weight
+        if grad is not None and not direct:
+            if sliced:
+                grad[rows].copy_(out)
+            else:
+                grad.index_copy_(0, rows, out.to(grad.dtype))
     return total, grad
 
 
@@ -443,7 +482,12 @@ def label_smoothing_loss_fast(
 ) -> Tensor:
     """Label smoothing ``(1 - eps)(-log p_y) + eps mean_i(-log p_i)`` (finite i). [N, V], [N] -> scalar."""
     return fast_loss(
-        logits, labels, loss="label_smoothing", ignore_index=ignore_index, reduction=reduction, epsilon=epsilon
+        logits,
+        labels,
+        loss="label_smoothing",
+        ignore_index=ignore_index,
+        reduction=reduction,
+        epsilon=epsilon,
     )
 
 
@@ -457,7 +501,9 @@ def gem_loss_fast(
     h: str = "logsigmoid",
 ) -> Tensor:
     """GEM ``-sum_i q_i w_i (log p_y - log p_i)``, q = softmax(z/beta), w detached. [N, V], [N] -> scalar."""
-    return fast_loss(logits, labels, loss="gem", ignore_index=ignore_index, reduction=reduction, beta=beta, h=h)
+    return fast_loss(
+        logits, labels, loss="gem", ignore_index=ignore_index, reduction=reduction, beta=beta, h=h
+    )
 
 
 def sparsemax_loss_fast(

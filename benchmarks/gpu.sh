@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# GPU benchmark of the fused TS² loss (issue #3): from hidden [N, d] and the LM head [V, d] to the loss and
+# gradients, against torch CE (unfused, fp32 upcast of bf16 logits as in HF) and Liger's fused linear CE.
+# Needs only torch (+ triton for Liger): the ts2 loss modules come from src/ via PYTHONPATH, no hydra or
+# datasets. Liger is used if importable, or installed from a carried wheel (LIGER_WHEEL, wheels/, shared/wheels/).
+#
+#   bash benchmarks/gpu.sh                                   # N=16384 d=4096 V=128256 bf16 on cuda
+#   DEVICE=cpu N=256 D=32 V=2000 REPS=1 bash benchmarks/gpu.sh   # dry run of the script on CPU
+#
+# COMPILE=1 (default on cuda) adds a row with the per-chunk kernel under torch.compile (warmup compiles).
+# Writes $OUT/gpu_losses.csv when OUT is set (device machine), else results/benchmarks/gpu_losses.csv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
+PY="${PYTHON:-python}"
+
+if ! "$PY" -c "import liger_kernel" 2>/dev/null; then
+  wheel="${LIGER_WHEEL:-$(ls wheels/liger_kernel-*.whl shared/wheels/liger_kernel-*.whl 2>/dev/null | head -n1 || true)}"
+  if [ -n "$wheel" ]; then
+    "$PY" -m pip install --no-deps --no-index --quiet "$wheel" || echo "liger wheel $wheel did not install"
+  fi
+fi
+
+"$PY" - <<'EOF'
+import csv
+import importlib.metadata
+import math
+import os
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from _common import measure, provenance
+from ts2.losses import LOSSES
+from ts2.losses.fused import fused_linear_loss
+from ts2.losses.kernels import FAST_LOSSES
+
+N, D, V = (int(os.environ.get(k, d)) for k, d in (("N", 16384), ("D", 4096), ("V", 128256)))
+REPS = int(os.environ.get("REPS", 5))
+CHUNK = int(os.environ["CHUNK"]) if os.environ.get("CHUNK") else None
+device = torch.device(os.environ.get("DEVICE", "cuda"))
+dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[os.environ.get("DTYPE", "bf16")]
+if device.type == "cuda":
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+
+def bench(fn):
+    m = measure(fn, reps=REPS, warmup=1, device=device)  # peak memory on the warmup call
+    return m.median_ms, m.peak_mib
+
+
+g = torch.Generator(device="cpu").manual_seed(0)
+x = torch.randn(N, D, generator=g).to(device, dtype).requires_grad_()
+w = (torch.randn(V, D, generator=g) * (2.0 / math.sqrt(D))).to(device, dtype).requires_grad_()
+y = torch.randint(0, V, (N,), generator=g).to(device)
+y[: N // 8] = -100  # a prompt-like run of ignored tokens
+
+
+def step(loss_fn):
+    def fn():
+        loss_fn().backward()
+        x.grad = w.grad = None
+
+    return fn
+
+
+# Correctness on a slice, on this device: fused vs the unfused reference (autograd through the logits).
+n_chk = min(N, 1024)
+xc, yc = x[:n_chk].detach().float().requires_grad_(), y[:n_chk]
+wc = w.detach().float().requires_grad_()
+for loss in ("ce", "ts2"):
+    ref = LOSSES[loss](xc @ wc.t(), yc)
+    gx, gw = torch.autograd.grad(ref, (xc, wc))
+    got = fused_linear_loss(xc, wc, yc, loss=loss)
+    fx, fw = torch.autograd.grad(got, (xc, wc))
+    print(f"check {loss}: |dloss| {abs(float((got - ref).detach())):.2e} |ddX| {float((fx - gx).abs().max()):.2e} "
+          f"|ddW| {float((fw - gw).abs().max()):.2e}", flush=True)
+del xc, wc, gx, gw, fx, fw
+
+rows = []
+cases = [
+    ("unfused:torch_ce(fp32 logits)", lambda: F.cross_entropy((x @ w.t()).float(), y)),
+    ("unfused:fast:ts2", lambda: FAST_LOSSES["ts2"](x @ w.t(), y)),
+    ("fused:ce", lambda: fused_linear_loss(x, w, y, loss="ce", chunk_size=CHUNK)),
+    ("fused:ts2", lambda: fused_linear_loss(x, w, y, loss="ts2", chunk_size=CHUNK)),
+    ("fused:ts2_adaptive", lambda: fused_linear_loss(x, w, y, loss="ts2_adaptive", chunk_size=CHUNK)),
+]
+try:
+    from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+
+    liger = LigerFusedLinearCrossEntropyLoss()
+    cases.append(("liger:fused_linear_ce", lambda: liger(w, x, y)))
+except Exception as exc:  # absent, or no GPU driver
+    print(f"liger-kernel unavailable: {type(exc).__name__}: {exc}")
+
+COMPILE = os.environ.get("COMPILE", "1" if device.type == "cuda" else "0") == "1"
+if COMPILE:  # the same fused path with its per-chunk kernel compiled (inductor: triton on GPU)
+    cases.append(("fused:ts2(torch.compile)", lambda: fused_linear_loss(x, w, y, loss="ts2", chunk_size=CHUNK)))
+
+base = None
+for name, loss_fn in cases:
+    if name.endswith("(torch.compile)"):
+        import ts2.losses.fused as fused_module
+        from ts2.losses import kernels
+
+        fused_module.row_losses = torch.compile(kernels.row_losses, dynamic=True)
+    try:
+        ms, peak = bench(step(loss_fn))
+    except Exception:
+        traceback.print_exc()
+        ms, peak = math.nan, math.nan
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    base = base or (ms, peak)
+    rows.append({"name": name, "N": N, "d": D, "V": V, "dtype": str(dtype).split(".")[-1], "ms": ms,
+                 "time_vs_ce": ms / base[0], "peak_mib": peak, "mem_vs_ce": peak / base[1]})
+    r = rows[-1]
+    print(f"{name:32s} {ms:9.1f} ms {r['time_vs_ce']:6.2f}x  {peak:9.0f} MiB {r['mem_vs_ce']:6.2f}x", flush=True)
+
+prov = provenance(device)
+for package in ("triton", "liger-kernel"):
+    try:
+        prov[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        prov[package] = "absent"
+out = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path("results/benchmarks")
+out.mkdir(parents=True, exist_ok=True)
+with (out / "gpu_losses.csv").open("w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]) + list(prov))
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, **prov})
+print(f"wrote {out / 'gpu_losses.csv'}  ({prov['device']}, torch {prov['torch']}, {prov['date']})")
+EOF
