@@ -38,7 +38,7 @@ TABLE_COLUMNS = [  # (column in the csv, header in md/tex)
     ("creative_story/ngram", "Story N-gram"),
     ("humaneval/pass@1", "HE pass@1"),
     ("humaneval/pass@10", "HE pass@10"),
-    ("train/last_loss", "train loss"),
+    ("train/last_ce", "train CE"),
 ]
 
 
@@ -51,8 +51,13 @@ def collect(runs_dir: Path) -> pd.DataFrame:
         summary = run / "train_summary.json"
         if summary.is_file():
             s = json.loads(summary.read_text())
-            row.update({"train/first_loss": s.get("first_loss"), "train/last_loss": s.get("last_loss"),
-                        "train/steps": s.get("global_step")})
+            row.update({f"train/{k}": s.get(k) for k in ("first_loss", "last_loss")})
+            row["train/steps"] = s.get("global_step")
+        log_file = run / "train_log.jsonl"
+        if log_file.is_file():  # token CE of the logged steps: comparable across methods, unlike the losses
+            ces = [r["ce"] for r in map(json.loads, log_file.read_text().splitlines()) if "ce" in r]
+            if ces:
+                row["train/first_ce"], row["train/last_ce"] = ces[0], ces[-1]
         scales, incomplete = set(), []
         for mfile in sorted((run / "metrics").glob("*.json")):
             m = json.loads(mfile.read_text())

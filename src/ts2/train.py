@@ -246,12 +246,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             trainer.save_model(str(run_dir / "model"))
             tokenizer.save_pretrained(str(run_dir / "model"))
         losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
+        ces = [r["ce"] for r in trainer.state.log_history if "ce" in r]
         summary = {
             **meta,
             "global_step": trainer.state.global_step,
             "resumed_from": Path(last).name if (cfg.train.resume and last) else None,
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
+            "first_ce": ces[0] if ces else None,  # token CE: comparable across methods, unlike the losses
+            "last_ce": ces[-1] if ces else None,
             "train_runtime_s": round(elapsed, 2),
             "train_loss_mean": result.training_loss,
             "device": str(next(model.parameters()).device),
