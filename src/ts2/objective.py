@@ -78,8 +78,13 @@ class CausalLMObjective:
             from ts2.losses.fused import fused_linear_loss
 
             loss_sum = fused_linear_loss(
-                out, self.head.weight, targets, loss=self.loss_id, reduction="sum",
-                chunk_size=self.chunk_size, **self.hyperparameters,
+                out,
+                self.head.weight,
+                targets,
+                loss=self.loss_id,
+                reduction="sum",
+                chunk_size=self.chunk_size,
+                **self.hyperparameters,
             )
         else:
             loss_sum = self.loss_fn(out, targets, reduction="sum")
@@ -95,8 +100,14 @@ class CausalLMObjective:
         if self.fused:
             from ts2.losses.fused import fused_linear_loss
 
-            return fused_linear_loss(out.detach(), self.head.weight.detach(), targets, loss="ce",
-                                     reduction="sum", chunk_size=self.chunk_size)
+            return fused_linear_loss(
+                out.detach(),
+                self.head.weight.detach(),
+                targets,
+                loss="ce",
+                reduction="sum",
+                chunk_size=self.chunk_size,
+            )
         return F.cross_entropy(out.detach().float(), targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
     def pop_ce(self) -> float | None:

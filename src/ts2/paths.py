@@ -13,6 +13,10 @@ Caches (tiny models, tokenizers, reference-reward caches) go to ``$TS2_CACHE_DIR
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 _HERE = Path(__file__).resolve()
@@ -62,3 +66,21 @@ def cache_dir() -> Path:
     p = Path(os.environ.get("TS2_CACHE_DIR", Path.home() / ".cache" / "ts2")).expanduser()
     p.mkdir(parents=True, exist_ok=True)
     return p
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Build a folder in a temporary sibling and rename it to ``target`` only if the block succeeds.
+
+    An interrupted build never leaves a half-written folder that a later run would trust.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

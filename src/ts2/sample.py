@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ts2.conf import CONF_DIR
+from ts2.provenance import git_sha, versions
 from ts2.sampling import samples_dir
 from ts2.sampling.backends import SamplingParams
 from ts2.sampling.prompts import PromptRecord
@@ -130,31 +130,6 @@ def load_prompts(cfg: DictConfig) -> list[PromptRecord]:
             f"eval={cfg.eval.id}: prompt fields {sorted(clash)} clash with the sample-line fields."
         )
     return records
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": sys.version.split()[0]}
-    for pkg in ("ts2", "torch", "transformers", "tokenizers", "vllm"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
-
-def _git_sha() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def make_backend(cfg: DictConfig, source: ModelSource) -> Any:
@@ -256,8 +231,8 @@ def sample_benchmark(cfg: DictConfig, backend: Any, source: ModelSource) -> Path
             "expected_samples": len(wanted),
             "written_samples": already,
             "fingerprint": fingerprint,
-            "versions": _versions(),
-            "git_sha": _git_sha(),
+            "versions": versions("tokenizers", "vllm"),
+            "git_sha": git_sha(),
             "command": sys.argv,
             "started_at": (old or {}).get("started_at") if store.done else now(),
         }

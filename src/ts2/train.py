@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -25,29 +24,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from ts2.conf import CONF_DIR
+from ts2.provenance import git_sha, versions
 
 log = logging.getLogger("ts2.train")
-
-
-def _git_sha() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {}
-    for pkg in ("ts2", "torch", "transformers", "accelerate", "datasets"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
 
 
 def last_complete_checkpoint(run_dir: Path) -> Path | None:
@@ -198,7 +177,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     n_tokens = sum(sum(lab != -100 for lab in ex["labels"]) for ex in data.examples)
     log.info(
         "data: %d examples, %d response tokens; skipped %d rows %s (listed in skipped_rows.jsonl)",
-        len(data.examples), n_tokens, len(data.skipped), data.skip_counts,
+        len(data.examples),
+        n_tokens,
+        len(data.skipped),
+        data.skip_counts,
     )
     model = load_model(cfg.model, model_path)
     model.config.use_cache = False
@@ -208,14 +190,25 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         head = model.get_output_embeddings()
         model.set_output_embeddings(HiddenPassthrough(head))
     objective = CausalLMObjective(
-        loss_fn, loss_id=cfg.loss.id, hyperparameters=hyper, fused=cfg.loss.fused,
-        chunk_size=cfg.loss.chunk_size, head=model.get_output_embeddings(),
+        loss_fn,
+        loss_id=cfg.loss.id,
+        hyperparameters=hyper,
+        fused=cfg.loss.fused,
+        chunk_size=cfg.loss.chunk_size,
+        head=model.get_output_embeddings(),
     )
 
     meta = {
-        "method": cfg.method.id, "model": cfg.model.id, "model_path": model_path, "loss": cfg.loss.id,
-        "data": cfg.data.id, "examples": len(data.examples), "skipped_rows": len(data.skipped),
-        "response_tokens": n_tokens, "git_sha": _git_sha(), "versions": _versions(),
+        "method": cfg.method.id,
+        "model": cfg.model.id,
+        "model_path": model_path,
+        "loss": cfg.loss.id,
+        "data": cfg.data.id,
+        "examples": len(data.examples),
+        "skipped_rows": len(data.skipped),
+        "response_tokens": n_tokens,
+        "git_sha": git_sha(),
+        "versions": versions("accelerate", "datasets"),
     }
     (run_dir / "run.json").write_text(json.dumps(meta, indent=2))
 

@@ -18,7 +18,9 @@ CONV = [
 
 
 def _labelled_text(tok, ex):
-    return tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE_INDEX])
+    return tok.decode(
+        [t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE_INDEX]
+    )
 
 
 def test_only_assistant_turns_are_labelled(tiny_tokenizer):
@@ -45,8 +47,16 @@ def _cfg(tmp_path, rows, **kw):
     f = tmp_path / "ultrafeedback" / "toy_train.jsonl"
     f.parent.mkdir(parents=True, exist_ok=True)
     f.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
-    base = dict(source="local", local_dir=str(tmp_path), local_glob="ultrafeedback/*train*.jsonl",
-                prompt_field="prompt", response_field="chosen", shuffle_seed=None, limit=None, strict=False)
+    base = dict(
+        source="local",
+        local_dir=str(tmp_path),
+        local_glob="ultrafeedback/*train*.jsonl",
+        prompt_field="prompt",
+        response_field="chosen",
+        shuffle_seed=None,
+        limit=None,
+        strict=False,
+    )
     return OmegaConf.create({**base, **kw})
 
 

@@ -71,7 +71,9 @@ def _local_rows(cfg: Any) -> list[tuple[str, Any]]:
                     continue
                 rid = f"{f.stem}/{row.get('source_index', lineno)}"
                 prompt, chosen = row.get(cfg.prompt_field), row.get(cfg.response_field)
-                rows.append((rid, [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}]))
+                rows.append(
+                    (rid, [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}])
+                )
     return rows
 
 
@@ -110,7 +112,9 @@ def _check_messages(messages: Any) -> None:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise BadRow(f"bad_type: message {i} is not a {{role, content}} object")
         if not isinstance(m.get("content"), str):
-            raise BadRow(f"bad_type: message {i} ({m['role']}) content is {type(m.get('content')).__name__}, not str")
+            raise BadRow(
+                f"bad_type: message {i} ({m['role']}) content is {type(m.get('content')).__name__}, not str"
+            )
         if m["role"] == "assistant":
             if not m["content"].strip():
                 raise BadRow(f"empty_answer: assistant message {i} is empty")
@@ -119,7 +123,9 @@ def _check_messages(messages: Any) -> None:
         raise BadRow("no_answer: no assistant turn")
 
 
-def tokenize_conversation(messages: list[dict[str, str]], tokenizer: Any, max_length: int) -> dict[str, list[int]]:
+def tokenize_conversation(
+    messages: list[dict[str, str]], tokenizer: Any, max_length: int
+) -> dict[str, list[int]]:
     """Render with the chat template; label only assistant-turn tokens; truncate to ``max_length``."""
     _check_messages(messages)
     full = tokenizer.apply_chat_template(messages, tokenize=False)

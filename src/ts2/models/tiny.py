@@ -19,12 +19,10 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ts2.paths import cache_dir, data_dir
+from ts2.paths import atomic_dir, cache_dir, data_dir
 
 SPECIAL_TOKENS = [
     "<|begin_of_text|>",
@@ -143,26 +141,17 @@ def _init_model(spec: TinySpec, out: Path) -> None:
 def build_tiny_model(spec: TinySpec | None = None, *, force: bool = False, **overrides) -> Path:
     """Build (or find in the cache) the tiny model + tokenizer and return its folder.
 
-    The folder is written to a temporary sibling and renamed into place, so an interrupted build never
-    leaves a half-written model that a later call would trust.
+    The folder is written to a temporary sibling and renamed into place (:func:`ts2.paths.atomic_dir`).
     """
     spec = spec or TinySpec(**overrides)
     target = cache_dir() / "models" / f"{spec.name}-{spec.fingerprint()}"
     if (target / "build.json").is_file() and not force:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
-    try:
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with atomic_dir(target) as tmp:
         _train_tokenizer(spec, tmp)
         _init_model(spec, tmp)
         (tmp / "build.json").write_text(json.dumps({"spec": asdict(spec)}, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -28,8 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ts2.models.tiny import TinySpec, build_tiny_model
-from ts2.paths import cache_dir, data_dir
+from ts2.paths import atomic_dir, cache_dir, data_dir
 
 
 @dataclass(frozen=True)
@@ -264,21 +262,13 @@ def build_tiny_rm(spec: TinyRMSpec | None = None, *, force: bool = False, progre
         model, losses, report = _train_and_evaluate(spec, tok, progress)
     finally:
         torch.set_num_threads(threads)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         (tmp / "rm_build.json").write_text(
             json.dumps({"spec": asdict(spec), "train_losses": losses}, indent=2)
         )
         (tmp / "rm_eval.json").write_text(json.dumps(report, indent=2))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
