@@ -171,6 +171,10 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     torn = run / "checkpoint-10"  # as if killed while saving: weights written, trainer_state.json empty
     shutil.copytree(run / "checkpoint-8", torn, dirs_exist_ok=True)
     (torn / "trainer_state.json").write_text("")
+    with open(
+        run / "train_log.jsonl", "a"
+    ) as fh:  # logged after checkpoint-8 before the crash, and a torn line
+        fh.write(json.dumps({"step": 10, "loss": 99.0}) + "\n" + '{"step": 11, "lo')
 
     again = subprocess.run(
         _cli(*args, "name=killed", cwd=tmp_path), cwd=REPO, capture_output=True, timeout=600
@@ -185,6 +189,10 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["global_step"] == 12 and summary["resumed_from"] in ("checkpoint-8", "checkpoint-12")
+    records = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert len(steps) == len(set(steps)) and max(steps) == 12  # no step logged twice across the crash
+    assert all(r.get("loss") != 99.0 for r in records)
     clean = load_file(tmp_path / "clean" / run.name / "model" / "model.safetensors")
     resumed = load_file(run / "model" / "model.safetensors")
     for k in clean:

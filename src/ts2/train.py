@@ -48,6 +48,24 @@ def last_complete_checkpoint(run_dir: Path) -> Path | None:
     return None
 
 
+def _trim_log(path: Path, upto_step: int) -> None:
+    """Keep the train_log.jsonl records of steps <= ``upto_step`` (the checkpoint a resume starts from).
+
+    Steps logged after that checkpoint, before the crash, are run again on resume; dropping their old lines
+    (and a torn last line) keeps one record per step.
+    """
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= upto_step:
+                keep.append(line)
+        except ValueError:
+            continue
+    path.write_text("".join(x + "\n" for x in keep), encoding="utf-8")
+
+
 def _training_args(cfg: DictConfig, run_dir: Path, report_to: list[str]):
     import torch
     from transformers import TrainingArguments
@@ -168,6 +186,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
     if cfg.train.resume and not last:
         log.warning("train.resume=true but %s has no checkpoint: starting from scratch.", run_dir)
+    if cfg.train.resume:
+        _trim_log(run_dir / "train_log.jsonl", int(last.name.split("-")[-1]) if last else 0)
 
     set_seed(cfg.seed)
     model_path = resolve_model_path(cfg.model)
