@@ -13,6 +13,7 @@ its last checkpoint (optimizer, scheduler, RNG and data order included).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -158,6 +159,9 @@ def _init_wandb(cfg: DictConfig, run_dir: Path):
         config=OmegaConf.to_container(cfg, resolve=True),
         dir=str(run_dir),
         job_type="train",
+        # One wandb run per run folder: a resumed training continues the same wandb run.
+        id=hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:16],
+        resume="allow",
     )
 
 
