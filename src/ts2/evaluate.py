@@ -136,6 +136,33 @@ def score_humaneval(samples: Path, cfg: DictConfig) -> tuple[dict[str, Any], dic
     return metrics, report
 
 
+def score_openllm(samples: Path, cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """OpenLLM tasks, official protocol: majority-vote and any-correct accuracy at n = 1, 4, ..., N."""
+    from ts2.eval.openllm import score
+    from ts2.sampling import read_samples
+
+    by: dict[Any, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in read_samples(samples):
+        if "reference" not in r:
+            raise ValueError(
+                f"{samples}: sample ({r['prompt_id']}, {r['sample_idx']}) has no 'reference' field."
+            )
+        by[r["prompt_id"]][r["sample_idx"]] = r
+    ids = list(by)[: cfg.limit] if cfg.limit else list(by)
+    sizes = {len(by[i]) for i in ids}
+    questions = [
+        (next(iter(by[i].values()))["reference"], [by[i][k]["completion"] for k in sorted(by[i])])
+        for i in ids
+    ]
+    metrics, details = score(questions, numeric=bool(cfg.eval.metrics.numeric), ns=list(cfg.eval.metrics.ns))
+    details["complete"] = len(sizes) == 1
+    if len(sizes) > 1:
+        details["note"] = (
+            f"INCOMPLETE: questions have {min(sizes)}..{max(sizes)} samples; n capped at {min(sizes)}"
+        )
+    return metrics, details
+
+
 def _scale(run_dir: str | None, meta: dict[str, Any]) -> str:
     model = (meta.get("model") or {}).get("model")
     if run_dir and (Path(run_dir) / "run.json").is_file():
