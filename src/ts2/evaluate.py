@@ -69,17 +69,36 @@ def _diversity(groups: list[list[str]], cfg: DictConfig) -> dict[str, float]:
     )
 
 
+def _coverage(rows: list[dict[str, Any]], cfg: DictConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows of the benchmark's expected prompts (its prompt builder, first ``limit``) and what is missing."""
+    from hydra.utils import instantiate
+
+    expected = [r.prompt_id for r in instantiate(cfg.eval.prompts)]
+    expected = expected[: cfg.limit] if cfg.limit else expected
+    wanted, present = set(expected), {r["prompt_id"] for r in rows}
+    missing = [i for i in expected if i not in present]
+    info: dict[str, Any] = {"complete": not missing, "expected_prompts": len(expected)}
+    if missing:
+        info["note"] = (
+            f"INCOMPLETE: {len(missing)} of {len(expected)} expected prompts have no samples (e.g. {missing[:5]})"
+        )
+    if present - wanted:
+        info["ignored_prompts"] = len(present - wanted)
+    return [r for r in rows if r["prompt_id"] in wanted], info
+
+
 def score_diversity(samples: Path, cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Creative writing (and any open-ended benchmark): N-gram / 100 − Self-BLEU / Sent-BERT (×100)."""
     from ts2.sampling import read_samples
 
-    groups = sample_groups(read_samples(samples), text=cfg.diversity.text, limit=cfg.limit)
+    rows, info = _coverage(read_samples(samples), cfg)
+    groups = sample_groups(rows, text=cfg.diversity.text)
     metrics = _diversity(groups, cfg)
     n = len(groups[0]) if groups else 0
     return metrics, {
+        **info,
         "num_prompts": len(groups),
         "num_samples": n * len(groups),
-        "complete": True,
         "samples_per_prompt": n,
         "diversity": OmegaConf.to_container(cfg.diversity),
     }
@@ -141,22 +160,24 @@ def score_openllm(samples: Path, cfg: DictConfig) -> tuple[dict[str, Any], dict[
     from ts2.eval.openllm import score
     from ts2.sampling import read_samples
 
+    rows, info = _coverage(read_samples(samples), cfg)
     by: dict[Any, dict[int, dict[str, Any]]] = defaultdict(dict)
-    for r in read_samples(samples):
+    for r in rows:
         if "reference" not in r:
             raise ValueError(
                 f"{samples}: sample ({r['prompt_id']}, {r['sample_idx']}) has no 'reference' field."
             )
         by[r["prompt_id"]][r["sample_idx"]] = r
-    ids = list(by)[: cfg.limit] if cfg.limit else list(by)
+    ids = list(by)
     sizes = {len(by[i]) for i in ids}
     questions = [
         (next(iter(by[i].values()))["reference"], [by[i][k]["completion"] for k in sorted(by[i])])
         for i in ids
     ]
     metrics, details = score(questions, numeric=bool(cfg.eval.metrics.numeric), ns=list(cfg.eval.metrics.ns))
-    details["complete"] = len(sizes) == 1
+    details.update(info)
     if len(sizes) > 1:
+        details["complete"] = False
         details["note"] = (
             f"INCOMPLETE: questions have {min(sizes)}..{max(sizes)} samples; n capped at {min(sizes)}"
         )
@@ -189,7 +210,7 @@ def evaluate_bench(cfg: DictConfig) -> Path:
             f"{meta_path} says sampling is incomplete ({meta.get('written_samples')}/"
             f"{meta.get('expected_samples')} samples): resume it, or pass allow_incomplete=true."
         )
-    scorer = cfg.eval.get("metrics", {}).get("scorer") if cfg.eval.get("metrics") else None
+    scorer = (cfg.eval.get("metrics") or {}).get("scorer")
     if not scorer:
         raise NotImplementedError(f"eval={bench} has no metrics.scorer in conf/eval/{bench}.yaml yet.")
     metrics, details = get_method(scorer)(samples, cfg)

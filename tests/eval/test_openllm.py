@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
@@ -55,6 +56,11 @@ def test_score_hand_computed():
     assert metrics["parse_rate"] == pytest.approx(75.0)
 
 
+def expected_questions(n: int) -> list[SimpleNamespace]:
+    """Stands in for the benchmark's prompt builder: the prompt ids the scorer expects."""
+    return [SimpleNamespace(prompt_id=i) for i in range(n)]
+
+
 def test_gsm8k_numbers_compare_without_separators(tmp_path):
     rows = [
         {
@@ -70,7 +76,42 @@ def test_gsm8k_numbers_compare_without_separators(tmp_path):
     ]
     path = tmp_path / "openllm_gsm8k.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    cfg = OmegaConf.create({"limit": None, "eval": {"metrics": {"numeric": True, "ns": [1, 4]}}})
+    cfg = OmegaConf.create(
+        {
+            "limit": None,
+            "eval": {
+                "prompts": {"_target_": "tests.eval.test_openllm.expected_questions", "n": 1},
+                "metrics": {"numeric": True, "ns": [1, 4]},
+            },
+        }
+    )
     metrics, details = score_openllm(path, cfg)
     assert details["ns"] == [1, 3] and details["complete"]
     assert metrics["majority@1"] == 100.0 and metrics["majority@3"] == 100.0 and metrics["any@3"] == 100.0
+
+
+def test_missing_questions_make_the_result_incomplete(tmp_path):
+    rows = [
+        {
+            "prompt_id": 0,
+            "sample_idx": 0,
+            "prompt": "p",
+            "completion": "The answer is: A",
+            "finish_reason": "stop",
+            "num_tokens": 3,
+            "reference": "A",
+        }
+    ]
+    path = tmp_path / "openllm_arc_challenge.jsonl"
+    path.write_text(json.dumps(rows[0]) + "\n")
+    cfg = OmegaConf.create(
+        {
+            "limit": None,
+            "eval": {
+                "prompts": {"_target_": "tests.eval.test_openllm.expected_questions", "n": 3},
+                "metrics": {"numeric": False, "ns": [1]},
+            },
+        }
+    )
+    metrics, details = score_openllm(path, cfg)
+    assert metrics["majority@1"] == 100.0 and not details["complete"] and "2 of 3" in details["note"]
