@@ -65,6 +65,31 @@ def test_every_stage_writes_its_files(table):
         assert all(0 < w < 100 for w in wr) and wr == sorted(wr)  # best-of-n cannot get worse with n
 
 
+def test_rescoring_reuses_the_cached_sent_bert_embeddings(table):
+    _, runs = table
+    metrics = runs[0] / "metrics"
+    cached = sorted((metrics / ".cache" / "sent_bert").glob("*.npy"))
+    assert len(cached) >= 3  # alpaca_eval, creative_poem and humaneval texts: one chunk each at this size
+    original = (metrics / "creative_poem.json").read_text()
+    mtimes = {p: p.stat().st_mtime_ns for p in cached}
+    try:
+        _run(
+            "ts2.evaluate",
+            f"run_dir='{runs[0]}'",
+            "eval=creative_poem",
+            *SUBSET,
+            "diversity.self_bleu_mode=all_refs",
+        )
+        before = json.loads(original)["metrics"]
+        after = json.loads((metrics / "creative_poem.json").read_text())["metrics"]
+    finally:  # the report test compares the tables with this file
+        (metrics / "creative_poem.json").write_text(original)
+    assert after["sent_bert"] == before["sent_bert"] and after["ngram"] == before["ngram"]
+    assert after["self_bleu"] != before["self_bleu"]  # the other mode was really computed
+    assert sorted((metrics / ".cache" / "sent_bert").glob("*.npy")) == cached  # nothing encoded again
+    assert {p: p.stat().st_mtime_ns for p in cached} == mtimes
+
+
 def test_report_tables_match_the_metrics_files(table):
     root, runs = table
     out = root / "results"

@@ -56,6 +56,11 @@ def sample_groups(rows: list[dict[str, Any]], *, text: str, limit: int | None = 
     return [[by[pid][k] for k in sorted(by[pid])] for pid in ids]
 
 
+def _embedding_cache(cfg: DictConfig) -> Path | None:
+    """Where Sent-BERT embeddings are cached chunk by chunk (resume after a kill; free rescoring), or None."""
+    return Path(cfg.metrics_dir) / ".cache" / "sent_bert" if cfg.diversity.embedding_cache else None
+
+
 def _diversity(groups: list[list[str]], cfg: DictConfig) -> dict[str, float]:
     from ts2.eval.diversity import diversity_report
 
@@ -66,6 +71,7 @@ def _diversity(groups: list[list[str]], cfg: DictConfig) -> dict[str, float]:
         model=d.model,
         num_workers=d.num_workers,
         batch_size=d.batch_size,
+        cache_dir=_embedding_cache(cfg),
     )
 
 
@@ -127,6 +133,9 @@ def score_alpaca_eval(samples: Path, cfg: DictConfig) -> tuple[dict[str, Any], d
             prompt_ids=ids,
             self_bleu_mode=cfg.diversity.self_bleu_mode,
             model=cfg.diversity.model,
+            num_workers=cfg.diversity.num_workers,
+            batch_size=cfg.diversity.batch_size,
+            cache_dir=_embedding_cache(cfg),
         )
         metrics.update({k: div[k] for k in ("ngram", "self_bleu", "sent_bert")})
         res["diversity"] = div

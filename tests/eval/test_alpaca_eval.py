@@ -381,8 +381,8 @@ def test_chat_diversity_builds_groups_and_calls_diversity_report(tmp_path, monke
     path = write_samples(tmp_path / "s.jsonl", {1: ["a b", "c d", "e"], 4: ["x", "y", "z", "w"]})
     seen = {}
 
-    def fake_report(groups, *, self_bleu_mode="paper", model=None):
-        seen["groups"], seen["mode"] = groups, self_bleu_mode
+    def fake_report(groups, *, self_bleu_mode="paper", model=None, **kw):
+        seen["groups"], seen["mode"], seen["kw"] = groups, self_bleu_mode, kw
         return {"ngram": 1.0, "self_bleu": 2.0, "sent_bert": 3.0}
 
     monkeypatch.setattr(div, "diversity_report", fake_report)
@@ -392,7 +392,11 @@ def test_chat_diversity_builds_groups_and_calls_diversity_report(tmp_path, monke
         [templated(INSTR[4]) + c for c in ["x", "y", "z"]],
     ]
     assert res["n"] == 3 and res["num_prompts"] == 2 and res["ngram"] == 1.0 and seen["mode"] == "paper"
-    ae.chat_diversity(path, text="response", n=2, self_bleu_mode="all_refs")
+    assert seen["kw"] == {"num_workers": 1, "batch_size": 64, "cache_dir": None}
+    ae.chat_diversity(
+        path, text="response", n=2, self_bleu_mode="all_refs", num_workers=2, cache_dir=tmp_path
+    )
     assert seen["groups"] == [["a b", "c d"], ["x", "y"]] and seen["mode"] == "all_refs"
+    assert seen["kw"] == {"num_workers": 2, "batch_size": 64, "cache_dir": tmp_path}
     with pytest.raises(ValueError, match="text must be"):
         ae.chat_diversity(path, text="bare")

@@ -200,6 +200,53 @@ def test_report_keys_and_values(minilm) -> None:
     assert report["sent_bert"] == pytest.approx(D.sent_bert_diversity(BLEU_GROUPS[:2], minilm), abs=1e-6)
 
 
+def test_embedding_cache_resumes_and_matches_uncached(minilm, tmp_path: Path, monkeypatch) -> None:
+    texts = ([t for g in BLEU_GROUPS for t in g] + TEXTS)[:14]  # chunks of 4: 4, 4, 4, 2
+    plain = D.sentence_embeddings(texts, minilm, chunk_size=4)
+    assert plain.shape == (14, 384) and np.allclose(np.linalg.norm(plain, axis=1), 1, atol=1e-5)
+
+    calls: list[int] = []
+    real_encode = minilm.encode
+
+    def counting_encode(chunk, **kw):
+        calls.append(len(chunk))
+        if len(calls) == 3:  # "killed" while encoding the third chunk
+            raise KeyboardInterrupt
+        return real_encode(chunk, **kw)
+
+    monkeypatch.setattr(minilm, "encode", counting_encode)
+    with pytest.raises(KeyboardInterrupt):
+        D.sentence_embeddings(texts, minilm, chunk_size=4, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and not list(tmp_path.glob(".*"))  # no torn file left
+
+    calls.clear()
+    monkeypatch.setattr(
+        minilm, "encode", lambda chunk, **kw: calls.append(len(chunk)) or real_encode(chunk, **kw)
+    )
+    resumed = D.sentence_embeddings(texts, minilm, chunk_size=4, cache_dir=tmp_path)
+    assert calls == [4, 2]  # only the two unfinished chunks are encoded again
+    np.testing.assert_allclose(resumed, plain, atol=1e-6)
+    calls.clear()
+    again = D.sent_bert_diversity([texts[:7], texts[7:]], minilm, cache_dir=tmp_path, batch_size=4)
+    assert again == pytest.approx(D.sent_bert_diversity([texts[:7], texts[7:]], minilm), abs=1e-6)
+
+
+def test_embedding_cache_is_keyed_by_model_and_rejects_bad_files(minilm, tmp_path: Path) -> None:
+    fp = D.model_fingerprint(minilm)
+    old = minilm.max_seq_length
+    try:
+        minilm.max_seq_length = 16  # truncation changes the embeddings, so it must change the key
+        assert D.model_fingerprint(minilm) != fp
+    finally:
+        minilm.max_seq_length = old
+    assert D.model_fingerprint(minilm) == fp
+    D.sentence_embeddings(TEXTS, minilm, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("*.npy")
+    np.save(cached, np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=f"{cached.name} holds \\(2, 3\\)"):
+        D.sentence_embeddings(TEXTS, minilm, cache_dir=tmp_path)
+
+
 # ------------------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("fn", [D.self_bleu_diversity, D.sent_bert_diversity, D.diversity_report])
 def test_group_of_one_names_prompt(fn) -> None:

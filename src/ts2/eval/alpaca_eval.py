@@ -705,8 +705,14 @@ def chat_diversity(
     self_bleu_mode: str = "paper",
     model: Any = None,
     prompt_ids: Sequence[int] | None = None,
+    num_workers: int = 1,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """N-gram / 100 − Self-BLEU / Sent-BERT diversity (×100) of the AlpacaEval samples via ``ts2.eval.diversity``."""
+    """N-gram / 100 − Self-BLEU / Sent-BERT diversity (×100) of the AlpacaEval samples via ``ts2.eval.diversity``.
+
+    ``num_workers``, ``batch_size`` and ``cache_dir`` go to :func:`ts2.eval.diversity.diversity_report`.
+    """
     try:
         from ts2.eval.diversity import diversity_report
     except ImportError as err:
@@ -715,7 +721,16 @@ def chat_diversity(
         ) from err
     samples = read_samples(samples_path)
     groups = diversity_groups(samples, text=text, n=n, prompt_ids=prompt_ids)
-    report = dict(diversity_report(groups, self_bleu_mode=self_bleu_mode, model=model))
+    report = dict(
+        diversity_report(
+            groups,
+            self_bleu_mode=self_bleu_mode,
+            model=model,
+            num_workers=num_workers,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+        )
+    )
     report.update(
         {"text": text, "num_prompts": len(groups), "n": len(groups[0]), "self_bleu_mode": self_bleu_mode}
     )
