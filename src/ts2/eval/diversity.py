@@ -272,7 +272,7 @@ def model_fingerprint(st: SentenceTransformer) -> str:
     pooling), every parameter's name, shape and bytes, and the tokenizer's vocabulary size.
 
     Keys the embedding cache of :func:`sentence_embeddings`, so cached vectors are never reused for another
-    model, checkpoint or truncation length. Hashing MiniLM's 90 MB takes ~0.1 s.
+    model, checkpoint or truncation length. Hashing MiniLM's 90 MB took 0.2 s here.
     """
     import torch  # sentence-transformers depends on it
 
@@ -308,8 +308,8 @@ def sentence_embeddings(
 
     sentence-transformers does the encoding (truncation at the model's ``max_seq_length``, mean pooling); the
     texts are sorted by length (longest first) before chunking, so batches carry little padding. Two things
-    are added for long runs (805 × 32 AlpacaEval samples take ~25 min with MiniLM on a 2-core CPU, far longer
-    with the paper's BERT-large, seconds on a GPU):
+    are added for long runs (805 × 32 AlpacaEval samples took 27–30 min with MiniLM on a 2-core CPU; the
+    paper's BERT-large costs ~28× more per word piece):
 
     - ``cache_dir``: every finished chunk is written there atomically as ``<key>.npy``, key = hash of
       :func:`model_fingerprint` and the chunk's texts. A run killed half-way reuses the finished chunks and
