@@ -72,6 +72,7 @@ def _diversity(groups: list[list[str]], cfg: DictConfig) -> dict[str, float]:
         num_workers=d.num_workers,
         batch_size=d.batch_size,
         cache_dir=_embedding_cache(cfg),
+        max_seq_length=d.max_seq_length,
     )
 
 
@@ -136,6 +137,7 @@ def score_alpaca_eval(samples: Path, cfg: DictConfig) -> tuple[dict[str, Any], d
             num_workers=cfg.diversity.num_workers,
             batch_size=cfg.diversity.batch_size,
             cache_dir=_embedding_cache(cfg),
+            max_seq_length=cfg.diversity.max_seq_length,
         )
         metrics.update({k: div[k] for k in ("ngram", "self_bleu", "sent_bert")})
         res["diversity"] = div

@@ -392,11 +392,11 @@ def test_chat_diversity_builds_groups_and_calls_diversity_report(tmp_path, monke
         [templated(INSTR[4]) + c for c in ["x", "y", "z"]],
     ]
     assert res["n"] == 3 and res["num_prompts"] == 2 and res["ngram"] == 1.0 and seen["mode"] == "paper"
-    assert seen["kw"] == {"num_workers": 1, "batch_size": 64, "cache_dir": None}
+    assert seen["kw"] == {"num_workers": 1, "batch_size": 64, "cache_dir": None, "max_seq_length": None}
     ae.chat_diversity(
         path, text="response", n=2, self_bleu_mode="all_refs", num_workers=2, cache_dir=tmp_path
     )
     assert seen["groups"] == [["a b", "c d"], ["x", "y"]] and seen["mode"] == "all_refs"
-    assert seen["kw"] == {"num_workers": 2, "batch_size": 64, "cache_dir": tmp_path}
+    assert seen["kw"] == {"num_workers": 2, "batch_size": 64, "cache_dir": tmp_path, "max_seq_length": None}
     with pytest.raises(ValueError, match="text must be"):
         ae.chat_diversity(path, text="bare")

@@ -247,6 +247,27 @@ def test_embedding_cache_is_keyed_by_model_and_rejects_bad_files(minilm, tmp_pat
         D.sentence_embeddings(TEXTS, minilm, cache_dir=tmp_path)
 
 
+def test_max_seq_length_override_truncates_and_restores(minilm, tmp_path: Path) -> None:
+    from sentence_transformers import util
+
+    long_texts = [TEXTS[0] * 4, TEXTS[1] * 4, TEXTS[2] * 4]  # well past 16 word pieces each
+    default = minilm.max_seq_length
+    got = D.sentence_embeddings(long_texts, minilm, max_seq_length=16, cache_dir=tmp_path)
+    assert minilm.max_seq_length == default  # the shared model is left as it was
+    # reference: the model itself truncated at 16 (sentence-transformers' own truncation)
+    minilm.max_seq_length = 16
+    try:
+        ref = minilm.encode(long_texts, convert_to_numpy=True)
+    finally:
+        minilm.max_seq_length = default
+    np.testing.assert_allclose(util.cos_sim(got, ref).numpy().diagonal(), 1.0, atol=1e-5)
+    full = D.sentence_embeddings(long_texts, minilm, cache_dir=tmp_path)  # not served from the 16-token cache
+    assert float(util.cos_sim(full, got).numpy().diagonal().max()) < 0.999
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    with pytest.raises(ValueError, match="max_seq_length must be"):
+        D.sentence_embeddings(long_texts, minilm, max_seq_length=1)
+
+
 # ------------------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("fn", [D.self_bleu_diversity, D.sent_bert_diversity, D.diversity_report])
 def test_group_of_one_names_prompt(fn) -> None:

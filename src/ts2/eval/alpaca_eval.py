@@ -708,10 +708,12 @@ def chat_diversity(
     num_workers: int = 1,
     batch_size: int = 64,
     cache_dir: str | os.PathLike[str] | None = None,
+    max_seq_length: int | None = None,
 ) -> dict[str, Any]:
     """N-gram / 100 − Self-BLEU / Sent-BERT diversity (×100) of the AlpacaEval samples via ``ts2.eval.diversity``.
 
-    ``num_workers``, ``batch_size`` and ``cache_dir`` go to :func:`ts2.eval.diversity.diversity_report`.
+    ``num_workers``, ``batch_size``, ``cache_dir`` and ``max_seq_length`` go to
+    :func:`ts2.eval.diversity.diversity_report`.
     """
     try:
         from ts2.eval.diversity import diversity_report
@@ -729,6 +731,7 @@ def chat_diversity(
             num_workers=num_workers,
             batch_size=batch_size,
             cache_dir=cache_dir,
+            max_seq_length=max_seq_length,
         )
     )
     report.update(

@@ -303,6 +303,7 @@ def sentence_embeddings(
     chunk_size: int = 1024,
     cache_dir: str | os.PathLike[str] | None = None,
     show_progress: bool | None = None,
+    max_seq_length: int | None = None,
 ) -> np.ndarray:
     """L2-normalised sentence embeddings ``[len(texts), dim]`` (float32), encoded ``chunk_size`` texts at a time.
 
@@ -316,10 +317,29 @@ def sentence_embeddings(
       encodes only the rest, and rescoring the same samples (e.g. in another Self-BLEU mode) costs nothing.
       A cached file of the wrong shape is an error that names it, never silently reused.
     - a tqdm progress bar over texts (``show_progress=None``: on when there is more than one chunk).
+
+    ``max_seq_length``: truncate at this many word pieces instead of the model's own setting (MiniLM: 256),
+    e.g. to give the offline model the same window as another model; the model object is left as it was.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     st = load_sentence_model(model)
+    if max_seq_length is not None and max_seq_length != st.max_seq_length:
+        if not isinstance(max_seq_length, int) or max_seq_length < 2:
+            raise ValueError(f"max_seq_length must be an int >= 2 (word pieces), got {max_seq_length!r}.")
+        old = st.max_seq_length
+        st.max_seq_length = max_seq_length
+        try:
+            return sentence_embeddings(
+                texts,
+                st,
+                batch_size=batch_size,
+                chunk_size=chunk_size,
+                cache_dir=cache_dir,
+                show_progress=show_progress,
+            )
+        finally:
+            st.max_seq_length = old
     dim = st.get_embedding_dimension()
     cache = Path(cache_dir) if cache_dir is not None else None
     fingerprint = model_fingerprint(st) if cache is not None else ""
@@ -383,18 +403,25 @@ def sent_bert_diversity(
     batch_size: int = 64,
     cache_dir: str | os.PathLike[str] | None = None,
     show_progress: bool | None = None,
+    max_seq_length: int | None = None,
 ) -> float:
     """Sent-BERT diversity (PAPER.md §4): ``100 · mean_prompts (1 − mean_{i<j} cos(e_i, e_j))``.
 
     e_i = sentence embedding of sample i (:func:`sentence_embeddings`: batched, L2-normalised, optionally
     cached chunk by chunk in ``cache_dir`` so a killed run resumes), and each prompt's Gram matrix gives its
     pairwise cosines. ``model``: a SentenceTransformer, a name/folder, or None for the offline
-    all-MiniLM-L6-v2 default (paper: :data:`PAPER_SENT_BERT_MODEL`). Each prompt needs ≥ 2 samples.
+    all-MiniLM-L6-v2 default (paper: :data:`PAPER_SENT_BERT_MODEL`); ``max_seq_length`` overrides its
+    truncation length (None: the model's own). Each prompt needs ≥ 2 samples.
     """
     _check_groups(groups, 2, "sent_bert_diversity")
     flat = [s for g in groups for s in g]
     emb = sentence_embeddings(
-        flat, model, batch_size=batch_size, cache_dir=cache_dir, show_progress=show_progress
+        flat,
+        model,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        show_progress=show_progress,
+        max_seq_length=max_seq_length,
     )
     sims = _pairwise_cosine_means(emb, [len(g) for g in groups])
     return 100.0 * float(np.mean([1.0 - s for s in sims]))
@@ -410,15 +437,21 @@ def diversity_report(
     batch_size: int = 64,
     cache_dir: str | os.PathLike[str] | None = None,
     show_progress: bool | None = None,
+    max_seq_length: int | None = None,
 ) -> dict[str, float]:
     """The paper's three diversity scores (×100): keys ``"ngram"``, ``"self_bleu"`` (= 100 − Self-BLEU) and
-    ``"sent_bert"``. Every prompt needs ≥ 2 samples. ``cache_dir``/``show_progress``: see
-    :func:`sentence_embeddings`."""
+    ``"sent_bert"``. Every prompt needs ≥ 2 samples. ``cache_dir``/``show_progress``/``max_seq_length``:
+    see :func:`sentence_embeddings`."""
     _check_groups(groups, 2, "diversity_report")
     return {
         "ngram": ngram_diversity(groups, num_workers=num_workers),
         "self_bleu": self_bleu_diversity(groups, self_bleu_mode, num_workers=num_workers),
         "sent_bert": sent_bert_diversity(
-            groups, model, batch_size=batch_size, cache_dir=cache_dir, show_progress=show_progress
+            groups,
+            model,
+            batch_size=batch_size,
+            cache_dir=cache_dir,
+            show_progress=show_progress,
+            max_seq_length=max_seq_length,
         ),
     }
