@@ -226,7 +226,6 @@ def test_embedding_cache_resumes_and_matches_uncached(minilm, tmp_path: Path, mo
     resumed = D.sentence_embeddings(texts, minilm, chunk_size=4, cache_dir=tmp_path)
     assert calls == [4, 2]  # only the two unfinished chunks are encoded again
     np.testing.assert_allclose(resumed, plain, atol=1e-6)
-    calls.clear()
     again = D.sent_bert_diversity([texts[:7], texts[7:]], minilm, cache_dir=tmp_path, batch_size=4)
     assert again == pytest.approx(D.sent_bert_diversity([texts[:7], texts[7:]], minilm), abs=1e-6)
 
