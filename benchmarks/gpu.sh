@@ -33,9 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from _common import measure, provenance
-from ts2.losses import LOSSES
+from ts2.losses import CrossEntropyLoss, TS2Loss, reference, ts2_loss
 from ts2.losses.fused import fused_linear_loss
-from ts2.losses.kernels import FAST_LOSSES
 
 N, D, V = (int(os.environ.get(k, d)) for k, d in (("N", 16384), ("D", 4096), ("V", 128256)))
 REPS = int(os.environ.get("REPS", 5))
@@ -70,10 +69,10 @@ def step(loss_fn):
 n_chk = min(N, 1024)
 xc, yc = x[:n_chk].detach().float().requires_grad_(), y[:n_chk]
 wc = w.detach().float().requires_grad_()
-for loss in ("ce", "ts2"):
-    ref = LOSSES[loss](xc @ wc.t(), yc)
+for loss, ref_fn in (("ce", reference.cross_entropy_loss), ("ts2", reference.ts2_loss)):
+    ref = ref_fn(xc @ wc.t(), yc)
     gx, gw = torch.autograd.grad(ref, (xc, wc))
-    got = fused_linear_loss(xc, wc, yc, loss=loss)
+    got = fused_linear_loss(xc, wc, yc, CrossEntropyLoss() if loss == "ce" else TS2Loss())
     fx, fw = torch.autograd.grad(got, (xc, wc))
     print(f"check {loss}: |dloss| {abs(float((got - ref).detach())):.2e} |ddX| {float((fx - gx).abs().max()):.2e} "
           f"|ddW| {float((fw - gw).abs().max()):.2e}", flush=True)
@@ -82,10 +81,10 @@ del xc, wc, gx, gw, fx, fw
 rows = []
 cases = [
     ("unfused:torch_ce(fp32 logits)", lambda: F.cross_entropy((x @ w.t()).float(), y)),
-    ("unfused:fast:ts2", lambda: FAST_LOSSES["ts2"](x @ w.t(), y)),
-    ("fused:ce", lambda: fused_linear_loss(x, w, y, loss="ce", chunk_size=CHUNK)),
-    ("fused:ts2", lambda: fused_linear_loss(x, w, y, loss="ts2", chunk_size=CHUNK)),
-    ("fused:ts2_adaptive", lambda: fused_linear_loss(x, w, y, loss="ts2_adaptive", chunk_size=CHUNK)),
+    ("unfused:fast:ts2", lambda: ts2_loss(x @ w.t(), y)),
+    ("fused:ce", lambda: fused_linear_loss(x, w, y, CrossEntropyLoss(), chunk_size=CHUNK)),
+    ("fused:ts2", lambda: fused_linear_loss(x, w, y, TS2Loss(), chunk_size=CHUNK)),
+    ("fused:ts2_adaptive", lambda: fused_linear_loss(x, w, y, TS2Loss(adaptive=True), chunk_size=CHUNK)),
 ]
 try:
     from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
@@ -96,16 +95,13 @@ except Exception as exc:  # absent, or no GPU driver
     print(f"liger-kernel unavailable: {type(exc).__name__}: {exc}")
 
 COMPILE = os.environ.get("COMPILE", "1" if device.type == "cuda" else "0") == "1"
-if COMPILE:  # the same fused path with its per-chunk kernel compiled (inductor: triton on GPU)
-    cases.append(("fused:ts2(torch.compile)", lambda: fused_linear_loss(x, w, y, loss="ts2", chunk_size=CHUNK)))
+if COMPILE:  # the same fused path with its per-chunk row kernel compiled (inductor: triton on GPU)
+    ts2_compiled = TS2Loss()
+    object.__setattr__(ts2_compiled, "rows", torch.compile(ts2_compiled.rows, dynamic=True))  # this instance only
+    cases.append(("fused:ts2(torch.compile)", lambda: fused_linear_loss(x, w, y, ts2_compiled, chunk_size=CHUNK)))
 
 base = None
 for name, loss_fn in cases:
-    if name.endswith("(torch.compile)"):
-        import ts2.losses.fused as fused_module
-        from ts2.losses import kernels
-
-        fused_module.row_losses = torch.compile(kernels.row_losses, dynamic=True)
     try:
         ms, peak = bench(step(loss_fn))
     except Exception:

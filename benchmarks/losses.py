@@ -1,8 +1,9 @@
 """Loss benchmark (TS², ICLR 2026; issue #3): forward+backward time and peak memory of every loss.
 
 Two sections, each figure also given as a ratio to a torch cross-entropy baseline run in the same process:
-- "logits": the loss on given logits [N, V] (fp32, requires grad): torch CE (baseline), the fast paths
-  (`ts2.losses.kernels`), optionally the reference losses (`--reference`), and an "official_style" row: the
+- "logits": the loss on given logits [N, V] (fp32, requires grad): torch CE (baseline), the fast exact
+  kernels (`ts2.losses.<id>_loss`, i.e. `LOSSES[id]()`), optionally the reference losses (`--reference`,
+  `ts2.losses.reference`), and an "official_style" row: the
   entmax package's full-sort `sparsemax_loss` plus the softmax tail penalty computed as the official TS²
   code does (PAPER.md §6: a second full-sort sparsemax for the mask, softmax, masks, all [N, V]).
 - "linear": from hidden [N, d] and the head weight [V, d]: unfused ``x @ W.T`` + torch CE (baseline), the
@@ -15,6 +16,7 @@ Rows whose estimated memory exceeds 80 % of MemAvailable are skipped and reporte
     python benchmarks/losses.py                         # default: V=128256, N=2048; linear N=8192
     python benchmarks/losses.py --V 32000 --N 512 2048 --linear-N 0 --losses ts2 sparsemax
     python benchmarks/losses.py --full                  # every V x N (slow; skips what does not fit)
+    python benchmarks/losses.py --quick                 # a smoke run in seconds (V=4096, N=256; no CSV)
 """
 
 from __future__ import annotations
@@ -33,8 +35,14 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, measure, mem_available_mib, provenance  # noqa: E402
 
+from ts2.losses import LOSSES, TokenLoss, TS2Loss  # noqa: E402
 from ts2.losses.fused import fused_linear_loss  # noqa: E402
-from ts2.losses.kernels import FAST_LOSSES, LOSS_IDS  # noqa: E402
+
+# Benchmarked losses: every id at its defaults, and TS²'s adaptive setting.
+BENCH_LOSSES: dict[str, TokenLoss] = {
+    **{loss_id: cls() for loss_id, cls in LOSSES.items()},
+    "ts2_adaptive": TS2Loss(adaptive=True),
+}
 
 ALPHA, CLAMP = 0.25, 0.99  # the official Llama run
 
@@ -141,12 +149,11 @@ def bench_logits(vocab: int, n: int, args: argparse.Namespace, rows: list[Row]) 
     shape = (vocab, n, 0)
     base = _run(rows, "logits", shape, "torch_ce", step(F.cross_entropy), 4 * nv_mib, args, None)
     for loss in args.losses:
-        _run(rows, "logits", shape, f"fast:{loss}", step(FAST_LOSSES[loss]), 2 * nv_mib, args, base)
+        _run(rows, "logits", shape, f"fast:{loss}", step(BENCH_LOSSES[loss]), 2 * nv_mib, args, base)
     if args.reference:
-        from ts2.losses import LOSSES
-
         for loss in args.losses:
-            _run(rows, "logits", shape, f"reference:{loss}", step(LOSSES[loss]), 8 * nv_mib, args, base)
+            reference = BENCH_LOSSES[loss].reference
+            _run(rows, "logits", shape, f"reference:{loss}", step(reference), 8 * nv_mib, args, base)
     if args.official:
         _run(rows, "logits", shape, "official_style:ts2", step(official_style_ts2), 10 * nv_mib, args, base)
 
@@ -177,10 +184,12 @@ def bench_linear(vocab: int, n: int, d: int, args: argparse.Namespace, rows: lis
         None,
     )
     for loss in args.linear_losses:
-        fused = step(lambda loss=loss: fused_linear_loss(x, w, y, loss=loss, chunk_size=args.chunk_size))
+        fused = step(
+            lambda loss=loss: fused_linear_loss(x, w, y, BENCH_LOSSES[loss], chunk_size=args.chunk_size)
+        )
         _run(rows, "linear", shape, f"fused:{loss}", fused, 600, args, base)
         if args.linear_unfused_fast:
-            unfused = step(lambda loss=loss: FAST_LOSSES[loss](x @ w.t(), y))
+            unfused = step(lambda loss=loss: BENCH_LOSSES[loss](x @ w.t(), y))
             _run(rows, "linear", shape, f"unfused:fast:{loss}", unfused, 3 * nv_mib, args, base)
 
 
@@ -192,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         "--V", type=int, nargs="+", default=[128256], help="vocabulary sizes (logits section)"
     )
     parser.add_argument("--N", type=int, nargs="+", default=[2048], help="token counts (logits section)")
-    parser.add_argument("--losses", nargs="+", default=list(LOSS_IDS), choices=LOSS_IDS)
+    parser.add_argument("--losses", nargs="+", default=list(BENCH_LOSSES), choices=list(BENCH_LOSSES))
     parser.add_argument("--reference", action="store_true", help="also time the reference losses (full sort)")
     parser.add_argument(
         "--no-official", dest="official", action="store_false", help="skip the official-style row"
@@ -204,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--d", type=int, default=128, help="hidden size of the linear section (CPU: keep small)"
     )
-    parser.add_argument("--linear-losses", nargs="+", default=["ce", "ts2"], choices=LOSS_IDS)
+    parser.add_argument("--linear-losses", nargs="+", default=["ce", "ts2"], choices=list(BENCH_LOSSES))
     parser.add_argument(
         "--linear-unfused-fast", action="store_true", help="also time unfused x @ W.T + fast loss"
     )
@@ -213,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--full", action="store_true", help="V in {32000, 128256, 152064} x N in {512, 2048, 8192}"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: V=4096, N=256, linear N=256, 1 rep, no CSV written"
     )
     parser.add_argument("--reps", type=int, default=3, help="timed calls per row (after one warmup call)")
     parser.add_argument(
@@ -225,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.full:
         args.V, args.N = [32000, 128256, 152064], [512, 2048, 8192]
         args.linear_V, args.linear_N = [32000, 128256, 152064], [2048, 8192]
+    if args.quick:
+        args.V, args.N, args.linear_V, args.linear_N, args.reps = [4096], [256], [4096], [256], 1
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -239,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         for n in (n for n in args.linear_N if n > 0):
             bench_linear(vocab, n, args.d, args, rows)
 
+    if args.quick:
+        return
     args.csv.parent.mkdir(parents=True, exist_ok=True)
     with args.csv.open("w", newline="") as f:
         fields = list(asdict(rows[0]).keys()) + list(prov.keys()) if rows else []

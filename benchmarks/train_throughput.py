@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import measure, provenance  # noqa: E402
 
-from ts2.losses import FAST_LOSSES, LOSSES  # noqa: E402
+from ts2.losses import LOSSES, CrossEntropyLoss  # noqa: E402
 from ts2.objective import CausalLMObjective, HiddenPassthrough  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
@@ -46,16 +46,22 @@ def _model(vocab: int, hidden: int, layers: int):
     return LlamaForCausalLM(cfg)
 
 
+class ReferenceCE(CrossEntropyLoss):
+    """CE whose call is its reference (torch's ``F.cross_entropy`` per token): the ``ce_torch`` baseline."""
+
+    def __call__(self, logits, labels, **kw):
+        return self.reference(logits, labels, **kw)
+
+
 def _step_fn(vocab: int, hidden: int, layers: int, loss_id: str, fused: bool, batch: int, seq: int):
     """One training step; ``loss_id="ce_torch"`` is the reference CE (torch ``F.cross_entropy``)."""
-    loss_fn = LOSSES["ce"] if loss_id == "ce_torch" else FAST_LOSSES[loss_id]
-    loss_id = "ce" if loss_id == "ce_torch" else loss_id
+    loss = ReferenceCE() if loss_id == "ce_torch" else LOSSES[loss_id]()
     model = _model(vocab, hidden, layers).train()
     head = None
     if fused:
         head = model.get_output_embeddings()
         model.set_output_embeddings(HiddenPassthrough(head))
-    objective = CausalLMObjective(loss_fn, loss_id=loss_id, fused=fused, head=model.get_output_embeddings())
+    objective = CausalLMObjective(loss, fused=fused, head=model.get_output_embeddings())
     objective.log_ce_now = False  # a step that is not logged (training logs CE every logging_steps only)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     g = torch.Generator().manual_seed(1)

@@ -8,14 +8,36 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from ts2.conf import CONF_DIR
+from ts2.conf import CONF_DIR, main, method_ids, methods, scale_of
 from ts2.objective import make_loss
 
-METHODS = ["ce", "ce_wd", "neft", "gem", "ce_ls", "sparsemax", "entmax15", "ts2"]
+METHODS = method_ids()  # read from conf/method/ (the list is typed once, there)
 
 
-def test_method_files_are_exactly_the_eight_table_rows():
+def test_methods_describe_themselves_as_the_eight_table_1_rows(capsys):
+    """conf/method/*.yaml give the row label and order of Table 1 (PAPER.md §5, left to right as printed)."""
+    assert [(m.id, m.name, m.order) for m in methods()] == [
+        ("ce", "CE", 1),
+        ("ce_wd", "CE+WD", 2),
+        ("neft", "NEFT", 3),
+        ("gem", "GEM", 4),
+        ("ce_ls", "CE+LS", 5),
+        ("sparsemax", "Sparsemax", 6),
+        ("entmax15", "1.5-entmax", 7),
+        ("ts2", "TS²", 8),
+    ]
     assert sorted(p.stem for p in (Path(CONF_DIR) / "method").glob("*.yaml")) == sorted(METHODS)
+    assert main(["methods"]) == 0  # what experiments/table1/run.sh sweeps
+    assert capsys.readouterr().out == "ce,ce_wd,neft,gem,ce_ls,sparsemax,entmax15,ts2\n"
+
+
+def test_models_declare_their_scale(compose):
+    assert {p.stem: scale_of(p.stem) for p in (Path(CONF_DIR) / "model").glob("*.yaml")} == {
+        p.stem: ("tiny" if p.stem.startswith("tiny") else "paper")
+        for p in (Path(CONF_DIR) / "model").glob("*.yaml")
+    }
+    assert scale_of(compose(["experiment=paper_qwen2_7b"]).model) == "paper"
+    assert scale_of("no_such_model") == scale_of(None) == "unspecified"
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -35,7 +57,7 @@ def test_method_settings_are_the_documented_values(compose):
         "ce_wd": ("ce", {"weight_decay": 0.1}),
         "neft": ("ce", {"neftune_noise_alpha": 5.0}),
         "gem": ("gem", {}),
-        "ce_ls": ("label_smoothing", {}),
+        "ce_ls": ("ce_ls", {}),
         "sparsemax": ("sparsemax", {}),
         "entmax15": ("entmax15", {}),
         "ts2": ("ts2", {}),
@@ -57,8 +79,8 @@ def test_method_settings_are_the_documented_values(compose):
 
 
 def test_sweep_override_reaches_the_loss(compose):
-    _, hyper = make_loss(compose(["method=ts2", "loss.alpha=1.5", "loss.clamp=null"]).loss)
-    assert hyper == {"alpha": 1.5, "clamp": None, "temperature": 1.0}
+    loss, _ = make_loss(compose(["method=ts2", "loss.alpha=1.5", "loss.clamp=null"]).loss)
+    assert (loss.alpha, loss.clamp, loss.temperature) == (1.5, None, 1.0)
 
 
 def test_paper_experiments_compose_without_loading_anything(compose):

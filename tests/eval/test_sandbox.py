@@ -111,7 +111,7 @@ def test_limits(sandbox: Sandbox) -> None:
         "failed: OSError",
         "timed out",
     ]
-    assert 1.0 <= outcomes[-1].wall_s < 5.0
+    assert 1.0 <= outcomes[-1].wall_s < 60.0  # killed at the wall limit, long before the sleep would end
 
 
 EXIT_TRICKS = {

@@ -1,6 +1,7 @@
-"""Tests of the fast exact losses (`ts2.losses.kernels`) against independent references: the `entmax`
-package (full sort), a float64 bisection for thresholds, torch's cross-entropy, and short pure-torch
-references written here (GEM, TS²) differentiated by autograd."""
+"""Tests of the fast exact kernels (each loss's `rows`, driven by `ts2.losses.kernels`) against independent
+references: the `entmax` package (full sort), a float64 bisection for thresholds, torch's cross-entropy, and
+short pure-torch references written here (GEM, TS²) differentiated by autograd; and against the project's
+own references (`ts2.losses.reference`)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ts2.losses import kernels
-from ts2.losses.kernels import (
-    FAST_LOSSES,
-    LOSS_IDS,
-    entmax15_threshold_fast,
-    fast_loss,
-    sparsemax_threshold_fast,
+from ts2.losses import (
+    LOSSES,
+    CrossEntropyLoss,
+    GEMLoss,
+    LabelSmoothingLoss,
+    TS2Loss,
+    cross_entropy_loss,
+    entmax15_loss,
+    gem_loss,
+    kernels,
+    label_smoothing_loss,
+    sparsemax_loss,
+    ts2_loss,
 )
+from ts2.losses.kernels import entmax15_threshold_fast, sparsemax_threshold_fast
+
+# Every loss of LOSSES at its defaults (a new loss file is covered at once), and adaptive TS².
+CASES = [(loss_id, {}) for loss_id in LOSSES] + [("ts2", {"adaptive": True})]
+CASE_IDS = [f"{n}-{'-'.join(map(str, kw.values()))}" if kw else n for n, kw in CASES]
+FAST = {"sparsemax": sparsemax_loss, "entmax15": entmax15_loss}
 
 F64 = torch.float64
 INF = math.inf
@@ -165,11 +178,11 @@ def test_fy_losses_match_entmax(name: str, ref, topk: int) -> None:
     y = _labels(len(z), 700, seed=7)
     y[3] = -100
     keep = y != -100
-    got_loss, got_grad = _value_and_grad(FAST_LOSSES[name], z, y)
+    got_loss, got_grad = _value_and_grad(FAST[name], z, y)
     ref_loss, ref_grad = _value_and_grad(lambda a, b: ref(a[keep], b[keep]).mean(), z, y)
     torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got_grad, ref_grad, rtol=1e-5, atol=1e-6)
-    total, _ = _value_and_grad(FAST_LOSSES[name], z, y, reduction="sum")
+    total, _ = _value_and_grad(FAST[name], z, y, reduction="sum")
     torch.testing.assert_close(total, ref_loss * int(keep.sum()), rtol=1e-5, atol=1e-4)
 
 
@@ -188,10 +201,9 @@ def test_ts2_matches_reference(kw: dict, adaptive: bool, topk: int) -> None:
     y = _labels(len(z), 500, seed=9)
     y[:3] = z[:3].argmax(1)  # some labels inside the support
     y[5] = -100
-    fast = kernels.ts2_adaptive_loss_fast if adaptive else kernels.ts2_loss_fast
     keep = y != -100
     for reduction in ("mean", "sum"):
-        got_loss, got_grad = _value_and_grad(fast, z, y, reduction=reduction, **kw)
+        got_loss, got_grad = _value_and_grad(ts2_loss, z, y, reduction=reduction, adaptive=adaptive, **kw)
         ref_loss, ref_grad = _value_and_grad(
             lambda a, b, r=reduction: _ts2_reference(a[keep], b[keep], adaptive=adaptive, reduction=r, **kw),
             z,
@@ -208,12 +220,8 @@ def test_ce_and_label_smoothing_match_torch(epsilon: float, reduction: str) -> N
     y[[2, 3, 9]] = -100
     ref = _value_and_grad(F.cross_entropy, z, y, label_smoothing=epsilon, reduction=reduction)
     for got in (
-        _value_and_grad(kernels.label_smoothing_loss_fast, z, y, epsilon=epsilon, reduction=reduction),
-        *(
-            [_value_and_grad(kernels.cross_entropy_loss_fast, z, y, reduction=reduction)]
-            if epsilon == 0
-            else []
-        ),
+        _value_and_grad(label_smoothing_loss, z, y, epsilon=epsilon, reduction=reduction),
+        *([_value_and_grad(cross_entropy_loss, z, y, reduction=reduction)] if epsilon == 0 else []),
     ):
         torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-6)
@@ -222,7 +230,7 @@ def test_ce_and_label_smoothing_match_torch(epsilon: float, reduction: str) -> N
 @pytest.mark.parametrize("kw", [{}, {"beta": 1.3, "h": "linear"}, {"beta": 0.4, "h": "logsigmoid"}])
 def test_gem_matches_reference(kw: dict) -> None:
     z, y = _logits(20, 400, seed=12, scale=3.0), _labels(20, 400, seed=13)
-    got = _value_and_grad(kernels.gem_loss_fast, z, y, **kw)
+    got = _value_and_grad(gem_loss, z, y, **kw)
     ref = _value_and_grad(_gem_reference, z, y, **kw)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-6)
@@ -231,19 +239,17 @@ def test_gem_matches_reference(kw: dict) -> None:
         torch.testing.assert_close(got[1], expected, rtol=1e-5, atol=1e-6)
 
 
-HP = {"label_smoothing": {"epsilon": 0.2}, "gem": {"beta": 0.5}, "ts2": {"alpha": 0.7, "temperature": 1.3}}
+HP = {"ce_ls": {"epsilon": 0.2}, "gem": {"beta": 0.5}, "ts2": {"alpha": 0.7, "temperature": 1.3}}
 
 
-@pytest.mark.parametrize("name", LOSS_IDS)
-def test_matches_project_reference_losses(name: str) -> None:
-    """Same value and gradient as the reference implementation behind `ts2.losses.LOSSES`."""
-    from ts2.losses import LOSSES
-
+@pytest.mark.parametrize("name, kw", CASES, ids=CASE_IDS)
+def test_matches_project_reference_losses(name: str, kw: dict) -> None:
+    """Same value and gradient as the loss's own reference (`ts2.losses.reference`)."""
     z, y = _logits(24, 600, seed=14, scale=3.0), _labels(24, 600, seed=15)
     y[[1, 7]] = -100
-    kw = HP.get(name, {})
-    got = _value_and_grad(FAST_LOSSES[name], z, y, **kw)
-    ref = _value_and_grad(LOSSES[name], z, y, **kw)
+    loss = LOSSES[name](**{**HP.get(name, {}), **kw})
+    got = _value_and_grad(loss, z, y)
+    ref = _value_and_grad(loss.reference, z, y)
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-6)
 
@@ -252,7 +258,7 @@ def test_matches_project_reference_losses(name: str) -> None:
     "name, kw",
     [
         ("ce", {}),
-        ("label_smoothing", {"epsilon": 0.3}),
+        ("ce_ls", {"epsilon": 0.3}),
         ("sparsemax", {}),
         ("entmax15", {}),
         ("ts2", {"alpha": 0.8, "clamp": None, "temperature": 1.7}),
@@ -263,15 +269,16 @@ def test_gradcheck_float64(name: str, kw: dict) -> None:
     """The closed-form gradient is the derivative of the value (GEM and ts2_adaptive detach weights)."""
     z = _logits(4, 9, seed=16, scale=1.5, dtype=F64).requires_grad_()
     y = torch.tensor([0, 3, -100, 8])
-    assert torch.autograd.gradcheck(lambda a: fast_loss(a, y, loss=name, **kw), (z,))
+    loss = LOSSES[name](**kw)
+    assert torch.autograd.gradcheck(lambda a: loss(a, y), (z,))
 
 
 # ---- corner cases ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", LOSS_IDS)
-def test_corner_cases(name: str) -> None:
-    fn = FAST_LOSSES[name]
+@pytest.mark.parametrize("name, kw", CASES, ids=CASE_IDS)
+def test_corner_cases(name: str, kw: dict) -> None:
+    fn = LOSSES[name](**kw)
     # every token ignored: 0 and a zero gradient
     z = _logits(3, 10, seed=17)
     loss, grad = _value_and_grad(fn, z, torch.full((3,), -100))
@@ -297,42 +304,53 @@ def test_corner_cases(name: str) -> None:
 @pytest.mark.parametrize("name", ["ce", "sparsemax", "entmax15", "ts2", "gem"])
 def test_bf16_input_is_computed_in_fp32(name: str) -> None:
     z, y = _logits(10, 3000, seed=18, dtype=torch.bfloat16), _labels(10, 3000, seed=19)
-    loss, grad = _value_and_grad(FAST_LOSSES[name], z, y)
-    ref_loss, ref_grad = _value_and_grad(FAST_LOSSES[name], z.float(), y)
+    loss, grad = _value_and_grad(LOSSES[name](), z, y)
+    ref_loss, ref_grad = _value_and_grad(LOSSES[name](), z.float(), y)
     assert loss.dtype == torch.float32 and grad.dtype == torch.bfloat16
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(grad, ref_grad.bfloat16())
 
 
-@pytest.mark.parametrize("name", LOSS_IDS)
-def test_blocks_no_grad_and_upstream_gradient(name: str, monkeypatch) -> None:
+@pytest.mark.parametrize("name, kw", CASES, ids=CASE_IDS)
+def test_blocks_no_grad_and_upstream_gradient(name: str, kw: dict, monkeypatch) -> None:
+    fn = LOSSES[name](**kw)
     z, y = _logits(40, 257, seed=20, scale=3.0), _labels(40, 257, seed=21)
     y[10:14] = -100
-    whole = _value_and_grad(FAST_LOSSES[name], z, y)
+    whole = _value_and_grad(fn, z, y)
     monkeypatch.setattr(kernels, "BLOCK_BYTES_CPU", 3 * 4 * 257)  # 3 rows a block: runs of rows as slices
     assert all(isinstance(b, slice) for b in kernels.row_blocks(y, -100, 3))
-    torch.testing.assert_close(_value_and_grad(FAST_LOSSES[name], z, y), whole, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(_value_and_grad(fn, z, y), whole, rtol=1e-6, atol=1e-7)
     y2 = y.clone()
     y2[::2] = -100  # runs of one row, blocks of 10 rows: gathered blocks
     assert not any(isinstance(b, slice) for b in kernels.row_blocks(y2, -100, 10))
     monkeypatch.setattr(kernels, "BLOCK_BYTES_CPU", 1 << 28)
-    ref = _value_and_grad(FAST_LOSSES[name], z, y2)
+    ref = _value_and_grad(fn, z, y2)
     monkeypatch.setattr(kernels, "BLOCK_BYTES_CPU", 10 * 4 * 257)
-    torch.testing.assert_close(_value_and_grad(FAST_LOSSES[name], z, y2), ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(_value_and_grad(fn, z, y2), ref, rtol=1e-6, atol=1e-7)
     with torch.no_grad():
-        torch.testing.assert_close(FAST_LOSSES[name](z, y), whole[0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(fn(z, y), whole[0], rtol=1e-6, atol=1e-7)
     z3 = z.clone().requires_grad_()
-    (3.0 * FAST_LOSSES[name](z3, y)).backward()
+    (3.0 * fn(z3, y)).backward()
     torch.testing.assert_close(z3.grad, 3.0 * whole[1])
 
 
 def test_bad_arguments() -> None:
     z, y = _logits(2, 5, seed=22), torch.tensor([0, 1])
-    with pytest.raises(TypeError):
-        fast_loss(z, y, loss="ts2", beta=0.3)
-    with pytest.raises(ValueError):
-        fast_loss(z, y, loss="nope")
-    with pytest.raises(ValueError):
-        kernels.ts2_loss_fast(z, y, temperature=0.0)
-    with pytest.raises(ValueError):
-        kernels.cross_entropy_loss_fast(z, torch.tensor([0, 5]))
+    with pytest.raises(TypeError, match="beta"):
+        ts2_loss(z, y, beta=0.3)
+    with pytest.raises(ValueError, match="temperature"):
+        ts2_loss(z, y, temperature=0.0)
+    with pytest.raises(ValueError, match="label 5 is out of range"):
+        cross_entropy_loss(z, torch.tensor([0, 5]))
+
+
+def test_losses_are_values_with_their_settings() -> None:
+    """Frozen dataclasses: equal settings compare equal, hash alike and print their settings (what a
+    config's ``_target_`` builds and what the objective compares with CE)."""
+    assert TS2Loss() == TS2Loss(alpha=0.25) != TS2Loss(alpha=0.5)
+    assert hash(GEMLoss()) == hash(GEMLoss(beta=0.7)) and CrossEntropyLoss() != LabelSmoothingLoss(
+        epsilon=0.0
+    )
+    assert repr(TS2Loss(clamp=None)) == "TS2Loss(alpha=0.25, clamp=None, temperature=1.0, adaptive=False)"
+    with pytest.raises(AttributeError):
+        TS2Loss().alpha = 1.0  # type: ignore[misc]

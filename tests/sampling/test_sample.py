@@ -106,7 +106,7 @@ def test_every_benchmark_end_to_end(sample_cfg, trained_run, tmp_path, name):
         code = read_problems()["HumanEval/0"]["prompt"].strip()
         assert first["prompt"].endswith(
             f"```python\n{code}\n```\n<|eot_id|>"
-            f"<|start_header_id|>assistant<|end_header_id|>\n\n```python\n{code}"
+            f"<|start_header_id|>assistant<|end_header_id|>\n\n```python\n    {code}"  # the paper prefix
         )
         assert all("```" not in r["completion"] for r in rows)
     elif name == "mt_bench_101":

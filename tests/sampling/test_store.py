@@ -1,4 +1,4 @@
-"""The append-only sample store: whole-line batches, torn tails, duplicates, locking."""
+"""The sample store: the `Sample` record and its one reader, whole-line batches, torn tails, duplicates, locking."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import json
 
 import pytest
 
-from ts2.sampling.store import SampleFileError, SampleStore, read_samples
+from ts2.sampling.store import (
+    REQUIRED_FIELDS,
+    Sample,
+    SampleFileError,
+    SampleStore,
+    group_by_prompt,
+    prefix_count,
+    read_samples,
+    repair_torn_tail,
+    split_torn_tail,
+)
 
 
 def _row(pid, s, text="x"):
@@ -115,3 +125,71 @@ def test_a_failed_open_releases_the_lock(tmp_path):
     path.write_text("")
     with SampleStore(path) as st:
         assert st.done == set()
+
+
+# ------------------------------------------------------------------------------------ the Sample record
+def test_read_samples_gives_sample_records_with_extras(tmp_path):
+    path = tmp_path / "b.jsonl"
+    rows = [
+        {**_row("HumanEval/3", 1), "instruction": "do it", "reference": "A"},
+        {"prompt_id": 7, "sample_idx": 0, "completion": "bare"},  # a file made elsewhere: core fields only
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    a, b = read_samples(path)
+    assert (a.prompt_id, a.sample_idx, a.prompt, a.completion) == ("HumanEval/3", 1, "p", "x")
+    assert (a.finish_reason, a.num_tokens, a.line) == ("length", 1, 1)
+    assert a.fields == {"instruction": "do it", "reference": "A"}
+    assert a.to_dict() == rows[0] and list(a)[:6] == list(REQUIRED_FIELDS)  # the line, in the sampler's order
+    assert a["reference"] == "A" and a["completion"] == "x" and a.get("missing", 0) == 0
+    assert (b.prompt, b.finish_reason, b.num_tokens, b.fields, b.line) == (None, None, None, {}, 2)
+    assert a == Sample("HumanEval/3", 1, "p", "x", "length", 1, {"instruction": "do it", "reference": "A"})
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ({"task_id": "HumanEval/0", "sample_idx": 0, "completion": ""}, "missing field 'prompt_id'.*task_id"),
+        ({"prompt_id": True, "sample_idx": 0, "completion": ""}, "prompt_id must be int or str, got bool"),
+        ({"prompt_id": 0, "sample_idx": -1, "completion": ""}, "'sample_idx' must be int >= 0"),
+        ({"prompt_id": 0, "sample_idx": 0, "completion": None}, "'completion' must be str"),
+        ({**_row(0, 0), "num_tokens": "3"}, "'num_tokens' must be int or null"),
+        ([1, 2], "expected a JSON object, got list"),
+    ],
+)
+def test_bad_records_name_file_line_and_field(tmp_path, row, message):
+    path = tmp_path / "b.jsonl"
+    path.write_text(json.dumps(_row(5, 0)) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(SampleFileError, match=f"b.jsonl:2: {message}"):
+        read_samples(path)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_samples(tmp_path / "none.jsonl")
+    (tmp_path / "empty.jsonl").write_text("")
+    assert read_samples(tmp_path / "empty.jsonl") == []
+
+
+def test_torn_tail_repair_drops_a_cut_line_and_completes_a_whole_one(tmp_path):
+    path = tmp_path / "b.jsonl"
+    whole = json.dumps(_row(0, 0)) + "\n"
+    assert split_torn_tail(whole.encode() + b'{"prompt_id": 0, "sa') == (
+        whole.encode(),
+        b'{"prompt_id": 0, "sa',
+    )
+    last = json.dumps(_row(0, 1))  # complete record, newline lost: the write stopped right before "\n"
+    assert split_torn_tail((whole + last).encode()) == ((whole + last + "\n").encode(), b"")
+    path.write_text(whole + last)
+    assert len(read_samples(path)) == 2
+    assert repair_torn_tail(path) == 0 and path.read_text() == whole + last + "\n"
+    path.write_text(whole + last[:9])
+    assert repair_torn_tail(path) == 9 and path.read_text() == whole
+    assert repair_torn_tail(tmp_path / "none.jsonl") == 0
+
+
+def test_group_by_prompt_and_prefix_count():
+    samples = [Sample(p, j, "", str(j), None, None) for p, j in [(2, 1), (1, 0), (2, 0), (2, 3), (1, 1)]]
+    by = group_by_prompt(samples)
+    assert list(by) == [2, 1]  # first appearance
+    assert [s.sample_idx for s in by[2]] == [0, 1, 3] and [s.sample_idx for s in by[1]] == [0, 1]
+    assert prefix_count(by[2]) == 2 and prefix_count(by[1]) == 2 and prefix_count([]) == 0

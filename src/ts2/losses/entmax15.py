@@ -5,18 +5,25 @@ With x = z / 2 sorted, x_(1) >= ... >= x_(K), and for each k the mean m_k and me
 top k: ``tau_k = m_k - sqrt(max((1 - k (s_k - m_k^2)) / k, 0))``; |S| = #{k : tau_k <= x_(k)}, tau = tau_|S|.
 Loss: ``L(z; y) = (1 - sum_i p_i^{3/2}) / 0.75 + <p - e_y, z>``, p = entmax15(z); gradient ``p - e_y``.
 
-Exact sort-based reference, in fp32 (fp64 stays fp64), in the frame shifted by the row max (the loss is
-shift-invariant). -inf logits (a masked vocabulary) never enter the support. A row needs one finite logit.
+Reference (`Entmax15Loss.per_token`, `entmax15`): exact and sort-based, in fp32 (fp64 stays fp64), in the
+frame shifted by the row max (the loss is shift-invariant). -inf logits (a masked vocabulary) never enter
+the support. A row needs one finite logit.
+Fast kernel (`Entmax15Loss.rows`): the threshold from a top-k partial selection with an exactness test
+(`ts2.losses.kernels.select`; the support lies in {i : z_i > max z - 2}), gradient ``p - e_y`` in closed form.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ts2.losses._common import compute_dtype, token_loss
+from ts2.losses._common import compute_dtype
+from ts2.losses.base import TokenLoss
+from ts2.losses.kernels import Workspace, one_thread, select
+from ts2.losses.sparsemax import sparse_grad_into
 
 
 def _shifted_probs(z: Tensor) -> tuple[Tensor, Tensor]:
@@ -85,12 +92,54 @@ class _Entmax15Loss(torch.autograd.Function):
         return grad, None
 
 
-def entmax15_loss(
-    logits: Tensor, labels: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
-) -> Tensor:
-    """1.5-entmax loss ``(1 - sum p^{3/2}) / 0.75 + <p - e_y, z>`` over non-ignored tokens.
+@dataclasses.dataclass(frozen=True)
+class Entmax15Loss(TokenLoss):
+    """1.5-entmax loss ``(1 - sum p^{3/2}) / 0.75 + <p - e_y, z>``; no hyperparameters.
 
     logits [N, V] (any float dtype, computed in fp32), labels [N] -> scalar fp32 (fp64 for fp64 input).
     Gradient ``entmax15(z) - e_y``. A label on a -inf logit gives +inf loss.
     """
-    return token_loss(logits, labels, _Entmax15Loss.apply, ignore_index=ignore_index, reduction=reduction)
+
+    id = "entmax15"
+
+    def per_token(self, z: Tensor, y: Tensor) -> Tensor:
+        return _Entmax15Loss.apply(z, y)
+
+    def rows(self, z: Tensor, y: Tensor, weight: float, out: Tensor | None, workspace: Workspace) -> Tensor:
+        y1 = y.unsqueeze(1)
+        zy = z.gather(1, y1).squeeze(1)
+        sel = select(z, entmax15=True)
+        p, zmax = sel.probs, sel.zmax
+        with one_thread(z.device):
+            # Fenchel-Young: (1 - sum p^1.5) / 0.75 + <p, z - zmax> - (z_y - zmax); z - zmax = 2u on S
+            u = ((sel.values - zmax.unsqueeze(1)) * 0.5).clamp_min(-2.0)  # p = 0 where clamped: no 0 * inf
+            loss = (1.0 - (p * p.sqrt()).sum(1)) / 0.75 + 2.0 * (p * u).sum(1) - (zy - zmax)
+        if out is not None:
+            sparse_grad_into(out, sel, y1, weight)
+        return loss
+
+
+def entmax15_loss(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    **hyperparameters: Any,
+) -> Tensor:
+    """1.5-entmax loss, fast exact kernel: logits [N, V], labels [N] -> scalar (see `Entmax15Loss`)."""
+    return Entmax15Loss(**hyperparameters)(logits, labels, ignore_index=ignore_index, reduction=reduction)
+
+
+def reference(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    **hyperparameters: Any,
+) -> Tensor:
+    """1.5-entmax loss, sort-based pure-torch reference: same signature and value."""
+    return Entmax15Loss(**hyperparameters).reference(
+        logits, labels, ignore_index=ignore_index, reduction=reduction
+    )

@@ -2,10 +2,11 @@
 
 From hidden states X [N, d] and the LM-head weight W [V, d] straight to ``loss(X W^T, labels)`` and its
 gradients, chunk by chunk over the N rows, never holding all N x V logits. For a chunk c:
-``Z_c = X_c W^T``, ``G_c = dL/dZ_c`` (closed form, `ts2.losses.kernels.row_losses`),
+``Z_c = X_c W^T``, ``G_c = dL/dZ_c`` (closed form, the loss's row kernel `TokenLoss.rows`),
 ``dX_c = G_c W``, ``dW += G_c^T X_c``. Only dX [N, d] and dW [V, d] are kept for the backward pass, which
-multiplies them by the incoming gradient. Every loss of `ts2.losses.kernels.LOSS_IDS` is supported, with
-the same value and gradients as the unfused loss on ``X W^T``.
+multiplies them by the incoming gradient. Any `ts2.losses.TokenLoss` (every loss of `ts2.losses.LOSSES`, or
+whatever the config's ``_target_`` builds) is supported, with the same value and gradients as the unfused
+loss on ``X W^T``.
 
 Peak memory beyond the inputs: dX [N, d] and dW [V, d] (fp32 while accumulating), plus buffers reused by
 every chunk: the logits and G ([C, V] each, fp32; one more [C, V] in the input dtype for bf16/fp16, two
@@ -20,15 +21,8 @@ import torch
 from torch import Tensor
 
 from ts2.losses._common import REDUCTIONS, compute_dtype
-from ts2.losses.kernels import (
-    LossSpec,
-    Workspace,
-    block_rows,
-    make_spec,
-    row_blocks,
-    row_losses,
-    row_weight,
-)
+from ts2.losses.base import TokenLoss
+from ts2.losses.kernels import Workspace, block_rows, row_blocks, row_weight
 
 
 def _check(hidden: Tensor, weight: Tensor, labels: Tensor, ignore_index: int, reduction: str) -> None:
@@ -54,7 +48,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         hidden: Tensor,
         weight: Tensor,
         labels: Tensor,
-        spec: LossSpec,
+        loss: TokenLoss,
         ignore_index: int,
         reduction: str,
         chunk_size: int,
@@ -81,7 +75,7 @@ class _FusedLinearLoss(torch.autograd.Function):
             if upcast_buf is not None:
                 z = upcast_buf[:n].copy_(z)
             g = grad_buf[:n] if grad_buf is not None else None
-            total = total + row_losses(z, y, w_row, g, spec, workspace=ws).sum() * w_row
+            total = total + loss.rows(z, y, w_row, g, ws).sum() * w_row
             if g is None:
                 continue
             g_low = g if dtype == cdt else g.to(dtype)
@@ -117,23 +111,26 @@ def fused_linear_loss(
     hidden: Tensor,
     weight: Tensor,
     labels: Tensor,
+    loss: TokenLoss,
     *,
-    loss: str,
     ignore_index: int = -100,
     reduction: str = "mean",
     chunk_size: int | None = None,
-    **hyperparameters: Any,
 ) -> Tensor:
     """``loss(hidden @ weight.T, labels)`` without materialising the [N, V] logits.
 
     hidden [N, d] and weight [V, d] (same float dtype; the loss maths in fp32), labels [N] -> scalar fp32
-    (fp64 for fp64 input). `loss` is a loss id ("ce", "label_smoothing", "gem", "sparsemax", "entmax15",
-    "ts2", "ts2_adaptive") and `hyperparameters` its keyword arguments, as in `ts2.losses.LOSSES`.
-    Gradients for hidden and weight are computed in the forward pass, `chunk_size` rows at a time.
+    (fp64 for fp64 input). `loss` is an instantiated `ts2.losses.TokenLoss`, e.g. ``TS2Loss(alpha=0.25)``
+    (its row kernel `rows` is applied chunk by chunk). Gradients for hidden and weight are computed in the
+    forward pass, `chunk_size` rows at a time.
     """
+    if not isinstance(loss, TokenLoss):
+        raise TypeError(
+            f"fused_linear_loss needs a ts2.losses.TokenLoss instance as `loss` (e.g. TS2Loss(alpha=0.25) or "
+            f"ts2.losses.LOSSES['ts2']()), got {type(loss).__name__} {loss!r}"
+        )
     _check(hidden, weight, labels, ignore_index, reduction)
-    spec = make_spec(loss, **hyperparameters)
     step = chunk_size if chunk_size is not None else default_chunk_size(weight.shape[0], hidden.device)
     if step < 1:
         raise ValueError(f"chunk_size must be >= 1, got {step}")
-    return _FusedLinearLoss.apply(hidden, weight, labels, spec, ignore_index, reduction, step)
+    return _FusedLinearLoss.apply(hidden, weight, labels, loss, ignore_index, reduction, step)

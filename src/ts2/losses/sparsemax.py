@@ -6,20 +6,26 @@ With the logits of a row sorted, z_(1) >= ... >= z_(K):
 Sparsemax loss (Fenchel-Young form): ``L(z; y) = -z_y + 1/2 sum_{j in S}(z_j^2 - tau^2) + 1/2``,
 gradient ``sparsemax(z) - e_y``.
 
-Exact sort-based reference. The maths runs in fp32 (fp64 stays fp64) in the frame shifted by the row
-max, where tau lies in [-1, -1/K] and the loss is computed as ``tau - z_y + (1 + ||p||^2) / 2`` (the same
-quantity, since sum_S (z_j^2 - tau^2) / 2 = ||p||^2 / 2 + tau), so logits of size 1e4 lose no precision.
+Reference (`SparsemaxLoss.per_token`, `sparsemax`, `sparsemax_threshold`): exact and sort-based. The maths
+runs in fp32 (fp64 stays fp64) in the frame shifted by the row max, where tau lies in [-1, -1/K] and the
+loss is computed as ``tau - z_y + (1 + ||p||^2) / 2`` (the same quantity, since
+sum_S (z_j^2 - tau^2) / 2 = ||p||^2 / 2 + tau), so logits of size 1e4 lose no precision.
 -inf logits (a masked vocabulary) never enter the support. A row needs at least one finite logit.
+Fast kernel (`SparsemaxLoss.rows`): the same threshold from a top-k partial selection with an exactness
+test (`ts2.losses.kernels.select`), and the gradient ``p - e_y`` written in closed form.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from ts2.losses._common import compute_dtype, token_loss
+from ts2.losses._common import compute_dtype
+from ts2.losses.base import TokenLoss
+from ts2.losses.kernels import Selection, Workspace, one_thread, select
 
 
 def _shifted_threshold(zs: Tensor) -> tuple[Tensor, Tensor]:
@@ -111,16 +117,68 @@ def sparsemax_loss_and_probs(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return _SparsemaxLoss.apply(z, y)
 
 
-def _per_token(z: Tensor, y: Tensor) -> Tensor:
-    return sparsemax_loss_and_probs(z, y)[0]
+def sparsemax_rows(z: Tensor, zy: Tensor, temperature: float) -> tuple[Selection, Tensor, Tensor]:
+    """Fast sparsemax loss of T z for a block of rows: z [M, V], zy [M] the label logits -> (the selection,
+    losses [M], u_y = T (z_y - max z) [M]). In the frame shifted by T max z the loss is
+    ``tau - u_y + (1 + ||p||^2) / 2``."""
+    sel = select(z, temperature=temperature)
+    p, zmax = sel.probs, sel.zmax
+    with one_thread(z.device):
+        u_y = temperature * (zy - zmax)
+        loss = sel.tau - u_y + 0.5 * (1.0 + (p * p).sum(1))
+    return sel, loss, u_y
 
 
-def sparsemax_loss(
-    logits: Tensor, labels: Tensor, *, ignore_index: int = -100, reduction: str = "mean"
-) -> Tensor:
-    """Sparsemax loss ``-z_y + 1/2 sum_{j in S}(z_j^2 - tau^2) + 1/2`` over non-ignored tokens.
+def sparse_grad_into(out: Tensor, sel: Selection, y1: Tensor, weight: float) -> None:
+    """``out = weight * (p - e_y)`` for the sparse probabilities p of `sel` and labels y1 [M, 1]."""
+    out.zero_()
+    with one_thread(out.device):
+        out.scatter_add_(1, sel.index, weight * sel.probs)
+        out.scatter_add_(1, y1, torch.full(y1.shape, -weight, dtype=out.dtype, device=out.device))
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsemaxLoss(TokenLoss):
+    """Sparsemax loss ``-z_y + 1/2 sum_{j in S}(z_j^2 - tau^2) + 1/2``; no hyperparameters.
 
     logits [N, V] (any float dtype, computed in fp32), labels [N] -> scalar fp32 (fp64 for fp64 input).
     Gradient ``sparsemax(z) - e_y``. A label on a -inf logit gives +inf loss.
     """
-    return token_loss(logits, labels, _per_token, ignore_index=ignore_index, reduction=reduction)
+
+    id = "sparsemax"
+
+    def per_token(self, z: Tensor, y: Tensor) -> Tensor:
+        return sparsemax_loss_and_probs(z, y)[0]
+
+    def rows(self, z: Tensor, y: Tensor, weight: float, out: Tensor | None, workspace: Workspace) -> Tensor:
+        y1 = y.unsqueeze(1)
+        sel, loss, _ = sparsemax_rows(z, z.gather(1, y1).squeeze(1), 1.0)
+        if out is not None:
+            sparse_grad_into(out, sel, y1, weight)
+        return loss
+
+
+def sparsemax_loss(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    **hyperparameters: Any,
+) -> Tensor:
+    """Sparsemax loss, fast exact kernel: logits [N, V], labels [N] -> scalar (see `SparsemaxLoss`)."""
+    return SparsemaxLoss(**hyperparameters)(logits, labels, ignore_index=ignore_index, reduction=reduction)
+
+
+def reference(
+    logits: Tensor,
+    labels: Tensor,
+    *,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    **hyperparameters: Any,
+) -> Tensor:
+    """Sparsemax loss, sort-based pure-torch reference: same signature and value."""
+    return SparsemaxLoss(**hyperparameters).reference(
+        logits, labels, ignore_index=ignore_index, reduction=reduction
+    )

@@ -2,6 +2,8 @@
 
 A model config either names a checkpoint (``name_or_path``: a hub id or a local folder) or carries a
 ``tiny`` block, in which case the offline tiny model is built (and cached) by :mod:`ts2.models.tiny`.
+Reward models follow the same pattern (:mod:`ts2.models.reward_model`: ``resolve_rm_path`` builds the tiny RM
+or returns ``name_or_path``; ``load_reward_model`` loads it through :func:`pretrained`).
 ``chat_template_from`` takes the chat template of another tokenizer: the paper trains the *base*
 Llama-3.1-8B with the *Instruct* model's template (PAPER.md §3).
 """
@@ -9,10 +11,13 @@ Llama-3.1-8B with the *Instruct* model's template (PAPER.md §3).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 _HOW_TO_GET = (
     "Model {name!r} could not be loaded ({err}).\n"
@@ -37,13 +42,27 @@ def resolve_model_path(model_cfg: Any) -> str:
     return str(name)
 
 
-def _wrap(name: str, fn):
+def looks_local(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a local folder."""
+    return name.startswith(("/", "./", "../", "~")) or name.count("/") >= 2
+
+
+def pretrained(name: str, load: Callable[[], T], how_to_get: str = _HOW_TO_GET) -> T:
+    """``load()`` (a ``from_pretrained`` of ``name``) with one error convention for every model we load.
+
+    LMs (:func:`load_model`, :func:`load_tokenizer`) and reward models (:mod:`ts2.models.reward_model`) go
+    through here: a local folder that does not exist, or a hub id that cannot be fetched (or is not cached
+    while offline), raises ``FileNotFoundError`` with ``how_to_get`` (``{name}``, ``{err}``); a folder that
+    exists but fails to load keeps its own error.
+    """
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise FileNotFoundError(how_to_get.format(name=name, err=f"local folder {name} does not exist"))
     try:
-        return fn()
+        return load()
     except (OSError, ValueError) as err:  # hub ids that cannot be fetched raise OSError
-        if Path(name).exists() or "/" not in name:
+        if Path(name).expanduser().exists() or "/" not in name:
             raise
-        raise FileNotFoundError(_HOW_TO_GET.format(name=name, err=str(err).splitlines()[0])) from err
+        raise FileNotFoundError(how_to_get.format(name=name, err=str(err).splitlines()[0])) from err
 
 
 def load_tokenizer(model_cfg: Any, path: str | None = None):
@@ -51,10 +70,10 @@ def load_tokenizer(model_cfg: Any, path: str | None = None):
     from transformers import AutoTokenizer
 
     path = path or resolve_model_path(model_cfg)
-    tok = _wrap(path, lambda: AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or path))
+    tok = pretrained(path, lambda: AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or path))
     src = model_cfg.get("chat_template_from")
     if src:
-        tmpl_tok = _wrap(src, lambda: AutoTokenizer.from_pretrained(src))
+        tmpl_tok = pretrained(src, lambda: AutoTokenizer.from_pretrained(src))
         tok.chat_template = tmpl_tok.chat_template
     if tok.chat_template is None:
         raise ValueError(
@@ -74,7 +93,7 @@ def load_model(model_cfg: Any, path: str | None = None, **kwargs):
     dtype = getattr(torch, model_cfg.get("dtype", "float32"))
     attn = model_cfg.get("attn_implementation") or None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return _wrap(
+    return pretrained(
         path,
         lambda: AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs),
     )

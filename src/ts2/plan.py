@@ -1,0 +1,433 @@
+"""Paper-scale plan: memory per GPU, tokens and GPU-hours of each Table-1 stage, before anything runs.
+
+``python -m ts2.plan scale=paper`` (what ``DRY_RUN=1 SCALE=paper make reproduce-table1`` prints) estimates,
+for the recipe of ``conf/experiment/paper_<model>.yaml`` (PAPER.md §3) and the Table-1 benchmarks of
+``conf/eval/`` (PAPER.md §4), per method:
+
+- **train**: memory per GPU under DeepSpeed ZeRO-2 with bf16 and AdamW (Rajbhandari et al. 2020, "ZeRO":
+  model states ``2P`` bf16 weights on every GPU, ``2P/N`` bf16 gradients, ``12P/N`` fp32 master weights and
+  Adam moments), activations with gradient checkpointing (one bf16 hidden state per layer kept, one layer's
+  working set recomputed, the logits of the loss), the tokens of 3 epochs and the GPU-hours at a stated MFU;
+- **sample** (vLLM): weights + KV cache per GPU, generated tokens (upper bound: every sample runs to
+  ``max_new_tokens``) and GPU-hours from a memory-bandwidth model of decoding;
+- **score**: the reward model's forward pass over the AlpacaEval samples (HumanEval runs on CPUs).
+
+Every assumption is printed with the numbers (``key=value`` arguments change them):
+``model=llama31_8b|qwen2_7b gpu=h100|h200|a100 num_gpus=8 mfu=0.35 bw_eff=0.6 chars_per_token=4.0
+methods=8 format=text|json``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A Llama-style decoder (RMSNorm, GQA attention, SwiGLU MLP), from the model's published config.json."""
+
+    name: str
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    tied_embeddings: bool = False
+    qkv_bias: bool = False
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def params(self) -> int:
+        """Exact parameter count: embeddings (+ untied LM head), per layer q/k/v/o, gate/up/down, 2 norms; final norm."""
+        h, kv, i = self.hidden, self.kv_dim, self.intermediate
+        attn = h * h + 2 * h * kv + h * h + ((h + 2 * kv) if self.qkv_bias else 0)
+        layer = attn + 3 * h * i + 2 * h
+        embed = self.vocab * h * (1 if self.tied_embeddings else 2)
+        return embed + self.layers * layer + h
+
+    def kv_bytes_per_token(self, dtype_bytes: int = 2) -> int:
+        """KV cache per token: K and V for every layer."""
+        return 2 * self.layers * self.kv_dim * dtype_bytes
+
+    def layer_activation_bytes_per_token(self) -> int:
+        """bf16 tensors one decoder layer keeps for backward (flash-attention: no s x s scores), per token:
+        norm inputs and outputs (4h), q and attention output (2h), k and v (2 kv_dim), the MLP's gate, up,
+        activation and product (4 intermediate)."""
+        return 2 * (6 * self.hidden + 2 * self.kv_dim + 4 * self.intermediate)
+
+
+ARCHS = {  # config.json of meta-llama/Llama-3.1-8B and Qwen/Qwen2-7B
+    "llama31_8b": Arch("Llama-3.1-8B", 128256, 4096, 32, 32, 8, 14336),
+    "qwen2_7b": Arch("Qwen2-7B", 152064, 3584, 28, 28, 4, 18944, qkv_bias=True),
+}
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    bf16_tflops: float  # dense peak
+    memory_gb: float
+    bandwidth_tbs: float
+
+
+GPUS = {  # vendor datasheets (dense bf16, no sparsity)
+    "h100": GPU("H100 SXM 80GB", 989.0, 80.0, 3.35),
+    "h200": GPU("H200 SXM 141GB", 989.0, 141.0, 4.8),
+    "a100": GPU("A100 SXM 80GB", 312.0, 80.0, 2.04),
+}
+
+
+# ------------------------------------------------------------------------------------------- memory
+def zero2_model_states(params: int, num_gpus: int) -> dict[str, float]:
+    """Bytes per GPU of the model states under ZeRO-2, bf16 + AdamW: weights 2P (replicated), gradients 2P/N,
+    optimizer 12P/N (fp32 master copy, Adam m and v) — ZeRO's 2P + (2 + 12)P/N."""
+    return {
+        "weights_bf16": 2.0 * params,
+        "gradients_bf16": 2.0 * params / num_gpus,
+        "optimizer_fp32": 12.0 * params / num_gpus,
+    }
+
+
+def fused_chunk_rows(vocab: int) -> int:
+    """Rows per chunk of the fused loss on a GPU: about 1 GiB of fp32 logits (:mod:`ts2.losses.fused`)."""
+    return max(1, 2**30 // (4 * vocab))
+
+
+def activation_bytes(arch: Arch, micro_batch: int, seq_len: int, *, fused_loss: bool) -> dict[str, float]:
+    """Bytes per GPU of activations with gradient checkpointing at decoder-layer granularity, for one micro-batch
+    of ``micro_batch`` sequences of ``seq_len`` tokens: the bf16 input of every layer, one layer's working set
+    (recomputed in backward), and the loss. Unfused: 10 bytes per logit of every token (bf16 logits, their fp32
+    copy in the loss, the fp32 gradient). Fused (:mod:`ts2.losses.fused`): 10 bytes per logit of one chunk
+    (fp32 logits and gradient, a bf16 copy), plus the fp32 gradients of the head weight [V, d] and of the
+    hidden states [N, d]."""
+    tokens = micro_batch * seq_len
+    if fused_loss:
+        chunk = min(fused_chunk_rows(arch.vocab), tokens)
+        loss = 10.0 * chunk * arch.vocab + 4.0 * arch.vocab * arch.hidden + 4.0 * tokens * arch.hidden
+    else:
+        loss = 10.0 * tokens * arch.vocab
+    return {
+        "checkpoints": 2.0 * arch.layers * tokens * arch.hidden,
+        "recomputed_layer": float(tokens * arch.layer_activation_bytes_per_token()),
+        "loss": loss,
+    }
+
+
+# ------------------------------------------------------------------------------------------- time
+def train_gpu_hours(params: int, tokens: float, gpu: GPU, mfu: float) -> float:
+    """6·P FLOPs per trained token (forward 2P + backward 4P; checkpointing's recompute counts against the MFU)."""
+    return 6.0 * params * tokens / (gpu.bf16_tflops * 1e12 * mfu) / 3600.0
+
+
+def forward_gpu_hours(params: int, tokens: float, gpu: GPU, mfu: float) -> float:
+    """2·P FLOPs per token of a forward pass (prefill, reward-model scoring)."""
+    return 2.0 * params * tokens / (gpu.bf16_tflops * 1e12 * mfu) / 3600.0
+
+
+def decode_seconds_per_token(
+    arch: Arch, params: int, gpu: GPU, *, batch: int, context: float, bw_eff: float, mfu: float
+) -> float:
+    """Time per generated token in a decode step of ``batch`` sequences: each step reads the bf16 weights once
+    (shared by the batch) and each sequence's KV cache (``context`` tokens), at ``bw_eff`` of the bandwidth;
+    no faster than the 2·P FLOPs per token at ``mfu``."""
+    bytes_per_token = 2.0 * params / batch + context * arch.kv_bytes_per_token()
+    memory_bound = bytes_per_token / (gpu.bandwidth_tbs * 1e12 * bw_eff)
+    compute_bound = 2.0 * params / (gpu.bf16_tflops * 1e12 * mfu)
+    return max(memory_bound, compute_bound)
+
+
+# ------------------------------------------------------------------------------------------- data
+def training_lengths(chars_per_token: float, template_tokens: int, max_length: int) -> list[int]:
+    """Token lengths of the local UltraFeedback subset (a random 1,000 rows of the same data), from characters."""
+    from ts2.paths import data_dir
+
+    rows = []
+    for path in sorted((data_dir() / "ultrafeedback").glob("*train*.jsonl")):
+        rows += [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if not rows:
+        raise FileNotFoundError(
+            f"No UltraFeedback subset (*train*.jsonl) under {data_dir() / 'ultrafeedback'}."
+        )
+    return [
+        min(max_length, round((len(r["prompt"]) + len(r["chosen"])) / chars_per_token) + template_tokens)
+        for r in rows
+    ]
+
+
+def padded_mean(lengths: Sequence[int], batch: int, seed: int = 42) -> float:
+    """Mean tokens per sequence once each micro-batch is padded to its longest (random batches, no packing)."""
+    order = list(lengths)
+    random.Random(seed).shuffle(order)
+    groups = [order[k : k + batch] for k in range(0, len(order), batch)]
+    return sum(max(g) * len(g) for g in groups) / len(order)
+
+
+# ------------------------------------------------------------------------------------------- plan
+@dataclass
+class Stage:
+    name: str
+    memory_gb: dict[str, float]
+    tokens: float
+    gpu_hours: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def memory_total_gb(self) -> float:
+        return sum(self.memory_gb.values())
+
+
+@dataclass
+class Plan:
+    model: str
+    gpu: str
+    num_gpus: int
+    methods: int
+    stages: list[Stage]
+    assumptions: list[str]
+
+    @property
+    def gpu_hours_per_method(self) -> float:
+        return sum(s.gpu_hours for s in self.stages)
+
+    @property
+    def gpu_hours_total(self) -> float:
+        return self.gpu_hours_per_method * self.methods
+
+
+TRAIN_ROWS = (
+    61135  # HuggingFaceH4/ultrafeedback_binarized train_sft, its dataset card (PAPER.md §3: 61.1k rows)
+)
+TABLE1_EVALS = ("alpaca_eval", "creative_poem", "creative_story", "humaneval")
+
+
+def _compose(config_name: str, overrides: list[str]):
+    from hydra import compose, initialize_config_dir
+
+    import ts2.sampling  # noqa: F401  (resolvers of conf/sample.yaml)
+    from ts2.conf import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name, overrides=overrides)
+
+
+def _prompt_stats(bench: str, chars_per_token: float, template_tokens: int) -> tuple[int, float, int, int]:
+    """(prompts, mean prompt tokens, n, max_new_tokens) of a benchmark at its paper settings."""
+    import hydra
+
+    cfg = _compose("sample", [f"eval={bench}", "model=tiny"])
+    records = hydra.utils.instantiate(cfg.eval.prompts)
+    if cfg.sample.limit:
+        records = records[: cfg.sample.limit]
+    chars = [sum(len(m["content"]) for m in r.messages) + len(r.response_prefix or "") for r in records]
+    mean_tokens = sum(chars) / len(chars) / chars_per_token + template_tokens
+    return len(records), mean_tokens, int(cfg.sample.n), int(cfg.sample.max_new_tokens)
+
+
+def paper_plan(
+    model: str = "llama31_8b",
+    gpu: str = "h100",
+    num_gpus: int = 8,
+    mfu: float = 0.35,
+    bw_eff: float = 0.6,
+    chars_per_token: float = 4.0,
+    template_tokens: int = 40,
+    methods: int = 8,
+    max_num_seqs: int = 256,
+    gpu_memory_utilization: float = 0.9,
+) -> Plan:
+    """The per-method plan of the paper recipe (module docstring)."""
+    if model not in ARCHS:
+        raise ValueError(f"model={model!r}: the plan knows {sorted(ARCHS)}.")
+    if gpu not in GPUS:
+        raise ValueError(f"gpu={gpu!r}: the plan knows {sorted(GPUS)}.")
+    for key, value, lo, hi in (
+        ("mfu", mfu, 0, 1),
+        ("bw_eff", bw_eff, 0, 1),
+        ("gpu_memory_utilization", gpu_memory_utilization, 0, 1),
+    ):
+        if not lo < value <= hi:
+            raise ValueError(f"{key}={value} must be in ({lo}, {hi}].")
+    if num_gpus < 1 or methods < 1 or chars_per_token <= 0:
+        raise ValueError("num_gpus and methods must be >= 1 and chars_per_token > 0.")
+    arch, dev = ARCHS[model], GPUS[gpu]
+    P = arch.params()
+    exp = _compose("train", [f"experiment=paper_{model}"])
+    t = exp.train
+    max_len, micro, accum, epochs = (
+        int(exp.model.max_length),
+        int(t.per_device_train_batch_size),
+        int(t.gradient_accumulation_steps),
+        float(t.num_train_epochs),
+    )
+
+    # train
+    lengths = training_lengths(chars_per_token, template_tokens, max_len)
+    mean_len, padded = sum(lengths) / len(lengths), padded_mean(lengths, micro)
+    tokens = TRAIN_ROWS * padded * epochs
+    states = zero2_model_states(P, num_gpus)
+    act = activation_bytes(arch, micro, max_len, fused_loss=False)
+    act_fused = activation_bytes(arch, micro, max_len, fused_loss=True)
+    steps = TRAIN_ROWS * epochs / (micro * accum * num_gpus)
+    train = Stage(
+        "train (ZeRO-2, bf16, checkpointing)",
+        {**{k: v / GB for k, v in states.items()}, **{f"act_{k}": v / GB for k, v in act.items()}},
+        tokens,
+        train_gpu_hours(P, tokens, dev, mfu),
+        [
+            f"{TRAIN_ROWS:,} rows x {epochs:g} epochs; mean {mean_len:.0f} tokens/row, {padded:.0f} padded to the "
+            f"longest of {micro} (no packing); {steps:,.0f} optimizer steps of {micro}x{accum}x{num_gpus} sequences",
+            f"activations for a worst-case micro-batch of {micro} x {max_len} tokens; the fused loss (loss.fused=true) "
+            f"needs {act_fused['loss'] / GB:.2f} GB instead of {act['loss'] / GB:.2f} GB "
+            f"(total {(sum(states.values()) + sum(act_fused.values())) / GB:.1f} GB)",
+            f"wall clock on {num_gpus} GPUs: {train_gpu_hours(P, tokens, dev, mfu) / num_gpus:.1f} h",
+        ],
+    )
+
+    # sample (vLLM, tensor parallel 1: one model copy per GPU, data-parallel shards)
+    kv_budget = dev.memory_gb * GB * gpu_memory_utilization - 2.0 * P
+    if kv_budget <= 0:
+        raise ValueError(
+            f"{arch.name} in bf16 ({2 * P / GB:.1f} GB) does not fit one {dev.name}: use tensor parallelism."
+        )
+    gen_tokens, hours, notes, prefill = 0.0, 0.0, [], 0.0
+    for bench in TABLE1_EVALS:
+        prompts, prompt_len, n, max_new = _prompt_stats(bench, chars_per_token, template_tokens)
+        context = prompt_len + max_new / 2.0
+        batch = max(
+            1, min(max_num_seqs, int(kv_budget // (arch.kv_bytes_per_token() * (prompt_len + max_new))))
+        )
+        per_token = decode_seconds_per_token(
+            arch, P, dev, batch=batch, context=context, bw_eff=bw_eff, mfu=mfu
+        )
+        bench_tokens = prompts * n * max_new
+        bench_hours = bench_tokens * per_token / 3600.0 + forward_gpu_hours(P, prompts * prompt_len, dev, mfu)
+        gen_tokens, hours, prefill = (
+            gen_tokens + bench_tokens,
+            hours + bench_hours,
+            prefill + prompts * prompt_len,
+        )
+        notes.append(
+            f"{bench}: {prompts} prompts (~{prompt_len:.0f} tokens) x {n} samples x <= {max_new} tokens = "
+            f"{bench_tokens / 1e6:.1f} M tokens; {batch} sequences per decode step; {bench_hours:.2f} GPU-h"
+        )
+    sample = Stage(
+        "sample (vLLM, bf16, TP=1)",
+        {"weights_bf16": 2.0 * P / GB, "kv_cache": kv_budget / GB},
+        gen_tokens,
+        hours,
+        notes + [f"shard=i/{num_gpus} over {num_gpus} GPUs: {hours / num_gpus:.2f} h wall clock"],
+    )
+
+    # score: the reward model (FsfairX-LLaMA3-RM, Llama-3-8B architecture) reads prompt + completion
+    prompts, prompt_len, n, max_new = _prompt_stats("alpaca_eval", chars_per_token, template_tokens)
+    rm_tokens = prompts * n * (prompt_len + max_new)
+    rm = ARCHS["llama31_8b"]
+    rm_params = rm.params() - rm.vocab * rm.hidden + rm.hidden  # a 1-output score head instead of the LM head
+    score = Stage(
+        "score (reward model forward, bf16)",
+        {"weights_bf16": 2.0 * rm_params / GB},
+        rm_tokens,
+        forward_gpu_hours(rm_params, rm_tokens, dev, mfu),
+        ["AlpacaEval samples only (upper bound: full-length completions); HumanEval runs its tests on CPUs"],
+    )
+    assumptions = [
+        f"{arch.name}: {P:,} parameters (from its config.json); GPU {dev.name}: {dev.bf16_tflops:g} TFLOP/s dense bf16, "
+        f"{dev.memory_gb:g} GB, {dev.bandwidth_tbs:g} TB/s",
+        f"MFU {mfu:g} for training, prefill and scoring (model FLOPs: 6P per trained token, 2P per forward token; "
+        "attention FLOPs, about 1% at these lengths, left out)",
+        f"decoding bandwidth-bound at {bw_eff:g} of peak bandwidth, up to {max_num_seqs} sequences per step "
+        f"(KV cache: {arch.kv_bytes_per_token():,} bytes/token, {gpu_memory_utilization:g} of GPU memory)",
+        f"tokens from characters at {chars_per_token:g} chars/token + {template_tokens} chat-template tokens "
+        "(local UltraFeedback subset and benchmark prompts); generation lengths are upper bounds",
+        "memory excludes the CUDA context, NCCL/DeepSpeed buffers and fragmentation (allow 5-10 GB)",
+    ]
+    return Plan(arch.name, dev.name, num_gpus, methods, [train, sample, score], assumptions)
+
+
+def format_plan(plan: Plan) -> str:
+    lines = [
+        f"Paper-scale plan: {plan.model} on {plan.num_gpus} x {plan.gpu}, per method (Table 1 has {plan.methods})",
+        "",
+    ]
+    for s in plan.stages:
+        mem = ", ".join(f"{k} {v:.2f}" for k, v in s.memory_gb.items())
+        lines += [
+            f"[{s.name}]",
+            f"  memory per GPU: {s.memory_total_gb:.1f} GB ({mem})",
+            f"  tokens: {s.tokens / 1e6:,.1f} M    GPU-hours: {s.gpu_hours:,.1f}",
+            *[f"  - {n}" for n in s.notes],
+            "",
+        ]
+    lines += [
+        f"Total: {plan.gpu_hours_per_method:,.1f} GPU-hours per method, {plan.gpu_hours_total:,.0f} for {plan.methods} "
+        f"methods ({plan.gpu_hours_total / plan.num_gpus:,.1f} h on {plan.num_gpus} GPUs).",
+        "Assumptions:",
+        *[f"  - {a}" for a in plan.assumptions],
+    ]
+    return "\n".join(lines)
+
+
+def _parse(argv: Sequence[str]) -> dict[str, Any]:
+    casts: Mapping[str, Any] = {
+        "scale": str, "model": str, "gpu": str, "format": str, "num_gpus": int, "methods": int, "mfu": float,
+        "bw_eff": float, "chars_per_token": float, "template_tokens": int, "max_num_seqs": int,
+        "gpu_memory_utilization": float,
+    }  # fmt: skip
+    out: dict[str, Any] = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in casts:
+            raise ValueError(f"{arg!r}: expected key=value with key in {sorted(casts)}.")
+        try:
+            out[key] = casts[key](value)
+        except ValueError as err:
+            raise ValueError(f"{arg!r}: {key} must be a {casts[key].__name__}.") from err
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parse(sys.argv[1:] if argv is None else argv)
+        scale, fmt = args.pop("scale", "paper"), args.pop("format", "text")
+        if scale != "paper":
+            raise ValueError(
+                f"scale={scale!r}: this plan is for scale=paper (the tiny scale's DRY_RUN times its own runs)."
+            )
+        if fmt not in ("text", "json"):
+            raise ValueError(f"format={fmt!r} must be text or json.")
+        plan = paper_plan(**args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if fmt == "json":
+        print(
+            json.dumps(
+                {
+                    **asdict(plan),
+                    "gpu_hours_per_method": plan.gpu_hours_per_method,
+                    "gpu_hours_total": plan.gpu_hours_total,
+                },
+                indent=2,
+            )
+        )
+    else:
+        print(format_plan(plan))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

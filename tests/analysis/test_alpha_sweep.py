@@ -1,0 +1,226 @@
+"""`ts2.analysis.alpha_sweep` and experiments/alpha_sweep/run.sh (issue #13 item 4): the figure from synthetic
+metrics files (a PNG; missing data refused or flagged), the cost estimate's arithmetic, and the sweep's Hydra
+multirun composing its 12 configs into 12 distinct run folders (in-process, nothing trained)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ts2.analysis import alpha_sweep as sw
+
+REPO = Path(__file__).resolve().parents[2]
+RUN_SH = REPO / "experiments" / "alpha_sweep" / "run.sh"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _value(metric: str, alpha: float, clamp: float | None) -> float:
+    """A distinct, known value per (metric, α, clamp)."""
+    base = {"win_rate@1": 50.0, "win_rate@8": 60.0, "ngram": 20.0, "self_bleu": 40.0, "sent_bert": 10.0}[
+        metric
+    ]
+    return base + 3.0 * alpha + (0.5 if clamp is None else 0.0)
+
+
+def make_run(
+    root: Path,
+    alpha: float,
+    clamp: float | None,
+    *,
+    metrics: bool = True,
+    complete: bool = True,
+    drop_ci: str | None = None,
+    status: str = "finished",
+) -> Path:
+    run = root / f"loss.alpha={alpha:g},loss.clamp={'null' if clamp is None else clamp},method=ts2"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"loss": {"id": "ts2", "alpha": alpha, "clamp": clamp}}))
+    (run / "run.json").write_text(json.dumps({"status": status, "scale": "tiny"}))
+    (run / "train_log.jsonl").write_text(
+        json.dumps({"step": 5, "loss": 1.0, "ce": 3.0, "entropy": 4.0, "support_size": 3.0})
+        + "\n"
+        + json.dumps(
+            {"step": 10, "loss": 0.9, "ce": 2.8, "entropy": 3.0 - alpha, "support_size": 2.0 + alpha}
+        )
+        + "\n"
+    )
+    if metrics:
+        names = ["win_rate@1", "win_rate@8", "ngram", "self_bleu", "sent_bert"]
+        vals = {m: _value(m, alpha, clamp) for m in names}
+        ci = {m: [v - 1.0, v + 2.0] for m, v in vals.items() if m != drop_ci}
+        (run / "metrics").mkdir()
+        (run / "metrics" / "alpaca_eval.json").write_text(
+            json.dumps(
+                {
+                    "benchmark": "alpaca_eval",
+                    "scale": "tiny-scale (random-init tiny model and tiny RM): pipeline check",
+                    "complete": complete,
+                    "note": None if complete else "3 prompts missing",
+                    "metrics": vals,
+                    "ci": ci,
+                }
+            )
+        )
+    return run
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    root = tmp_path / "runs" / "alpha_sweep_tiny"
+    for clamp in sw.DEFAULT_CLAMPS:
+        for alpha in sw.DEFAULT_ALPHAS:
+            make_run(root, alpha, clamp)
+    return root
+
+
+def test_report_reads_every_run_and_draws_a_png(sweep: Path, tmp_path: Path) -> None:
+    points = sw.collect(sweep)
+    assert len(points) == 12 and not any(p.missing for p in points)
+    assert [(p.alpha, p.clamp) for p in points] == [
+        (a, c) for c in sw.DEFAULT_CLAMPS for a in sorted(sw.DEFAULT_ALPHAS)
+    ]
+    p = next(p for p in points if p.alpha == 0.5 and p.clamp is None)
+    assert p.metrics["ngram"] == _value("ngram", 0.5, None) == 22.0
+    assert p.ci["ngram"] == (21.0, 24.0)
+    assert p.train == {"entropy": 2.5, "support_size": 2.5}  # the last logged step
+    assert "TINY SCALE" in sw.figure_title(points) and "FLAGGED" not in sw.figure_title(points)
+
+    out = sw.alpha_sweep_report(sweep, tmp_path / "results")
+    png = out["figure"]
+    assert png == tmp_path / "results" / "figures" / "alpha_sweep.png"
+    assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 20_000
+    rows = list(csv.DictReader(out["table"].open()))
+    assert len(rows) == 12
+    r = next(r for r in rows if r["alpha"] == "2.0" and r["clamp"] == "0.99")
+    assert (
+        float(r["win_rate@8"]) == 66.0
+        and float(r["win_rate@8_lo"]) == 65.0
+        and float(r["win_rate@8_hi"]) == 68.0
+    )
+
+
+def test_missing_results_are_refused_or_flagged(sweep: Path, tmp_path: Path) -> None:
+    root = sweep
+    # one run never evaluated, one incomplete metrics file, one metric without CI
+    import shutil
+
+    for bad in ("loss.alpha=1,loss.clamp=null,method=ts2", "loss.alpha=0.1,loss.clamp=0.99,method=ts2"):
+        shutil.rmtree(root / bad)
+    make_run(root, 1.0, None, metrics=False)
+    make_run(root, 0.1, 0.99, complete=False, drop_ci="sent_bert")
+    with pytest.raises(ValueError, match=r"2 run\(s\) of the sweep lack results") as err:
+        sw.collect(root)
+    msg = str(err.value)
+    assert "loss.alpha=1,loss.clamp=null" in msg and "no metrics/alpaca_eval.json" in msg
+    assert "incomplete (3 prompts missing)" in msg and "no CI for ['sent_bert']" in msg
+    points = sw.collect(root, allow_missing=True)
+    flagged = [p for p in points if p.missing]
+    assert {(p.alpha, p.clamp) for p in flagged} == {(1.0, None), (0.1, 0.99)}
+    title = sw.figure_title(points)
+    assert "FLAGGED" in title and "α=1/clamp off" in title and "α=0.1/clamp 0.99" in title
+    png = sw.alpha_sweep_figure(points, tmp_path / "flagged.png")
+    assert png.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="lack results"):
+        sw.alpha_sweep_report(root, tmp_path / "r")
+
+
+def test_bad_sweeps_are_clear_errors(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    make_run(root / "a", 0.25, 0.99)
+    make_run(root / "b", 0.25, 0.99)
+    with pytest.raises(ValueError, match=r"two runs with alpha=0.25, clamp=0.99"):
+        sw.collect([*(root / "a").iterdir(), *(root / "b").iterdir()])
+    with pytest.raises(FileNotFoundError, match="is not a directory"):
+        sw.collect(tmp_path / "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no run folders"):
+        sw.collect(empty)
+    ce = tmp_path / "ce" / "method=ce"
+    ce.mkdir(parents=True)
+    (ce / "config.yaml").write_text(yaml.safe_dump({"loss": {"id": "ce"}}))
+    with pytest.raises(ValueError, match=r"loss \('ce'\) has no alpha"):
+        sw.collect(tmp_path / "ce")
+    with pytest.raises(ValueError, match="no run has metric 'pass@1'"):
+        sw.alpha_sweep_figure(sw.collect(root / "a"), tmp_path / "x.png", metrics=["pass@1"])
+
+
+def test_estimate_cost_arithmetic() -> None:
+    costs = {"startup_s": 10.0, "train_step_s": 1.0, "sample_token_s": 0.001, "eval_sample_s": 0.5}
+    est = sw.estimate_cost(12, train_steps=100, prompts=40, n=8, max_new_tokens=64, costs=costs)
+    per_run = 3 * 10 + 100 * 1.0 + 40 * 8 * 64 * 0.001 + 40 * 8 * 0.5  # 30 + 100 + 20.48 + 160
+    assert est["per_run_s"] == pytest.approx(per_run) and est["total_s"] == pytest.approx(12 * per_run)
+    assert sw._train_steps(860, 8, 1.0, -1) == 108 and sw._train_steps(860, 8, 3.0, -1) == 324
+    assert sw._train_steps(860, 8, 1.0, 8) == 8
+
+
+def _dry_run(**env: str) -> list[str]:
+    """The training overrides run.sh passes to `python -m ts2.train -m` (DRY_RUN=1 runs nothing)."""
+    out = subprocess.run(
+        ["bash", str(RUN_SH)],
+        env={**os.environ, "DRY_RUN": "1", "PY": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    assert "Estimated cost: " in out.splitlines()[0]  # the cost comes first
+    return [line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("TRAIN_OVERRIDE ")]
+
+
+def test_the_multirun_composes_12_configs_with_distinct_run_folders() -> None:
+    from ts2.runs import default_run_dir
+
+    overrides = _dry_run()
+    assert "loss.alpha=0,0.1,0.25,0.5,1,2" in overrides and "loss.clamp=0.99,null" in overrides
+    cfgs = sw.sweep_train_configs(overrides)
+    assert len(cfgs) == 12
+    got = {(float(c.loss.alpha), c.loss.clamp) for c in cfgs}
+    assert got == {(a, c) for a in sw.DEFAULT_ALPHAS for c in sw.DEFAULT_CLAMPS}
+    assert all(c.method.id == "ts2" and c.loss.id == "ts2" and c.name == "alpha_sweep_tiny" for c in cfgs)
+    assert all(c.model.id == "tiny_base" for c in cfgs)  # experiment=table1_tiny: the tiny Table-1 SFT
+    folders = {default_run_dir(c, c.hydra.job.override_dirname) for c in cfgs}
+    assert len(folders) == 12 and {f.parent for f in folders} == {Path("runs") / "alpha_sweep_tiny"}
+    assert all("loss.alpha=" in f.name and "loss.clamp=" in f.name for f in folders)
+
+
+def test_run_sh_knobs_reach_the_multirun() -> None:
+    overrides = _dry_run(ALPHAS="0,0.5", CLAMPS="null", TRAIN_EXTRA="debug=cpu seed=7", NAME="mini")
+    cfgs = sw.sweep_train_configs(overrides)
+    assert sorted(float(c.loss.alpha) for c in cfgs) == [0.0, 0.5]
+    assert all(
+        c.loss.clamp is None and c.seed == 7 and c.train.max_steps == 8 and c.name == "mini" for c in cfgs
+    )
+
+
+@pytest.mark.slow
+def test_micro_sweep_through_the_script(tmp_path: Path) -> None:
+    """run.sh end to end at debug sizes (~1.5 min on the loaded 2-core machine, hence slow): one α, random-init
+    tiny model and tiny RM, 2 prompts x 2 samples: trains, samples, scores, draws the figure."""
+    env = {
+        "EXPERIMENT": "",
+        "TRAIN_EXTRA": "model=tiny debug=cpu train.max_steps=2 train.save_final_model=true",
+        "EVAL_EXTRA": "++rm.tiny.base={pretrained:null}",  # the random-init tiny RM: no pretrained base needed
+        "ALPHAS": "0.25",
+        "CLAMPS": "0.99",
+        "PROMPTS": "2",
+        "N": "2",
+        "NEW_TOKENS": "8",
+        "RUNS_DIR": str(tmp_path / "runs"),
+        "RESULTS": str(tmp_path / "results"),
+        "NAME": "micro",
+        "PY": sys.executable,
+    }
+    subprocess.run(["bash", str(RUN_SH)], env={**os.environ, **env}, check=True, timeout=900)
+    (run,) = sw.run_folders(tmp_path / "runs" / "micro")
+    point = sw.read_point(run)
+    assert (point.alpha, point.clamp, point.missing) == (0.25, 0.99, ())
+    assert {"win_rate@1", "win_rate@2", "ngram", "self_bleu", "sent_bert"} <= set(point.ci)
+    assert (tmp_path / "results" / "figures" / "alpha_sweep.png").read_bytes()[:8] == PNG_MAGIC

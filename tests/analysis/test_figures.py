@@ -1,0 +1,214 @@
+"""Tests for `ts2.analysis.figures.tspd_report`: table and figure from metrics files built from known values."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ts2.eval.tspd import quantity_names, summarize, tspd_table, write_metrics
+
+
+def _metrics_file(tmp_path, method: str, shift: float):
+    rng = np.random.default_rng(0)
+    n = 60
+    values = {k: rng.random(n) * 0.5 + shift for k in quantity_names()}
+    res = summarize(values, np.repeat(np.arange(6), 10), n_bootstrap=50)
+    res.details["model"] = {"method": method, "model": "tiny"}
+    res.details["ms"] = [2, 5, 10]
+    return write_metrics(res, None, tmp_path / method / "metrics" / "tspd.json"), values
+
+
+def test_tspd_report_table_and_figure(tmp_path, monkeypatch):
+    from ts2.analysis.figures import tspd_report
+
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    (f_ce, v_ce), (f_ts2, _) = _metrics_file(tmp_path, "ce", 0.0), _metrics_file(tmp_path, "ts2", 0.3)
+    out = tspd_report([tmp_path / "ce", f_ts2], tmp_path / "results")
+    assert out["figure"].is_file() and out["figure"].stat().st_size > 20_000
+    table = out["table"].read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| ce") or line.startswith("| ts2")]
+    assert len(rows) == 2 and "| tiny |" in rows[0]
+    # The CE row's head@2 cell starts with the mean of the values it was built from.
+    assert rows[0].split("|")[4].strip().startswith(f"{v_ce['head@2'].mean():.3g} [")
+    copied = json.loads((tmp_path / "results" / "tspd" / "ce.json").read_text())
+    assert copied["metrics"] == json.loads(f_ce.read_text())["metrics"]
+    assert tspd_table([tmp_path / "results" / "tspd" / "ts2.json"]).count("\n| ts2") == 1
+
+
+def test_load_errors_name_the_file(tmp_path):
+    from ts2.eval.tspd import load_tspd
+
+    with pytest.raises(FileNotFoundError, match="No TSPD metrics file"):
+        load_tspd([tmp_path])
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"benchmark": "alpaca_eval", "metrics": {}}))
+    with pytest.raises(ValueError, match="x.json is not a TSPD metrics file"):
+        load_tspd([bad])
+
+
+# ----------------------------------------------------------------------------------------------------
+# write_figures: every figure the run folders have data for (what ts2.report draws after its tables)
+
+
+@pytest.fixture
+def titles(monkeypatch, tmp_path):
+    """The suptitle (and axis labels) of every figure saved, by file name."""
+    import ts2.analysis.figures as F
+
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
+    seen: dict[str, str] = {}
+    save = F._save
+
+    def spy(fig, path):
+        texts = [fig._suptitle.get_text() if fig._suptitle else ""]
+        texts += [ax.get_xlabel() + " | " + ax.get_ylabel() for ax in fig.axes]
+        seen[Path(path).name] = "\n".join(texts)
+        return save(fig, path)
+
+    monkeypatch.setattr(F, "_save", spy)
+    return seen
+
+
+def _token_files(results, runs_dir, runs: dict[str, str]) -> None:
+    """results/token_distribution/: the official panels and one json per (run folder name -> method)."""
+    from ts2.analysis.token_distribution import our_panel
+
+    src = results / "token_distribution"
+    src.mkdir(parents=True)
+    official = [
+        {"method": m, "label": m.upper(), "scale": "official 8B", "tokens": ["42", "7"], "probs": [0.9, 0.1]}
+        for m in ("pretrained", "ce", "ts2")
+    ]
+    (src / "official_8b.json").write_text(json.dumps(official))
+    for run, method in runs.items():
+        d = {
+            "tokens": ["1", "2", "⏎"],
+            "probs": [0.5, 0.3, 0.2],
+            "n": 10,
+            "with_digit": 9,
+            "model": {"run_dir": str(runs_dir / run), "method": method, "model": "tiny"},
+        }
+        our_panel(d, method)  # the file is valid input of the analysis helper's panel builder
+        (src / f"{run}.json").write_text(json.dumps(d))
+
+
+def test_write_figures_draws_every_figure_with_data(tmp_path, titles, monkeypatch):
+    import ts2.analysis.figures as F
+    from ts2.runs import collect
+
+    from .bon_runs import make_table
+
+    runs_dir = make_table(tmp_path / "runs", seeds=2)
+    results = tmp_path / "results"
+    # token distributions of two of these runs, and of a run elsewhere (left out of the figure)
+    _token_files(results, runs_dir, {"ce_s0": "ce", "ts2_s1": "ts2", "other_run": "gem"})
+    panels, real = {}, F.token_distribution_figure
+
+    def spy(rows, out, **kw):
+        panels["rows"] = rows
+        return real(rows, out, **kw)
+
+    monkeypatch.setattr(F, "token_distribution_figure", spy)
+    paths = F.write_figures(collect(runs_dir), results / "figures", "Table 1 (t) — runs/x")
+    names = sorted(p.name for p in paths)
+    assert names == [
+        "bon_curves.png",
+        "quality_diversity.png",
+        "token_distribution.png",
+        "tspd.png",
+        "tspd_table.md",
+    ]
+    for p in paths:
+        assert p.is_file() and (p.suffix != ".png" or p.stat().st_size > 30_000)
+    for png in ("bon_curves.png", "quality_diversity.png", "token_distribution.png", "tspd.png"):
+        assert "TINY SCALE" in titles[png], png
+    assert "n (best of the first n samples" in titles["bon_curves.png"]
+    assert "held-out CE, nats/token (lower = better fit)" in titles["quality_diversity.png"]
+    assert "best-of-8 win rate (%)" in titles["quality_diversity.png"]
+    # Our panels: the two runs of this table, in method order; the official 8B row below.
+    ours, official = panels["rows"]
+    assert [p["label"] for p in ours] == ["CE", "TS²"] and ours[0]["scale"] == "tiny scale (ours)"
+    assert [p["method"] for p in official] == ["pretrained", "ce", "ts2"]
+    table = (results / "tspd_table.md").read_text()
+    assert "TINY SCALE" in table and table.count("\n| ts2 #") == 2 and "ts2 #2 = run ts2_s1" in table
+
+
+def test_write_figures_skips_what_has_no_data(tmp_path, titles, caplog):
+    import logging
+
+    from ts2.analysis.figures import write_figures
+    from ts2.runs import collect
+
+    from .bon_runs import heldout_metrics, make_run
+
+    make_run(tmp_path / "runs", "ce", "ce", {"heldout_ce": heldout_metrics(2.0, 0)})
+    with caplog.at_level(logging.INFO, logger="ts2.analysis.figures"):
+        assert write_figures(collect(tmp_path / "runs"), tmp_path / "results" / "figures") == []
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 4 and not (tmp_path / "results" / "figures").exists()
+    assert any("bon_curves skipped: no run has win_rate@<n>" in s for s in skipped)
+    assert any("tspd skipped: no run has metrics/tspd.json" in s for s in skipped)
+
+
+def test_bad_data_is_logged_and_the_other_figures_still_drawn(tmp_path, titles, caplog):
+    import logging
+
+    from ts2.analysis.figures import write_figures
+    from ts2.runs import collect
+
+    from .bon_runs import make_table
+
+    runs_dir = make_table(tmp_path / "runs", seeds=2, tspd=False)
+    f = runs_dir / "ts2_s1" / "metrics" / "alpaca_eval.json"
+    m = json.loads(f.read_text())
+    m["per_prompt"]["win_rate@1"] = m["per_prompt"]["win_rate@1"][:3]  # corrupted: 3 values for 40 prompts
+    f.write_text(json.dumps(m))
+    with caplog.at_level(logging.INFO, logger="ts2.analysis.figures"):
+        paths = write_figures(collect(runs_dir), tmp_path / "results" / "figures")
+    assert [p.name for p in paths] == ["quality_diversity.png"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert (
+        len(errors) == 1
+        and "bon_curves failed" in errors[0]
+        and "3 values but prompt_ids has 40" in errors[0]
+    )
+
+
+def test_report_writes_the_figures_after_the_tables(tmp_path, titles):
+    from ts2.report import report
+
+    from .bon_runs import make_table
+
+    runs_dir = make_table(tmp_path / "runs", tspd=False)
+    paths = report(runs_dir, "t", tmp_path / "results")
+    assert paths["figure:bon_curves.png"] == tmp_path / "results" / "figures" / "bon_curves.png"
+    assert paths["figure:quality_diversity.png"].is_file()
+    assert "TINY" in titles["bon_curves.png"] and "Table 1 (t)" in titles["bon_curves.png"]
+
+
+def test_figures_cli_all(tmp_path, titles, capsys):
+    from ts2.analysis.figures import main
+
+    from .bon_runs import make_table
+
+    runs_dir = make_table(tmp_path / "runs", tspd=False)
+    main(["all", str(runs_dir), "--out", str(tmp_path / "res")])
+    out = capsys.readouterr().out.split()
+    assert out == [str(tmp_path / "res" / "figures" / n) for n in ("bon_curves.png", "quality_diversity.png")]
+
+
+def test_scale_label_from_metrics_or_the_runs_model():
+    from ts2.analysis.figures import scale_label
+    from ts2.conf import method_info
+
+    def run(model, scales):
+        return {"method": method_info("ce"), "model": model, "scales": set(scales), "run": "r"}
+
+    assert scale_label([run("tiny", {"unspecified"})]) == "TINY SCALE (not comparable to the paper)"
+    assert scale_label([run(None, {"tiny-scale (random-init tiny model and tiny RM): ..."})]).startswith(
+        "TINY"
+    )
+    assert scale_label([run("llama31_8b", {"unspecified"})]) == "scale: paper"

@@ -1,0 +1,102 @@
+"""The paper-scale plan (``python -m ts2.plan scale=paper``): its arithmetic against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ts2.plan import (
+    ARCHS,
+    GPUS,
+    activation_bytes,
+    decode_seconds_per_token,
+    fused_chunk_rows,
+    main,
+    padded_mean,
+    train_gpu_hours,
+    zero2_model_states,
+)
+
+LLAMA, QWEN = ARCHS["llama31_8b"], ARCHS["qwen2_7b"]
+
+
+def test_parameter_counts_match_the_published_models():
+    # Llama-3.1-8B: 2 x 128256 x 4096 (embeddings + head) + 32 x 218,112,000 (layer) + 4096 (final norm)
+    assert LLAMA.params() == 8_030_261_248
+    # Qwen2-7B (q/k/v biases): 2 x 152064 x 3584 + 28 x 233,057,792 + 3584
+    assert QWEN.params() == 7_615_616_512
+
+
+def test_zero2_model_states_per_gpu():
+    s = zero2_model_states(8_030_261_248, 8)
+    assert s == {
+        "weights_bf16": 16_060_522_496,  # 2P
+        "gradients_bf16": 2_007_565_312,  # 2P / 8
+        "optimizer_fp32": 12_045_391_872,  # 12P / 8: fp32 master, Adam m, Adam v
+    }
+    assert sum(zero2_model_states(1000, 1).values()) == 16_000  # one GPU: the usual 16 bytes per parameter
+
+
+def test_kv_cache_and_layer_working_set():
+    assert LLAMA.kv_bytes_per_token() == 2 * 32 * 1024 * 2 == 131_072
+    assert QWEN.kv_bytes_per_token() == 57_344  # 2 x 28 layers x 4 heads x 128 x 2 bytes
+    assert LLAMA.layer_activation_bytes_per_token() == 167_936  # 2 x (6 x 4096 + 2 x 1024 + 4 x 14336)
+
+
+def test_activations_with_checkpointing_unfused_and_fused():
+    a = activation_bytes(LLAMA, 4, 2048, fused_loss=False)  # 8192 tokens
+    assert a == {"checkpoints": 2_147_483_648, "recomputed_layer": 1_375_731_712, "loss": 10_506_731_520}
+    assert fused_chunk_rows(128_256) == 2092  # floor(2^30 / (4 x 128256))
+    f = activation_bytes(LLAMA, 4, 2048, fused_loss=True)
+    # 10 x 2092 x 128256 (one chunk) + 4 x 128256 x 4096 (fp32 dW) + 4 x 8192 x 4096 (fp32 dX)
+    assert f["loss"] == 2_683_115_520 + 2_101_346_304 + 134_217_728 == 4_918_679_552
+    assert f["checkpoints"] == a["checkpoints"]
+
+
+def test_gpu_hours_and_decode_time():
+    # 6 x 8,030,261,248 x 1e9 FLOPs / (989e12 x 0.35 FLOP/s) = 139,192.7 s = 38.66 h
+    assert train_gpu_hours(8_030_261_248, 1e9, GPUS["h100"], 0.35) == pytest.approx(38.6646, rel=1e-4)
+    # memory-bound: (2P / 256 + 1000 x 131072) bytes / (3.35e12 x 0.6) B/s = 193,808,416 / 2.01e12 = 96.42 us
+    t = decode_seconds_per_token(
+        LLAMA, LLAMA.params(), GPUS["h100"], batch=256, context=1000, bw_eff=0.6, mfu=0.35
+    )
+    assert t == pytest.approx(9.6422e-5, rel=1e-4)
+    # one sequence at a time on a fast-memory GPU with tiny MFU: compute-bound, 2P / (989e12 x 0.01) = 1.624 ms
+    t = decode_seconds_per_token(
+        LLAMA, LLAMA.params(), GPUS["h200"], batch=10**9, context=0, bw_eff=1.0, mfu=0.01
+    )
+    assert t == pytest.approx(2 * 8_030_261_248 / 989e10, rel=1e-9)
+
+
+def test_padding_to_the_longest_of_each_micro_batch():
+    assert padded_mean([1, 2, 3, 10], batch=4) == 10
+    assert padded_mean([5, 7, 9], batch=1) == 7
+    assert padded_mean([3, 3, 3, 3, 3], batch=2) == 3
+
+
+def test_paper_plan_end_to_end(capsys):
+    assert main(["scale=paper", "format=json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    train, sample, score = plan["stages"]
+    assert train["memory_gb"]["weights_bf16"] == pytest.approx(16.0605, rel=1e-4)
+    assert sum(s["gpu_hours"] for s in plan["stages"]) == pytest.approx(plan["gpu_hours_per_method"])
+    assert plan["gpu_hours_total"] == pytest.approx(8 * plan["gpu_hours_per_method"])
+    assert sample["tokens"] == 805 * 32 * 2048 + 573 * 16 * 512 + 500 * 16 * 512 + 164 * 200 * 512
+    assert any("MFU 0.35" in a for a in plan["assumptions"])
+    assert main(["scale=paper"]) == 0 and "GPU-hours" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["scale=tiny"], "this plan is for scale=paper"),
+        (["gpu=v100"], "gpu='v100': the plan knows"),
+        (["mfu=1.5"], "mfu=1.5 must be in"),
+        (["mfu=fast"], "mfu must be a float"),
+        (["speed=1"], "expected key=value with key in"),
+    ],
+)
+def test_bad_arguments_are_named(capsys, argv, message):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
