@@ -98,7 +98,9 @@ def reference(compose, tmp_path_factory):
     return Runs()
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["logits", "fused-head"])
+@pytest.mark.parametrize(
+    "fused", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["logits", "fused-head"]
+)  # the fused head across ranks is also checked, in the default tier, by the FSDP2 test below
 def test_two_ddp_ranks_equal_one_process(reference, tmp_path, fused):
     run = _train_ddp(tmp_path, ["train.per_device_train_batch_size=2", f"loss.fused={fused}"])
     ref, got = _log(reference[fused]), _log(run)
@@ -123,7 +125,8 @@ def test_per_rank_mean_would_differ(reference, tmp_path):
         ["train.per_device_train_batch_size=2", "+train.extra_args.average_tokens_across_devices=false"],
     )
     ref, got = _log(reference[False]), _log(run)
-    assert abs(got[0]["loss"] - ref[0]["loss"]) > 1e-4 * abs(ref[0]["loss"]), (ref[0], got[0])
+    # Measured: up to 4.7e-3 apart in loss, 3e-3 in weights (the equal runs above agree to 1e-5).
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ref, got, strict=True)) > 1e-3, (ref, got)
     assert _max_diff(_weights(reference[False]), _weights(run)) > 1e-4
 
 
@@ -310,7 +313,7 @@ def test_global_batch_mismatch_names_the_fix():
         device_count=8,
         nccl_available=True,
     )
-    assert ok.global_batch_size == 128 and ok.training_args() == {}
+    assert ok.global_batch_size == 128 and ok.training_args() == {"ddp_find_unused_parameters": False}
     with pytest.raises(
         LaunchError,
         match=r"4 x .*4 x world size 4 = 64 .*global_batch_size=128.*gradient_accumulation_steps=8",
@@ -338,7 +341,7 @@ def test_cpu_launch_uses_gloo_and_gpu_launch_checks_devices_and_nccl():
     from ts2.distributed import LaunchError, check_launch
 
     cpu = check_launch(_train_cfg(), env=_env8(size=2, local=2), cuda_available=False)
-    assert cpu.use_cpu and cpu.training_args() == {"use_cpu": True}
+    assert cpu.use_cpu and cpu.training_args() == {"use_cpu": True, "ddp_find_unused_parameters": False}
     assert not check_launch(_train_cfg(), env={}, cuda_available=False).use_cpu  # one process: unchanged
     with pytest.raises(LaunchError, match="8 processes on this node but only 4 visible GPU"):
         check_launch(_train_cfg(), env=_env8(), cuda_available=True, device_count=4, nccl_available=True)
@@ -351,7 +354,7 @@ def test_cpu_launch_uses_gloo_and_gpu_launch_checks_devices_and_nccl():
         device_count=8,
         nccl_available=False,
     )
-    assert gloo.training_args() == {"ddp_backend": "gloo"}
+    assert gloo.training_args() == {"ddp_backend": "gloo", "ddp_find_unused_parameters": False}
     with pytest.raises(LaunchError, match="RANK=3, WORLD_SIZE=2"):
         check_launch(_train_cfg(), env={"WORLD_SIZE": "2", "RANK": "3"})
 

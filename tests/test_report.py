@@ -127,3 +127,55 @@ def test_runs_of_different_sizes_are_an_error_unless_allowed_then_marked(tmp_pat
     assert _tree(tmp_path) == before and not (tmp_path / "out").exists()  # nothing written
     md = report(runs, "t", tmp_path / "out", allow_mixed=True)["md"].read_text()
     assert "| GEM | 10.00§ |" in md and "| CE | 10.00 |" in md and "§ = scored on a different number" in md
+
+
+def test_paper_values_significance_marks_and_claim_lines(tmp_path):
+    """Beside each tiny value the poster's; `*` where the paired difference to CE excludes 0; one line per claim."""
+    runs = tmp_path / "runs"
+    ids = [0, 1, 2, 3]
+
+    def ae(ngram: list[float], wr: list[float]) -> dict:
+        return {
+            "metrics": {"ngram": sum(ngram) / 4, "win_rate@1": sum(wr) / 4, "win_rate@8": sum(wr) / 4},
+            "per_prompt": {"ngram": ngram, "win_rate@8": wr},
+            "prompt_ids": ids,
+        }
+
+    make_run(runs, "ce", CE, metrics={"alpaca_eval": ae([10, 12, 11, 13], [50, 40, 60, 50])})
+    make_run(runs, "ts2", TS2, metrics={"alpaca_eval": ae([12, 14, 13, 15], [52, 38, 62, 48])})
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(
+        "llama31_8b:\n  alpaca_eval/ngram: {ce: 17.78, ts2: 23.78}\n"
+        "claims:\n"
+        "  - {text: ngram up, metric: alpaca_eval/ngram, a: ts2, b: ce, relation: greater}\n"
+        "  - {text: wr not down, metric: alpaca_eval/win_rate@max, a: ts2, b: ce, relation: at_least}\n"
+        "  - {text: story, metric: creative_story/ngram, a: ts2, b: ce, relation: greater}\n"
+    )
+    md = report(runs, "t", tmp_path / "out", paper_numbers=paper)["md"].read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| TS² |"))
+    # TS² N-gram is CE's + 2 on every prompt: significant, and the poster's 23.78 stands beside it.
+    assert "| 13.50* (p 23.78) |" in row
+    assert "| 11.50 (p 17.78) |" in next(line for line in md.splitlines() if line.startswith("| CE |"))
+    assert "**reproduced** at tiny scale — ngram up: TS² − CE = +2.00 [+2.00, +2.00] (4 prompts" in md
+    assert "**inconclusive** at tiny scale — wr not down: TS² − CE = +0.00" in md
+    assert "**not measured** at tiny scale — story: no per-prompt values of creative_story/ngram." in md
+    assert "* = differs from CE" in md and "(p X) = the poster's value" in md
+
+
+def test_mt_bench_and_openllm_get_their_own_tables_beside_the_poster(tmp_path):
+    runs = tmp_path / "runs"
+    mt = {"metrics": {"overall": 4.5, "CM": 4.0, "SI": 5.0}, "ci": {}}
+    ol = {"metrics": {"majority@1": 25.0, "majority@4": 50.0, "any@4": 75.0}}
+    make_run(runs, "ts2", TS2, metrics={"mt_bench_101": mt, "openllm_gsm8k": ol})
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(
+        "mt_bench_101:\n  model: llama31_8b\n  tasks: [CM, SI]\n  avg: {ts2: 6.65}\n  ts2: {CM: 5.96, SI: 4.76}\n"
+    )
+    md = report(runs, "t", tmp_path / "out", paper_numbers=paper)["md"].read_text()
+    assert "## MT-Bench-101" in md and "| method | Avg. | CM | SI |" in md
+    assert "| TS² | 4.50 | 4.00 | 5.00 |" in md and "| poster (llama31_8b): ts2 | 6.65 | 5.96 | 4.76 |" in md
+    assert "## OpenLLM, official generative protocol" in md
+    assert (
+        "| method | gsm8k maj@1 | gsm8k maj@4 | gsm8k any@4 |" in md
+        and "| TS² | 25.00 | 50.00 | 75.00 |" in md
+    )

@@ -218,7 +218,7 @@ def test_wandb_offline_group_tags_and_finish(compose, tmp_path, monkeypatch):
     cfg = compose(["method=gem", "debug=cpu", "train.max_steps=2", "logger=wandb", "name=exp1"])
     train(cfg, tmp_path)
     assert os.environ["WANDB_MODE"] == "offline"
-    assert seen["init"]["group"] == "exp1" and seen["init"]["tags"] == ["gem", "tiny"]
+    assert seen["init"]["group"] == "exp1" and seen["init"]["tags"] == ["gem", "tiny", "seed=1234"]
     assert seen.get("finished") and wandb.run is None
     assert list((tmp_path / "wandb").glob("offline-run-*"))
 

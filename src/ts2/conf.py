@@ -79,7 +79,7 @@ def scale_of(model: Mapping[str, Any] | DictConfig | str | None) -> str:
     return str(scale) if scale in SCALES else "unspecified"
 
 
-TS2_TRAIN_KEYS = ("resume", "save_final_model", "extra_args")  # train.* keys that are not TrainingArguments
+TS2_TRAIN_KEYS = ("resume", "save_final_model", "extra_args", "global_batch_size")  # not TrainingArguments
 _RENAMED = {"warmup_ratio": "warmup_steps", "gradient_checkpointing": "activation_checkpointing"}
 
 

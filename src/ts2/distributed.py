@@ -17,6 +17,9 @@ message, on launches that would go wrong later or silently:
 - more processes on a node than GPUs, or a CUDA launch where torch has no NCCL;
 - ``train.deepspeed`` set without the ``deepspeed`` package, or naming a missing file.
 
+It also turns off DDP's search for unused parameters (every parameter is used; the fused loss applies the LM
+head outside the model's forward, which that search mistakes for unused).
+
 :func:`resolve_attn_implementation` turns ``flash_attention_2`` into ``sdpa`` with a warning where flash-attn
 cannot run (``TS2_REQUIRE_FLASH_ATTN=1`` makes that an error instead).
 """
@@ -101,6 +104,7 @@ class LaunchPlan:
     global_batch_size: int
     use_cpu: bool
     ddp_backend: str | None
+    find_unused_parameters: bool | None = None
 
     def training_args(self) -> dict[str, Any]:
         """Keyword arguments for ``TrainingArguments`` (only those that differ from its defaults)."""
@@ -109,6 +113,8 @@ class LaunchPlan:
             out["use_cpu"] = True
         if self.ddp_backend:
             out["ddp_backend"] = self.ddp_backend
+        if self.find_unused_parameters is not None:
+            out["ddp_find_unused_parameters"] = self.find_unused_parameters
         return out
 
 
@@ -208,7 +214,19 @@ def check_launch(
                 f"train.deepspeed={ds!r}: no such file (relative paths are resolved from {Path.cwd()}; "
                 "launch from the repository root)."
             )
-    return LaunchPlan(world=w, global_batch_size=global_batch, use_cpu=use_cpu, ddp_backend=backend)
+    # Every parameter of a causal LM gets a gradient. Trainer otherwise asks DDP to search for unused ones
+    # (whenever checkpointing is off), and DDP then takes the LM head of the fused loss (loss.fused=true),
+    # which the loss applies outside the model's forward, for unused: "marked as ready twice".
+    find_unused = None
+    if w.distributed and "ddp_find_unused_parameters" not in extra:
+        find_unused = False
+    return LaunchPlan(
+        world=w,
+        global_batch_size=global_batch,
+        use_cpu=use_cpu,
+        ddp_backend=backend,
+        find_unused_parameters=find_unused,
+    )
 
 
 def resolve_attn_implementation(

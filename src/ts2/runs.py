@@ -272,16 +272,15 @@ def jsonl_log_callback(path: Path):
 
 
 def trainer_class():
-    """``transformers.Trainer`` that adds the token cross-entropy to each log record (whatever the loss)."""
+    """``transformers.Trainer`` that adds the objective's diagnostics to each log record (whatever the loss):
+    token CE, softmax entropy, sparsemax support size (`ts2.objective.CausalLMObjective.pop_logs`)."""
     from transformers import Trainer
 
     class TS2Trainer(Trainer):
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-            pop_ce = getattr(self.compute_loss_func, "pop_ce", None)
-            if "loss" in logs and pop_ce is not None:
-                ce = pop_ce()
-                if ce is not None:
-                    logs["ce"] = ce
+            pop_logs = getattr(self.compute_loss_func, "pop_logs", None)
+            if "loss" in logs and pop_logs is not None:
+                logs.update(pop_logs())
             super().log(logs, start_time)
 
     return TS2Trainer
@@ -311,7 +310,13 @@ def init_wandb(cfg: DictConfig, run_dir: Path):
         entity=lg.entity,
         group=lg.group,
         name=run_dir.name,
-        tags=[cfg.method.id, cfg.model.id, *lg.tags],
+        tags=[
+            cfg.method.id,
+            cfg.model.id,
+            *([f"alpha={cfg.loss.alpha:g}"] if cfg.loss.get("alpha") is not None else []),
+            f"seed={cfg.seed}",
+            *lg.tags,
+        ],
         config=OmegaConf.to_container(cfg, resolve=True),
         dir=str(run_dir),
         job_type="train",

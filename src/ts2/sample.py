@@ -26,6 +26,7 @@ from ts2.runs import ModelSource, _container, log_to_file, model_source, start_s
 from ts2.sampling import samples_dir  # noqa: F401  (registers the ts2_samples_dir resolver)
 from ts2.sampling.backends import SamplingParams
 from ts2.sampling.prompts import PromptRecord
+from ts2.sampling.shards import parse_shard, samples_path, shard_batches, shard_meta, shard_pairs
 from ts2.sampling.store import REQUIRED_FIELDS, SampleStore
 
 log = logging.getLogger("ts2.sample")
@@ -70,14 +71,20 @@ def sample_benchmark(cfg: DictConfig, backend: Any, source: ModelSource, records
 
     bench, params = cfg.eval.id, SamplingParams.from_cfg(_container(cfg.sample))
     records = load_prompts(cfg) if records is None else records
-    wanted = {(r.prompt_id, s) for r in records for s in range(params.n)}
-    with SampleStore(Path(cfg.out_dir) / f"{bench}.jsonl") as store:
+    # shard=i/k: every k-th batch of the full plan, same batches and seeds as one run (ts2.sampling.shards)
+    shard = parse_shard(cfg.get("shard"))
+    plan = shard_batches(backend.plan(len(records), params.n), shard)
+    wanted = shard_pairs(plan, [r.prompt_id for r in records])
+    with SampleStore(samples_path(cfg.out_dir, bench, shard)) as store:
         meta = start_samples(store, cfg, backend, source, records, wanted)
+        if shard is not None:
+            meta["shard"] = shard_meta(shard, [r.prompt_id for r in records], params.n)
+            store.write_meta(meta)
         already = meta["written_samples"]
         log.info("%s: %d x %d samples -> %s (%d there)", bench, len(records), params.n, store.path, already)
         t0, written = time.time(), 0
         with tqdm(total=len(wanted), initial=already, unit="sample", desc=bench, dynamic_ncols=True) as bar:
-            for batch in backend.plan(len(records), params.n):
+            for batch in plan:
                 todo = [
                     (i, s)
                     for i in batch.prompts
@@ -129,6 +136,7 @@ def run(cfgs: Sequence[DictConfig]) -> list[Path]:
     prompts = []
     for c in cfgs:
         SamplingParams.from_cfg(_container(c.sample))
+        parse_shard(c.get("shard"))
         prompts.append(load_prompts(c))
     backend = make_backend(cfgs[0], source)
     Path(cfgs[0].out_dir).mkdir(parents=True, exist_ok=True)

@@ -35,12 +35,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
     from ts2.data import build_sft_dataset
+    from ts2.distributed import check_launch, export_submitit_env
     from ts2.models import load_model, load_tokenizer, resolve_model_path
     from ts2.objective import CausalLMObjective, HiddenPassthrough, make_loss
 
     # Nothing is written until the config, the folder, the model and the data have all been accepted.
+    export_submitit_env()  # a task of a hydra/launcher=slurm job becomes one torch.distributed rank
+    launch = check_launch(cfg.train)  # batch vs world size, NCCL, deepspeed (ts2.distributed)
     loss, loss_settings = make_loss(cfg.loss)
-    args = training_kwargs(cfg)
+    args = {**training_kwargs(cfg), **launch.training_args()}
     claim = runs.claim(run_dir, cfg)
     if claim.finished:
         log.info("%s already finished training (train.resume=true): nothing to do.", run_dir)
@@ -64,7 +67,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     handler = runs.start(claim, cfg, meta)
     wandb_run = None
     try:
-        data.write_skipped(run_dir)
+        if runs.is_main_process():
+            data.write_skipped(run_dir)
         log.info(
             "data: %d examples, %d response tokens; skipped %d rows %s (skipped_rows.jsonl)",
             len(data.examples),
@@ -84,7 +88,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             chunk_size=loss_settings.chunk_size,
             head=model.get_output_embeddings(),
         )
-        if cfg.logger.backend == "wandb":
+        if cfg.logger.backend == "wandb" and runs.is_main_process():
             wandb_run = runs.init_wandb(cfg, run_dir)
         trainer = runs.trainer_class()(
             model=model,
@@ -108,9 +112,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             model.set_output_embeddings(head)
         if cfg.model.get("eos_token_ids"):  # PAPER.md §3: generation stops at these after training
             model.generation_config.eos_token_id = list(cfg.model.eos_token_ids)
-        if cfg.train.save_final_model and trainer.is_world_process_zero():
-            trainer.save_model(str(run_dir / "model"))
-            tokenizer.save_pretrained(str(run_dir / "model"))
+        if cfg.train.save_final_model:
+            trainer.save_model(str(run_dir / "model"))  # on every rank (FSDP/ZeRO gather); rank 0 writes
+            if trainer.is_world_process_zero():
+                tokenizer.save_pretrained(str(run_dir / "model"))
         losses = [r["loss"] for r in trainer.state.log_history if "loss" in r]
         ces = [r["ce"] for r in trainer.state.log_history if "ce" in r]
         summary = {
@@ -125,6 +130,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "train_loss_mean": result.training_loss,
             "device": str(next(model.parameters()).device),
             "torch_threads": torch.get_num_threads(),
+            "world_size": launch.world.world_size,
+            "global_batch_size": launch.global_batch_size,  # sequences per optimizer step
         }
         if trainer.is_world_process_zero():
             (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))

@@ -69,6 +69,12 @@ def titles(monkeypatch, tmp_path):
         return save(fig, path)
 
     monkeypatch.setattr(F, "_save", spy)
+    # the testbeds' figures live with their data and save through the shared plotting module's `save`
+    import ts2.analysis.known_distribution as K
+    import ts2.analysis.token_distribution as TD
+
+    monkeypatch.setattr(K, "save", spy)
+    monkeypatch.setattr(TD, "save", spy)
     return seen
 
 

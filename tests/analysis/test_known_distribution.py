@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from ts2.analysis.known_distribution import (
-    METHODS,
     TaskSpec,
     answer_metrics,
     build_task,
@@ -20,6 +19,7 @@ from ts2.analysis.known_distribution import (
     t_ci,
     zipf,
 )
+from ts2.conf import method_ids
 
 P = np.array([[0.5, 0.3, 0.2, 0.0]])
 Q = np.array([[0.75, 0.25, 0.0, 0.0]])
@@ -100,7 +100,7 @@ def test_task_construction():
 
 
 def test_methods_come_from_the_repo_configs():
-    setups = {m: method_setup(m) for m in METHODS}
+    setups = {m: method_setup(m) for m in method_ids()}
     assert setups["ce_wd"].weight_decay == pytest.approx(0.1)
     assert setups["neft"].neft_alpha == pytest.approx(5.0)
     assert setups["ce"].weight_decay == 0.0 and setups["ce"].neft_alpha is None

@@ -228,6 +228,18 @@ def test_committed_base_matches_manifest():
 
 
 @pytest.mark.skipif(not COMMITTED, reason="no committed base under assets/tiny_base/")
+def test_corpus_is_the_committed_bases_on_its_python(corpus):
+    """With the build's Python (its stdlib), the corpus is the build's: the READMEs come from the committed
+    snapshot, so moving a package pin cannot change it under the committed weights."""
+    import platform
+
+    man = json.loads((tb.ASSETS_DIR / "manifest.json").read_text())
+    if platform.python_version() != man["python"]:
+        pytest.skip(f"the base was built with Python {man['python']}'s stdlib")
+    assert corpus_fingerprint(corpus) == man["corpus_fingerprint"]
+
+
+@pytest.mark.skipif(not COMMITTED, reason="no committed base under assets/tiny_base/")
 def test_committed_heldout_perplexity_recomputed(corpus):
     """The manifest's held-out perplexity, recomputed from the committed weights on the held-out files."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -21,39 +21,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.ticker
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-COLORS = {
-    "ce": "#7f7f7f",
-    "ce_wd": "#bcbd22",
-    "neft": "#17becf",
-    "gem": "#1f77b4",
-    "ce_ls": "#9467bd",
-    "sparsemax": "#ff7f0e",
-    "entmax15": "#8c564b",
-    "ts2": "#d62728",
-    "pretrained": "#2ca02c",
-}
-
-
-class NoData(LookupError):
-    """A figure's data is not in the runs (:func:`write_figures` skips that figure with a log line)."""
-
-
-EXTRA_COLORS = ("#e377c2", "#000000", "#9edae5", "#c49c94", "#dbdb8d", "#393b79")
-
-
-def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130, bbox_inches="tight")
-    plt.close(fig)
-    return path
-
+# Each testbed's figure lives with its data (known_distribution, token_distribution); re-exported here.
+from ts2.analysis.known_distribution import known_distribution_figure  # noqa: F401
+from ts2.analysis.plotting import COLORS, EXTRA_COLORS, NoData, plt
+from ts2.analysis.plotting import save as _save
+from ts2.analysis.token_distribution import token_distribution_figure
 
 # ----------------------------------------------------------------------------------------------------
 # TSPD
@@ -139,115 +114,8 @@ def tspd_rows_figure(
 # Token distributions
 
 
-def token_distribution_figure(
-    panels: Sequence[Any], out: str | Path, *, top: int = 20, title: str | None = None
-) -> Path:
-    """Bar panels of top-``top`` next-token distributions. ``panels``: a list of panels (one row) or a list of
-    rows (lists of panels), each panel ``{"label", "scale", "tokens", "probs" (descending), "method", "note"}``.
-    Zero-probability entries are not drawn; each panel states its scale and its top-``top`` mass."""
-    rows = [list(r) for r in panels] if panels and isinstance(panels[0], (list, tuple)) else [list(panels)]
-    rows = [r for r in rows if r]
-    if not rows:
-        raise ValueError("token_distribution_figure: no panels")
-    ncol = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), ncol, figsize=(3.3 * ncol, 3.0 * len(rows)), squeeze=False)
-    for r, row in enumerate(rows):
-        for c in range(ncol):
-            ax = axes[r, c]
-            if c >= len(row):
-                ax.axis("off")
-                continue
-            pnl = row[c]
-            pairs = [(t, p) for t, p in zip(pnl["tokens"], pnl["probs"], strict=True) if p > 0][:top]
-            toks = [repr(t)[1:-1] if isinstance(t, str) else str(t) for t, _ in pairs]
-            probs = [p for _, p in pairs]
-            ax.bar(range(len(probs)), probs, color=COLORS.get(pnl.get("method", ""), "#4c72b0"))
-            ax.set_xticks(range(len(probs)))
-            ax.set_xticklabels(toks, rotation=90, fontsize=7)
-            ax.set_xlim(-0.7, top - 0.3)  # same bar width in every panel
-            ax.set_ylim(0, max(0.05, max(probs) * 1.12) if probs else 1)
-            ax.tick_params(axis="y", labelsize=7)
-            ax.set_title(f"{pnl['label']}\n[{pnl['scale']}]", fontsize=9)
-            ax.text(
-                0.98,
-                0.95,
-                f"top-{top} mass {sum(probs):.2f}" + (f"\n{pnl['note']}" if pnl.get("note") else ""),
-                transform=ax.transAxes,
-                ha="right",
-                va="top",
-                fontsize=7,
-            )
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return _save(fig, out)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Known-distribution testbed
-
-
-def known_distribution_figure(
-    results: dict[str, Any],
-    out: str | Path,
-    *,
-    regime: str = "extended",
-    metrics: Sequence[str] = ("validity", "coverage", "kl", "bon_target"),
-) -> Path:
-    """Rows: seen (SFT) prompts, held-out prompts; columns: metrics; x: epoch; one line per method with a
-    95% CI band over seeds; dotted line at the paper's 3 epochs."""
-    from ts2.analysis.known_distribution import METRIC_LABELS, curves
-
-    cfg = results["config"]
-    splits = (("seen", "seen (SFT) prompts"), ("heldout", "held-out prompts"))
-    fig, axes = plt.subplots(
-        len(splits), len(metrics), figsize=(3.6 * len(metrics), 3.0 * len(splits)), squeeze=False
-    )
-    for r, (split, split_label) in enumerate(splits):
-        for c, metric in enumerate(metrics):
-            ax = axes[r, c]
-            variants = [m for m in results["methods"] if m not in COLORS]
-            for m, cv in curves(results, regime, split, metric).items():
-                # Variants such as "ts2:loss.alpha=1.0" get colours of their own.
-                col = COLORS.get(m) or EXTRA_COLORS[variants.index(m) % len(EXTRA_COLORS)]
-                ax.plot(
-                    cv["epoch"],
-                    cv["mean"],
-                    color=col,
-                    lw=1.6 if m == "ts2" else 1.1,
-                    label=results["methods"][m],
-                    ls="--" if m == "ce_wd" else "-",
-                )  # dashed: CE+WD often lies on CE
-                lo, hi = cv["low"], cv["high"]
-                if metric != "kl" and metric != "entropy":  # probabilities: a t-interval may overshoot [0, 1]
-                    lo, hi = lo.clip(0, 1), hi.clip(0, 1)
-                elif metric == "kl":
-                    lo = lo.clip(min=1e-3)
-                ax.fill_between(cv["epoch"], lo, hi, color=col, alpha=0.15, lw=0)
-            if regime == "extended":
-                ax.axvline(cfg["paper_epochs"], color="k", ls=":", lw=0.8)
-            label = METRIC_LABELS[metric].replace("@N", "@" + str(cfg["n_samples"]))
-            ax.set_title(f"{label}\n{split_label}", fontsize=9)
-            ax.set_xlabel("epoch", fontsize=8)
-            ax.tick_params(labelsize=7)
-            if metric == "kl":
-                ax.set_yscale("log")
-    axes[0, -1].legend(fontsize=7, loc="best")
-    sched = (
-        "constant LR (dotted: the paper's 3 epochs)"
-        if regime == "extended"
-        else "cosine to 0 over 3 epochs (paper)"
-    )
-    spec = cfg["spec"]
-    answer = "drawn once from the true dist." if spec["sft_answer"] == "sample" else "the most frequent one"
-    fig.suptitle(
-        f"Known-distribution testbed (tiny Llama, synthetic task; K={spec['k_valid']} valid answers at Zipf "
-        f"frequencies, one SFT answer per prompt: {answer}) — {sched}; mean and 95% CI over "
-        f"{len(cfg['seeds'])} seeds",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    return _save(fig, out)
 
 
 def tspd_report(

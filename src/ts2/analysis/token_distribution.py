@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from ts2.analysis.plotting import COLORS, plt, save
+
 PROMPT = "Give me a single number as response.Only output one number and nothing else.Answer:"
 OFFICIAL_FILES = {  # panel order of the official figure's data; "hybrid" is the repo's name for TS²
     "pretrained": ("pretrained_distribution.json", "Pretrained"),
@@ -285,7 +287,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
     a = p.parse_args(argv)
     from omegaconf import OmegaConf
 
-    from ts2.analysis.figures import token_distribution_figure
     from ts2.conf import CONF_DIR
 
     out = Path(a.out)
@@ -322,6 +323,50 @@ def main(argv: Sequence[str] | None = None) -> Path:
     fig = token_distribution_figure(panels, out / "figures" / f"{a.name}.png", title=title)
     print(fig)
     return fig
+
+
+def token_distribution_figure(
+    panels: Sequence[Any], out: str | Path, *, top: int = 20, title: str | None = None
+) -> Path:
+    """Bar panels of top-``top`` next-token distributions. ``panels``: a list of panels (one row) or a list of
+    rows (lists of panels), each panel ``{"label", "scale", "tokens", "probs" (descending), "method", "note"}``.
+    Zero-probability entries are not drawn; each panel states its scale and its top-``top`` mass."""
+    rows = [list(r) for r in panels] if panels and isinstance(panels[0], (list, tuple)) else [list(panels)]
+    rows = [r for r in rows if r]
+    if not rows:
+        raise ValueError("token_distribution_figure: no panels")
+    ncol = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), ncol, figsize=(3.3 * ncol, 3.0 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(ncol):
+            ax = axes[r, c]
+            if c >= len(row):
+                ax.axis("off")
+                continue
+            pnl = row[c]
+            pairs = [(t, p) for t, p in zip(pnl["tokens"], pnl["probs"], strict=True) if p > 0][:top]
+            toks = [repr(t)[1:-1] if isinstance(t, str) else str(t) for t, _ in pairs]
+            probs = [p for _, p in pairs]
+            ax.bar(range(len(probs)), probs, color=COLORS.get(pnl.get("method", ""), "#4c72b0"))
+            ax.set_xticks(range(len(probs)))
+            ax.set_xticklabels(toks, rotation=90, fontsize=7)
+            ax.set_xlim(-0.7, top - 0.3)  # same bar width in every panel
+            ax.set_ylim(0, max(0.05, max(probs) * 1.12) if probs else 1)
+            ax.tick_params(axis="y", labelsize=7)
+            ax.set_title(f"{pnl['label']}\n[{pnl['scale']}]", fontsize=9)
+            ax.text(
+                0.98,
+                0.95,
+                f"top-{top} mass {sum(probs):.2f}" + (f"\n{pnl['note']}" if pnl.get("note") else ""),
+                transform=ax.transAxes,
+                ha="right",
+                va="top",
+                fontsize=7,
+            )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save(fig, out)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ non-ignored tokens, "sum" does not; with every token ignored the loss is 0 with 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -59,3 +60,31 @@ class TokenLoss:
     def hyperparameters(self) -> dict[str, Any]:
         """The hyperparameters as a dict (field name -> value)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def loss_function(
+    cls: type[TokenLoss], name: str, summary: str, *, reference: bool = False
+) -> Callable[..., Tensor]:
+    """The loss ``cls`` as a plain function ``name(logits, labels, *, ignore_index=-100, reduction="mean",
+    **hyperparameters) -> scalar``: its fast exact kernel, or (``reference=True``) its pure-torch reference.
+    Hyperparameters and their defaults are the dataclass fields of ``cls`` (one place)."""
+
+    def fn(
+        logits: Tensor,
+        labels: Tensor,
+        *,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        **hyperparameters: Any,
+    ) -> Tensor:
+        loss = cls(**hyperparameters)
+        run = loss.reference if reference else loss
+        return run(logits, labels, ignore_index=ignore_index, reduction=reduction)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__module__ = cls.__module__
+    kind = "pure-torch reference" if reference else "fast exact kernel"
+    fn.__doc__ = (
+        f"{summary}, {kind}: logits [N, V], labels [N] -> scalar (hyperparameters: `{cls.__name__}`)."
+    )
+    return fn

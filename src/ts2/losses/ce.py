@@ -8,13 +8,12 @@ gives both the gradient and, from its row max ``exp(max z - logsumexp z)``, the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ts2.losses.base import TokenLoss
+from ts2.losses.base import TokenLoss, loss_function
 from ts2.losses.kernels import Workspace, softmax_into
 
 
@@ -68,30 +67,8 @@ class CrossEntropyLoss(TokenLoss):
         return softmax_ce_rows(z, y, weight, out, 0.0)
 
 
-def cross_entropy_loss(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """Cross-entropy, fast exact kernel: logits [N, V], labels [N] -> scalar (see `CrossEntropyLoss`)."""
-    return CrossEntropyLoss(**hyperparameters)(logits, labels, ignore_index=ignore_index, reduction=reduction)
-
-
-def reference(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """Cross-entropy, pure-torch reference (``F.cross_entropy`` per token): same signature and value."""
-    return CrossEntropyLoss(**hyperparameters).reference(
-        logits, labels, ignore_index=ignore_index, reduction=reduction
-    )
+cross_entropy_loss = loss_function(CrossEntropyLoss, "cross_entropy_loss", "Cross-entropy")
+reference = loss_function(CrossEntropyLoss, "cross_entropy_loss", "Cross-entropy", reference=True)
 
 
 ce_loss = cross_entropy_loss

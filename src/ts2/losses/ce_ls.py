@@ -11,13 +11,12 @@ stays finite (torch's would be +inf). The paper does not publish eps; 0.1 is the
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ts2.losses._common import check_hyperparameter
-from ts2.losses.base import TokenLoss
+from ts2.losses.base import TokenLoss, loss_function
 from ts2.losses.ce import softmax_ce_rows
 from ts2.losses.kernels import Workspace
 
@@ -47,29 +46,9 @@ class LabelSmoothingLoss(TokenLoss):
         return softmax_ce_rows(z, y, weight, out, self.epsilon)
 
 
-def label_smoothing_loss(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """Label-smoothed CE, fast exact kernel: logits [N, V], labels [N] -> scalar (see `LabelSmoothingLoss`)."""
-    return LabelSmoothingLoss(**hyperparameters)(
-        logits, labels, ignore_index=ignore_index, reduction=reduction
-    )
-
-
-def reference(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """Label-smoothed CE, pure-torch reference (log_softmax): same signature and value."""
-    return LabelSmoothingLoss(**hyperparameters).reference(
-        logits, labels, ignore_index=ignore_index, reduction=reduction
-    )
+label_smoothing_loss = loss_function(
+    LabelSmoothingLoss, "label_smoothing_loss", "Label-smoothed cross-entropy"
+)
+reference = loss_function(
+    LabelSmoothingLoss, "label_smoothing_loss", "Label-smoothed cross-entropy", reference=True
+)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ts2.losses._common import compute_dtype
-from ts2.losses.base import TokenLoss
+from ts2.losses.base import TokenLoss, loss_function
 from ts2.losses.kernels import Workspace, one_thread, select
 from ts2.losses.sparsemax import sparse_grad_into
 
@@ -119,27 +119,5 @@ class Entmax15Loss(TokenLoss):
         return loss
 
 
-def entmax15_loss(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """1.5-entmax loss, fast exact kernel: logits [N, V], labels [N] -> scalar (see `Entmax15Loss`)."""
-    return Entmax15Loss(**hyperparameters)(logits, labels, ignore_index=ignore_index, reduction=reduction)
-
-
-def reference(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """1.5-entmax loss, sort-based pure-torch reference: same signature and value."""
-    return Entmax15Loss(**hyperparameters).reference(
-        logits, labels, ignore_index=ignore_index, reduction=reduction
-    )
+entmax15_loss = loss_function(Entmax15Loss, "entmax15_loss", "1.5-entmax loss")
+reference = loss_function(Entmax15Loss, "entmax15_loss", "1.5-entmax loss", reference=True)

@@ -13,13 +13,12 @@ give without the stop-gradients. Official scripts: beta 0.7, h logsigmoid.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ts2.losses._common import check_hyperparameter
-from ts2.losses.base import TokenLoss
+from ts2.losses.base import TokenLoss, loss_function
 from ts2.losses.kernels import Workspace, softmax_into
 
 H_CHOICES = ("linear", "logsigmoid")
@@ -70,27 +69,5 @@ class GEMLoss(TokenLoss):
         return loss
 
 
-def gem_loss(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """GEM, fast exact kernel: logits [N, V], labels [N] -> scalar (hyperparameters: see `GEMLoss`)."""
-    return GEMLoss(**hyperparameters)(logits, labels, ignore_index=ignore_index, reduction=reduction)
-
-
-def reference(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """GEM, pure-torch reference (detached weights, autograd gradient): same signature and value."""
-    return GEMLoss(**hyperparameters).reference(
-        logits, labels, ignore_index=ignore_index, reduction=reduction
-    )
+gem_loss = loss_function(GEMLoss, "gem_loss", "GEM")
+reference = loss_function(GEMLoss, "gem_loss", "GEM", reference=True)

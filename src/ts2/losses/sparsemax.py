@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ts2.losses._common import compute_dtype
-from ts2.losses.base import TokenLoss
+from ts2.losses.base import TokenLoss, loss_function
 from ts2.losses.kernels import Selection, Workspace, one_thread, select
 
 
@@ -158,27 +158,5 @@ class SparsemaxLoss(TokenLoss):
         return loss
 
 
-def sparsemax_loss(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """Sparsemax loss, fast exact kernel: logits [N, V], labels [N] -> scalar (see `SparsemaxLoss`)."""
-    return SparsemaxLoss(**hyperparameters)(logits, labels, ignore_index=ignore_index, reduction=reduction)
-
-
-def reference(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """Sparsemax loss, sort-based pure-torch reference: same signature and value."""
-    return SparsemaxLoss(**hyperparameters).reference(
-        logits, labels, ignore_index=ignore_index, reduction=reduction
-    )
+sparsemax_loss = loss_function(SparsemaxLoss, "sparsemax_loss", "Sparsemax loss")
+reference = loss_function(SparsemaxLoss, "sparsemax_loss", "Sparsemax loss", reference=True)

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from ts2.losses._common import check_hyperparameter, check_number
-from ts2.losses.base import TokenLoss
+from ts2.losses.base import TokenLoss, loss_function
 from ts2.losses.kernels import Workspace, one_thread, softmax_into
 from ts2.losses.sparsemax import sparsemax_loss_and_probs, sparsemax_rows
 
@@ -111,30 +110,5 @@ class TS2Loss(TokenLoss):
         return loss
 
 
-def ts2_loss(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """Sparsemax+, the fast exact kernel: logits [N, V], labels [N] -> scalar.
-
-    hyperparameters: those of `TS2Loss` (alpha, clamp, temperature, adaptive), with its defaults.
-    """
-    return TS2Loss(**hyperparameters)(logits, labels, ignore_index=ignore_index, reduction=reduction)
-
-
-def reference(
-    logits: Tensor,
-    labels: Tensor,
-    *,
-    ignore_index: int = -100,
-    reduction: str = "mean",
-    **hyperparameters: Any,
-) -> Tensor:
-    """Sparsemax+, the short sort-based pure-torch reference: same signature and value as `ts2_loss`."""
-    return TS2Loss(**hyperparameters).reference(
-        logits, labels, ignore_index=ignore_index, reduction=reduction
-    )
+ts2_loss = loss_function(TS2Loss, "ts2_loss", "Sparsemax+ (TS²)")
+reference = loss_function(TS2Loss, "ts2_loss", "Sparsemax+ (TS²)", reference=True)

@@ -313,11 +313,32 @@ def build_tiny_rm(spec: TinyRMSpec | None = None, *, force: bool = False, progre
     return target
 
 
+def spec_from_args(items: Sequence[str]) -> TinyRMSpec:
+    """``["quirk=false", "epochs=6"]`` -> TinyRMSpec (values parsed as JSON, else kept as strings)."""
+    d: dict[str, Any] = {}
+    for item in items:
+        key, sep, val = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE.")
+        try:
+            d[key] = json.loads(val)
+        except json.JSONDecodeError:
+            d[key] = val
+    return TinyRMSpec.from_dict(d)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--force", action="store_true", help="retrain even if cached")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a TinyRMSpec field (JSON value, e.g. quirk=false epochs=6), as conf/rm/tiny.yaml's `tiny:` block",
+    )
     args = p.parse_args(argv)
-    path = build_tiny_rm(force=args.force, progress=True)
+    path = build_tiny_rm(spec_from_args(args.set), force=args.force, progress=True)
     ev = json.loads((path / "rm_eval.json").read_text())
     print(path)
     print(
