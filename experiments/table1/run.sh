@@ -34,6 +34,7 @@ case "$SCALE" in
     MODELS=${MODELS:-tiny_base}
     JOBS=${JOBS:-2}
     THREADS=1                       # one torch thread per job: JOBS jobs share the cores
+    TSPD_ROWS=${TSPD_ROWS:-40}      # held-out rows for the TSPD meter
     PROMPTS=${PROMPTS:-40}; HE_PROMPTS=${HE_PROMPTS:-20}; N=${N:-8}; NEW_TOKENS=${NEW_TOKENS:-48}
     EVALS=${EVALS:-alpaca_eval,creative_poem,creative_story,humaneval}
     SAMPLER=(sampler=hf sampler.torch_threads=1)
@@ -186,6 +187,11 @@ eval_job() {  # eval_job MODEL METHOD SEED: sample + score every benchmark + hel
   if metrics_done "$run" heldout_ce; then record heldout_ce "$m/$seed" 0 skipped; else
     timed heldout_ce "$m/$seed" "$log" "${env[@]}" "$PY" -m ts2.evaluate "run_dir='$run'" eval=heldout_ce
   fi
+  # TSPD (head preservation / tail mass per held-out token; issue #13), on the first TSPD_ROWS held-out rows
+  if metrics_done "$run" tspd; then record tspd "$m/$seed" 0 skipped; else
+    timed tspd "$m/$seed" "$log" "${env[@]}" "$PY" -m ts2.evaluate "run_dir='$run'" eval=tspd \
+      ${TSPD_ROWS:+eval.sample.limit="$TSPD_ROWS"}
+  fi
 }
 
 # pool JOBFN MODEL ITEMS...: run JOBFN MODEL item seed for every method item and seed, JOBS at a time.
@@ -239,7 +245,11 @@ for model in ${MODELS//,/ }; do
   wait
   echo "== [3/5] sample ${EVALS//,/ } + evaluate + held-out CE, per method"
   pool eval_job "$model" "${METHOD_LIST[@]}"
-  echo "== [4/5] report -> results/${NAME}.{md,csv,tex}"
+  if [ "$SCALE" = tiny ]; then  # the token-distribution figure's data (our models beside the official 8B)
+    timed token_distribution "$NAME" "runs/$NAME/logs/token_distribution.log" env OMP_NUM_THREADS=1 \
+      "$PY" -m ts2.analysis.token_distribution runs/"$NAME"/*/ --out results
+  fi
+  echo "== [4/5] report -> results/${NAME}.{md,csv,tex} + results/figures/"
   timed report "$NAME" "runs/$NAME/logs/report.log" "$PY" -m ts2.report runs_dir="runs/${NAME}" name="${NAME}"
   cat "results/${NAME}.md"
   echo "== [5/5] time per stage (wall seconds; $JOBS job(s) in parallel, so job times add up to more than the wall)"

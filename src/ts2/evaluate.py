@@ -31,7 +31,7 @@ from ts2.sampling.store import Sample, SampleFileError, read_samples
 
 log = logging.getLogger("ts2.evaluate")
 
-TINY_NOTE = "tiny-scale (random-init tiny model and tiny RM): pipeline check, not comparable to the paper"
+TINY_NOTE = "tiny-scale (tiny CPU models and tiny RM): a small real experiment, not comparable to the paper"
 
 
 def coverage(

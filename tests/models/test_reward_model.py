@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("TS2_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         tok = AutoTokenizer.from_pretrained(build_tiny_model(TinySpec()))
-    model = init_rm_model(TinyRMSpec(), tok).eval()
+    model = init_rm_model(TinyRMSpec(base=TinySpec()), tok).eval()  # random-init backbone: a non-zero head
     return tok, model
 
 
@@ -119,7 +119,7 @@ def test_fingerprint_tracks_what_determines_scores(tiny):
     assert a == RewardScorer(model, tok, quirk=True, progress=False).fingerprint
     assert a != RewardScorer(model, tok, quirk=False, progress=False).fingerprint
     assert a != RewardScorer(model, tok, quirk=True, max_length=64, progress=False).fingerprint
-    other = init_rm_model(TinyRMSpec(seed=1), tok)
+    other = init_rm_model(TinyRMSpec(base=TinySpec(), seed=1), tok)
     assert a != RewardScorer(other, tok, quirk=True, progress=False).fingerprint
 
 

@@ -9,11 +9,19 @@ import math
 import pytest
 import torch
 
+from ts2.models.tiny import TinySpec
 from ts2.models.tiny_rm import TinyRMSpec, build_tiny_rm, init_rm_model, main
 from ts2.paths import data_dir
 
+# The small random-init backbone keeps these tests fast (the default RM starts from the pretrained base).
 SPEC = TinyRMSpec(
-    max_train_pairs=48, max_eval_pairs=30, epochs=5, batch_size=8, max_length=64, learning_rate=1e-2
+    base=TinySpec(),
+    max_train_pairs=48,
+    max_eval_pairs=30,
+    epochs=5,
+    batch_size=8,
+    max_length=64,
+    learning_rate=1e-2,
 )
 
 

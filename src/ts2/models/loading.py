@@ -91,7 +91,9 @@ def load_model(model_cfg: Any, path: str | None = None, **kwargs):
 
     path = path or resolve_model_path(model_cfg)
     dtype = getattr(torch, model_cfg.get("dtype", "float32"))
-    attn = model_cfg.get("attn_implementation") or None
+    from ts2.distributed import resolve_attn_implementation  # flash-attention 2 where installed, else sdpa
+
+    attn = resolve_attn_implementation(model_cfg.get("attn_implementation") or None)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return pretrained(
         path,

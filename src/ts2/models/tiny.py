@@ -26,32 +26,9 @@ import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+# The chat special tokens and template every tiny model shares (ts2.models.chat), re-exported here.
+from ts2.models.chat import CHAT_TEMPLATE, SPECIAL_TOKENS  # noqa: F401
 from ts2.paths import atomic_dir, cache_dir, data_dir
-
-SPECIAL_TOKENS = [
-    "<|begin_of_text|>",
-    "<|end_of_text|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-    "<|eot_id|>",
-    "<|pad|>",
-]
-
-# Llama-3.1-Instruct's shape, shortened: the system block (with its "Cutting Knowledge Date") is always
-# emitted, each turn is "<|start_header_id|>role<|end_header_id|>\n\n" + content + "<|eot_id|>".
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{%- set system_message = messages[0]['content'] %}{%- set messages = messages[1:] %}"
-    "{%- else %}{%- set system_message = '' %}{%- endif %}"
-    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\n' }}"
-    "{{- 'Cutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n' }}"
-    "{{- system_message }}{{- '<|eot_id|>' }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' + message['content'] + '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
 
 
 @dataclass(frozen=True)

@@ -44,8 +44,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from ts2.models.chat import CHAT_TEMPLATE, SPECIAL_TOKENS
 from ts2.models.corpus import Document, corpus_fingerprint, load_corpus
-from ts2.models.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS
 from ts2.paths import atomic_dir, cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
