@@ -247,7 +247,7 @@ for model in ${MODELS//,/ }; do
   pool eval_job "$model" "${METHOD_LIST[@]}"
   if [ "$SCALE" = tiny ]; then  # the token-distribution figure's data (our models beside the official 8B)
     timed token_distribution "$NAME" "runs/$NAME/logs/token_distribution.log" env OMP_NUM_THREADS=1 \
-      "$PY" -m ts2.analysis.token_distribution runs/"$NAME"/*/ --out results
+      "$PY" -m ts2.analysis.token_distribution $(dirname runs/"$NAME"/*/run.json) --out results
   fi
   echo "== [4/5] report -> results/${NAME}.{md,csv,tex} + results/figures/"
   timed report "$NAME" "runs/$NAME/logs/report.log" "$PY" -m ts2.report runs_dir="runs/${NAME}" name="${NAME}"

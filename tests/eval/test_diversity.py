@@ -234,7 +234,9 @@ def test_embedding_cache_resumes_and_matches_uncached(minilm, tmp_path: Path, mo
     assert calls == [4, 2]  # only the two unfinished chunks are encoded again
     np.testing.assert_allclose(resumed, plain, atol=1e-6)
     again = D.sent_bert_diversity([texts[:7], texts[7:]], minilm, cache_dir=tmp_path, batch_size=4)
-    assert again == pytest.approx(D.sent_bert_diversity([texts[:7], texts[7:]], minilm), abs=1e-6)
+    # Another encode batch size pads differently, so fp32 sums run in another order: the score (x100) agrees to
+    # ~1e-6 of a cosine, i.e. 1e-4 here (2.3e-6 seen on a fresh CI clone).
+    assert again == pytest.approx(D.sent_bert_diversity([texts[:7], texts[7:]], minilm), abs=1e-4)
 
 
 def test_embedding_cache_is_keyed_by_model_and_rejects_bad_files(minilm, tmp_path: Path) -> None:
