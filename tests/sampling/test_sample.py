@@ -249,3 +249,28 @@ def test_vllm_backend_without_vllm_is_a_clear_error(compose, tmp_path):
     cfg = compose(["model=tiny", "sampler=vllm", f"out_dir={tmp_path}"], config_name="sample")
     with pytest.raises(ImportError, match=r"sampler=vllm needs the `vllm` package"):
         run([cfg])
+
+
+@pytest.mark.parametrize("name", ["openllm_gsm8k", "openllm_arc_challenge"])
+def test_openllm_paper_protocol_scores_a_tiny_model_run(sample_cfg, compose, trained_run, tmp_path, name):
+    """Issue #11: from a tiny-model run, ts2.evaluate writes the OpenLLM (official protocol) metrics file."""
+    from ts2.evaluate import evaluate_bench
+
+    cfg = sample_cfg(
+        [f"run_dir='{trained_run}'", f"eval={name}", "sample.limit=3", "sample.n=4"]
+        + ["sample.max_new_tokens=8", f"out_dir={tmp_path / 'samples'}"]
+    )
+    run([cfg])
+    ecfg = compose(
+        [f"eval={name}", "eval.sample.limit=3", "eval.metrics.ns=[1,4]"]
+        + [f"samples_dir={tmp_path / 'samples'}", f"metrics_dir={tmp_path / 'metrics'}"],
+        config_name="evaluate",
+    )
+    out = json.loads(evaluate_bench(ecfg).read_text())
+    assert out["complete"] and (out["num_prompts"], out["num_samples"]) == (3, 12)
+    assert {"majority@1", "majority@4", "any@4", "parse_rate"} <= set(out["metrics"])
+    # any-correct at 4 samples can only be at least majority at 4 (hand rule), per question and overall
+    assert all(
+        a >= m for a, m in zip(out["per_prompt"]["any@4"], out["per_prompt"]["majority@4"], strict=True)
+    )
+    assert out["details"]["parser"] == "paper"
