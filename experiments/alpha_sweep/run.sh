@@ -39,6 +39,7 @@ RUNS=$(( $(tr ',' '\n' <<<"$ALPHAS" | grep -c .) * $(tr ',' '\n' <<<"$CLAMPS" | 
 SAMPLE_ARGS=(eval=alpaca_eval "sample.limit=${PROMPTS}" "sample.n=${N}" "sample.max_new_tokens=${NEW_TOKENS}"
              sampler=hf sampler.torch_threads=1)
 EVAL_ARGS=(eval=alpaca_eval "eval.sample.limit=${PROMPTS}" "eval.sample.n=${N}" rm=tiny diversity.num_workers=1
+           rm.quirk=false +rm.tiny.quirk=false +rm.tiny.epochs=6   # the judge of the tiny Table 1 (run.sh)
            ${EVAL_EXTRA[@]+"${EVAL_EXTRA[@]}"})
 
 "$PY" -m ts2.analysis.alpha_sweep estimate --runs "$RUNS" --prompts "$PROMPTS" --n "$N" \
