@@ -395,6 +395,30 @@ def model_source(cfg: DictConfig) -> ModelSource:
     )
 
 
+def cfg_get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    """``cfg.a.b`` for a DictConfig, dict or object, ``default`` where a part is missing or null."""
+    node = cfg
+    for part in dotted.split("."):
+        if node is None:
+            return default
+        node = node.get(part) if hasattr(node, "get") else getattr(node, part, None)
+    return default if node is None else node
+
+
+def model_source_of(source: str | Path | None, cfg: Any) -> ModelSource:
+    """The model a model-scored benchmark reads (heldout_ce, tspd): a training run folder, a model folder or
+    hub id, or (``source=None``) ``cfg.model``."""
+    model = cfg_get(cfg, "model")
+    run_dir = model_path = None
+    if source is not None:
+        p = Path(source)
+        if (p / "model" / "config.json").is_file() or (p / "run.json").is_file():
+            run_dir, model = str(p), None
+        else:
+            model_path = str(source)
+    return model_source(OmegaConf.create({"run_dir": run_dir, "model_path": model_path, "model": model}))
+
+
 def check_resumable(path: Path, old: dict[str, Any] | None, fingerprint: dict[str, Any]) -> None:
     """Refuse to extend a samples file made with other settings (it would mix two distributions)."""
     if old is None:

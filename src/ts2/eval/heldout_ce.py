@@ -36,17 +36,9 @@ from typing import Any
 import numpy as np
 
 from ts2.eval.result import ScoreResult
+from ts2.runs import cfg_get, model_source_of
 
 IGNORE_INDEX = -100
-
-
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        node = node.get(part) if hasattr(node, "get") else getattr(node, part, None)
-    return default if node is None else node
 
 
 def response_nll(
@@ -137,23 +129,6 @@ def summarize(
     )
 
 
-def _source(source: str | Path | None, cfg: Any):
-    """(ModelSource) from a run folder, a model folder / hub id, or ``cfg.model``."""
-    from omegaconf import OmegaConf
-
-    from ts2.runs import model_source
-
-    model = _get(cfg, "model")
-    run_dir = model_path = None
-    if source is not None:
-        p = Path(source)
-        if (p / "model" / "config.json").is_file() or (p / "run.json").is_file():
-            run_dir, model = str(p), None
-        else:
-            model_path = str(source)
-    return model_source(OmegaConf.create({"run_dir": run_dir, "model_path": model_path, "model": model}))
-
-
 def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
     """Held-out response CE of one model (``eval.kind: model`` scorer of conf/eval/heldout_ce.yaml).
 
@@ -168,11 +143,11 @@ def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
     from ts2.models import load_model, load_tokenizer
 
     m = cfg.eval.metrics
-    src = _source(source, cfg)
+    src = model_source_of(source, cfg)
     tokenizer = load_tokenizer(src.model_cfg, src.path)
-    max_length = int(_get(m, "max_length") or src.model_cfg.get("max_length") or 2048)
+    max_length = int(cfg_get(m, "max_length") or src.model_cfg.get("max_length") or 2048)
     data_cfg = cfg.eval.data
-    limit = _get(cfg, "limit")
+    limit = cfg_get(cfg, "limit")
     if limit:
         data_cfg = OmegaConf.merge(data_cfg, {"limit": int(limit)})
     examples, ids, skipped = [], [], []
@@ -185,21 +160,21 @@ def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
     if not examples:
         raise ValueError(f"heldout_ce: every held-out row was skipped ({skipped[:3]}...).")
     threads = torch.get_num_threads()
-    if _get(m, "num_threads"):
-        torch.set_num_threads(int(_get(m, "num_threads")))
+    if cfg_get(m, "num_threads"):
+        torch.set_num_threads(int(cfg_get(m, "num_threads")))
     try:
         model = load_model(src.model_cfg, src.path)
         sums, counts = response_nll(
             model,
             examples,
-            batch_size=int(_get(m, "batch_size", 4)),
-            chunk_size=int(_get(m, "chunk_size", 1024)),
+            batch_size=int(cfg_get(m, "batch_size", 4)),
+            chunk_size=int(cfg_get(m, "chunk_size", 1024)),
             pad_token_id=int(tokenizer.pad_token_id or 0),
         )
     finally:
         torch.set_num_threads(threads)
     res = summarize(
-        sums, counts, ids, n_bootstrap=int(_get(m, "n_bootstrap", 1000)), seed=int(_get(m, "seed", 0))
+        sums, counts, ids, n_bootstrap=int(cfg_get(m, "n_bootstrap", 1000)), seed=int(cfg_get(m, "seed", 0))
     )
     res.details.update(
         {

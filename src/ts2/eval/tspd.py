@@ -50,6 +50,7 @@ import torch
 from torch import Tensor
 
 from ts2.eval.result import ScoreResult
+from ts2.runs import cfg_get, model_source_of
 
 DEFAULT_MS: tuple[int, ...] = (2, 5, 10)
 DEFAULT_QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -285,33 +286,6 @@ def summarize(
 # Model + data -> result
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if node is None:
-            return default
-        node = node.get(part) if hasattr(node, "get") else getattr(node, part, None)
-    return default if node is None else node
-
-
-def _model_source(source: str | Path | None, cfg: Any):
-    """(model folder, model config dict, provenance) from a run folder, a model folder/hub id, or cfg.model."""
-    from omegaconf import OmegaConf
-
-    from ts2.sample import resolve_model
-
-    model = _get(cfg, "model")
-    run_dir = model_path = None
-    if source is not None:
-        p = Path(source)
-        if (p / "model" / "config.json").is_file() or (p / "run.json").is_file():
-            run_dir, model = str(p), None
-        else:
-            model_path = str(source)
-    spec = OmegaConf.create({"run_dir": run_dir, "model_path": model_path, "model": model})
-    return resolve_model(spec)
-
-
 def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
     """TSPD of one model on the held-out SFT tokens of ``cfg.eval.data`` -> ScoreResult.
 
@@ -323,27 +297,27 @@ def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
     from ts2.models import load_model, load_tokenizer
 
     m = cfg.eval.metrics
-    src = _model_source(source, cfg)
+    src = model_source_of(source, cfg)
     tokenizer = load_tokenizer(src.model_cfg, src.path)
-    max_length = _get(m, "max_length") or src.model_cfg.get("max_length") or 2048
+    max_length = cfg_get(m, "max_length") or src.model_cfg.get("max_length") or 2048
     data_cfg = cfg.eval.data
-    limit = _get(cfg, "limit")
+    limit = cfg_get(cfg, "limit")
     if limit:
         from omegaconf import OmegaConf
 
         data_cfg = OmegaConf.merge(data_cfg, {"limit": int(limit)})
     data = build_sft_dataset(data_cfg, tokenizer, int(max_length))
-    device = _get(m, "device", "auto")
+    device = cfg_get(m, "device", "auto")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(src.model_cfg, src.path).to(device)
-    ms = [int(x) for x in _get(m, "ms", DEFAULT_MS)]
+    ms = [int(x) for x in cfg_get(m, "ms", DEFAULT_MS)]
     acc = stream_model_stats(
         model,
         data.examples,
         ms=ms,
-        batch_size=int(_get(m, "batch_size", 4)),
-        chunk_size=int(_get(m, "chunk_size", 1024)),
+        batch_size=int(cfg_get(m, "batch_size", 4)),
+        chunk_size=int(cfg_get(m, "chunk_size", 1024)),
         pad_token_id=int(tokenizer.pad_token_id or 0),
         device=device,
     )
@@ -351,9 +325,9 @@ def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
     res = summarize(
         values,
         owner,
-        quantiles=[float(q) for q in _get(m, "quantiles", DEFAULT_QUANTILES)],
-        n_bootstrap=int(_get(m, "n_bootstrap", 1000)),
-        seed=int(_get(m, "seed", 0)),
+        quantiles=[float(q) for q in cfg_get(m, "quantiles", DEFAULT_QUANTILES)],
+        n_bootstrap=int(cfg_get(m, "n_bootstrap", 1000)),
+        seed=int(cfg_get(m, "seed", 0)),
     )
     res.details.update(
         {
