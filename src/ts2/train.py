@@ -22,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ts2 import runs
-from ts2.conf import CONF_DIR, check_model_source, scale_of, training_kwargs
+from ts2.conf import CONF_DIR, check_model_source, scale_of, training_config, training_kwargs
 from ts2.provenance import git_sha, versions
 
 log = logging.getLogger("ts2.train")
@@ -155,6 +155,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    cfg = training_config(cfg)  # an experiment's pipeline: block sizes run.sh, not the SFT (ts2.conf)
     train(cfg, runs.default_run_dir(cfg, HydraConfig.get().job.override_dirname))
 
 
