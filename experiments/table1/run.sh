@@ -69,7 +69,7 @@ timed() {  # timed STAGE JOB LOG cmd...: run the command (DRY_RUN=1: print it), 
 seed_args() { [ "${#SEEDS[@]}" -gt 1 ] && echo "seed=$1" || true; }  # one seed: the paper's 1234, no folder suffix
 
 train_job() {  # train_job METHOD SEED
-  local m=$1 seed=$2 log="runs/$NAME/logs/train_$1$2.log" args
+  local m=$1 seed=$2 log="$RUNS_DIR/$NAME/logs/train_$1$2.log" args
   if [ -n "${TRAINED[$m/$seed]:-}" ]; then skip train "$m/$seed"; return 0; fi
   args=("experiment=$EXPERIMENT" "method=$m" "name=$NAME" $(seed_args "$seed") train.resume=true
         ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})
@@ -101,7 +101,7 @@ samples_done() { "$PY" -m ts2.plan done samples "$1" "$2" "${LIMIT[$2]}" "$SAMPL
 metrics_done() { "$PY" -m ts2.plan done metrics "$@"; }
 
 eval_job() {  # eval_job METHOD SEED: sample + score every benchmark, held-out CE, TSPD
-  local m=$1 seed=$2 run=${RUN[$1/$2]} log="runs/$NAME/logs/eval_$1$2.log" b lim list env=(env)
+  local m=$1 seed=$2 run=${RUN[$1/$2]} log="$RUNS_DIR/$NAME/logs/eval_$1$2.log" b lim list env=(env)
   if [ "$DRY_RUN" != 1 ] && ! grep -q '"status": *"finished"' "$run/run.json" 2>/dev/null; then
     echo "!! no finished training run for $m (seed $seed) in $run" >&2; return 1
   fi
@@ -160,7 +160,7 @@ pool() {  # pool JOBFN: JOBFN method seed for every method and seed, JOBS at a t
 
 rm_job() {  # the tiny judge (pipeline.rm: its TinyRMSpec), built from the base beside training, cached
   if "$PY" -m ts2.plan done rm "${RM[@]}"; then skip rm tiny_rm; return 0; fi
-  timed rm tiny_rm "runs/$NAME/logs/tiny_rm.log" env OMP_NUM_THREADS=1 "$PY" -m ts2.models.tiny_rm \
+  timed rm tiny_rm "$RUNS_DIR/$NAME/logs/tiny_rm.log" env OMP_NUM_THREADS=1 "$PY" -m ts2.models.tiny_rm \
     $(printf -- '--set %s ' "${RM[@]}")
 }
 
@@ -185,17 +185,17 @@ for EXPERIMENT_ID in ${EXPERIMENTS//,/ }; do
     exit 1
   fi
   if [ "$DRY_RUN" != 1 ]; then
-    mkdir -p "runs/$NAME/logs"
-    TIMES="runs/$NAME/stage_times.tsv"
+    mkdir -p "$RUNS_DIR/$NAME/logs"
+    TIMES="$RUNS_DIR/$NAME/stage_times.tsv"
     printf 'stage\tjob\tseconds\tstatus\n' >"$TIMES"
   fi
-  echo "== [0/5] $EXPERIMENT -> runs/$NAME/ (methods ${METHODS[*]}; seeds ${SEEDS[*]}; $JOBS job(s))"
+  echo "== [0/5] $EXPERIMENT -> $RUNS_DIR/$NAME/ (methods ${METHODS[*]}; seeds ${SEEDS[*]}; $JOBS job(s))"
   if [ "$SCALE" = tiny ]; then
     echo "== [1/5] pretrained tiny base (committed copy, checked against its manifest; else built: ~1 h)"
-    timed base tiny_base "runs/$NAME/logs/tiny_base.log" env OMP_NUM_THREADS=1 "$PY" -m ts2.models.tiny_base
-    [ "$DRY_RUN" = 1 ] || tail -1 "runs/$NAME/logs/tiny_base.log"
+    timed base tiny_base "$RUNS_DIR/$NAME/logs/tiny_base.log" env OMP_NUM_THREADS=1 "$PY" -m ts2.models.tiny_base
+    [ "$DRY_RUN" = 1 ] || tail -1 "$RUNS_DIR/$NAME/logs/tiny_base.log"
   fi
-  echo "== [2/5] ${RM:+tiny RM + }train ${METHODS[*]} (logs: runs/$NAME/logs/)"
+  echo "== [2/5] ${RM:+tiny RM + }train ${METHODS[*]} (logs: $RUNS_DIR/$NAME/logs/)"
   if [ -n "${RM:-}" ]; then  # the tiny judge (pipeline.rm), built beside the first training jobs
     if [ "$DRY_RUN" = 1 ]; then rm_job; else rm_job & fi
   fi
@@ -205,11 +205,11 @@ for EXPERIMENT_ID in ${EXPERIMENTS//,/ }; do
   pool eval_job
   if [ "$TOKEN_DISTRIBUTION" = true ]; then  # the token-distribution figure's data (our models beside the official 8B)
     mapfile -t RUNS < <(printf '%s\n' "${RUN[@]}" | sort)
-    timed token_distribution "$NAME" "runs/$NAME/logs/token_distribution.log" env OMP_NUM_THREADS=1 \
+    timed token_distribution "$NAME" "$RUNS_DIR/$NAME/logs/token_distribution.log" env OMP_NUM_THREADS=1 \
       "$PY" -m ts2.analysis.token_distribution "${RUNS[@]}" --out "$RESULTS"
   fi
   echo "== [4/5] report -> $RESULTS/${NAME}.{md,csv,tex} + $RESULTS/figures/"
-  timed report "$NAME" "runs/$NAME/logs/report.log" "$PY" -m ts2.report runs_dir="runs/${NAME}" name="${NAME}" \
+  timed report "$NAME" "$RUNS_DIR/$NAME/logs/report.log" "$PY" -m ts2.report runs_dir="$RUNS_DIR/${NAME}" name="${NAME}" \
     out_dir="$RESULTS"
   [ "$DRY_RUN" = 1 ] && continue
   cat "$RESULTS/${NAME}.md"

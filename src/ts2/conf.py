@@ -239,7 +239,8 @@ class Pipeline:
     """An experiment's pipeline (its ``pipeline:`` block) with the command line's overrides applied."""
 
     experiment: str
-    name: str  # runs/<name>/ and <results>/<name>.*
+    runs_dir: str  # paths.runs_dir: the run folders are <runs_dir>/<name>/<overrides>
+    name: str  # <runs_dir>/<name>/ and <results>/<name>.*
     results: str  # results/ for the experiment's own name; results/<name>/ for any other (a subset, RUN_NAME)
     methods: tuple[str, ...]
     seeds: tuple[int, ...]
@@ -313,6 +314,7 @@ def pipeline(experiment: str, overrides: Sequence[str] = ()) -> Pipeline:
             name = f"{own}_subset_{'-'.join(methods)}"
     return Pipeline(
         experiment,
+        str(cfg.paths.runs_dir),
         name,
         "results" if name == own else f"results/{name}",
         methods,
@@ -331,7 +333,8 @@ def _shell_value(value: Any) -> str:
 
 
 def shell_assignments(p: Pipeline) -> str:
-    """The pipeline as bash assignments: ``LIMIT`` (prompts per benchmark), ``EXPERIMENT``, ``NAME``, ``RESULTS``,
+    """The pipeline as bash assignments: ``LIMIT`` (prompts per benchmark), ``EXPERIMENT``, ``RUNS_DIR``, ``NAME``,
+    ``RESULTS``,
     ``METHODS``
     and ``SEEDS`` (arrays), ``TRAIN_ARGS``, then every ``pipeline.*`` key upper-cased, nested keys joined by ``_`` (``pipeline.sample.n``
     -> ``SAMPLE_N``), lists as arrays, null as empty."""
@@ -347,6 +350,7 @@ def shell_assignments(p: Pipeline) -> str:
     walk({k: v for k, v in p.settings.items() if k not in ("methods", "seeds")}, "")
     flat.update(
         EXPERIMENT=p.experiment,
+        RUNS_DIR=p.runs_dir,
         NAME=p.name,
         RESULTS=p.results,
         METHODS=list(p.methods),
