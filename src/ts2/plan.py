@@ -432,11 +432,10 @@ class TrainJob:
 
 def _run_status(run_dir: Path) -> tuple[str | None, str | None]:
     """(status, config_hash) of a run folder's run.json; (None, None) without one."""
-    from ts2.runs import read_json
-
-    if not (run_dir / "run.json").is_file():
+    try:
+        meta = json.loads((run_dir / "run.json").read_text())
+    except (OSError, ValueError):
         return None, None
-    meta = read_json(run_dir / "run.json")
     return meta.get("status"), meta.get("config_hash")
 
 
@@ -512,10 +511,8 @@ def train_jobs(p: Pipeline) -> tuple[list[TrainJob], list[str]]:
 
 def samples_done(run: Path, bench: str, limit: int | None, n: int | None, max_new_tokens: int | None) -> bool:
     """A complete ``<run>/samples/<bench>`` file of the requested size (any size when ``limit`` is None)."""
-    import json as _json
-
     try:
-        meta = _json.loads((Path(run) / "samples" / f"{bench}.meta.json").read_text())
+        meta = json.loads((Path(run) / "samples" / f"{bench}.meta.json").read_text())
     except (OSError, ValueError):
         return False
     s = meta.get("sample") or {}
@@ -525,10 +522,8 @@ def samples_done(run: Path, bench: str, limit: int | None, n: int | None, max_ne
 
 def metrics_done(run: Path, bench: str, limit: int | None = None, n: int | None = None) -> bool:
     """A complete ``<run>/metrics/<bench>.json`` (of ``limit`` x ``n`` samples when ``limit`` is given)."""
-    import json as _json
-
     try:
-        m = _json.loads((Path(run) / "metrics" / f"{bench}.json").read_text())
+        m = json.loads((Path(run) / "metrics" / f"{bench}.json").read_text())
     except (OSError, ValueError):
         return False
     size = m.get("num_prompts") == limit and m.get("num_samples") == limit * (n or 0) if limit else True
