@@ -14,8 +14,8 @@
 #
 # Knobs (environment): EXPERIMENTS (default: by SCALE), METHODS=a,b (a subset: runs/<name>_subset_a-b/ and
 # results/<name>_subset_a-b/, never over the full table), SEEDS=k (training seeds 1234..), JOBS=k, RUN_NAME
-# (runs/<RUN_NAME>/ and results/<RUN_NAME>/), OVERRIDES (Hydra overrides of the experiment: `pipeline.*` size the stages, e.g.
-# "pipeline.sample.prompts=4 pipeline.sample.n=2"; the others go to every training command), BACKEND, PY.
+# (runs/<RUN_NAME>/ and results/<RUN_NAME>/), OVERRIDES (Hydra overrides of the experiment: `pipeline.*` size the
+# stages, e.g. "pipeline.sample.prompts=4 pipeline.sample.n=2"; the others go to every training command), BACKEND, PY.
 # A training run is reused only if its run.json config_hash equals the hash of the config this script would train
 # (ts2.plan.train_jobs; a debug run is another config). Any other run folder under runs/<name>/ stops the script
 # before it runs anything: the report reads every folder there. A rerun skips every finished stage, so a crash costs
@@ -91,7 +91,9 @@ shards() {  # shards LOG RUN BENCHES cmd...: cmd shard=i/k on each visible GPU (
     if [ "$DRY_RUN" = 1 ]; then echo "  [todo] sample shard $i/$k: CUDA_VISIBLE_DEVICES=${GPU_IDS[i]} $* shard=$i/$k &"
     else CUDA_VISIBLE_DEVICES=${GPU_IDS[i]} "$@" "shard=$i/$k" >>"${log%.log}.shard$i.log" 2>&1 & pids+=($!); fi
   done
-  for i in "${!pids[@]}"; do wait "${pids[i]}" || { rc=$?; echo "!! sampling shard $i/$k failed: ${log%.log}.shard$i.log" >&2; }; done
+  for i in "${!pids[@]}"; do  # each shard's own exit status (a bare `wait` would return 0)
+    wait "${pids[i]}" || { rc=$?; echo "!! sampling shard $i/$k failed: ${log%.log}.shard$i.log" >&2; }
+  done
   [ $rc = 0 ] || return $rc
   if [ "$DRY_RUN" = 1 ]; then echo "  [todo] merge: $PY -m ts2.sampling.shards merge $run ${benches//,/ }"; return 0; fi
   "$PY" -m ts2.sampling.shards merge "$run" ${benches//,/ }
@@ -175,7 +177,7 @@ for EXPERIMENT_ID in ${EXPERIMENTS//,/ }; do
     mapfile -t GPU_IDS < <(if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then tr ',' '\n' <<<"$CUDA_VISIBLE_DEVICES"
                            else nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null || true; fi)
     if [ ${#GPU_IDS[@]} = 0 ] && [ "$DRY_RUN" = 1 ]; then mapfile -t GPU_IDS < <(seq 0 $((GPUS - 1))); fi
-    if [ ${#GPU_IDS[@]} = 0 ]; then echo "!! $EXPERIMENT samples one shard per GPU, and no GPU is visible" >&2; exit 1; fi
+    if [ ${#GPU_IDS[@]} = 0 ]; then echo "!! $EXPERIMENT samples one shard per GPU: no GPU is visible" >&2; exit 1; fi
   fi
   if [ "$DRY_RUN" = 1 ]; then
     "$PY" -m ts2.plan table1 "$EXPERIMENT_ID" ${ARGS[@]+"${ARGS[@]}"} ${LAUNCH_ARGS[@]+"${LAUNCH_ARGS[@]}"} || REFUSED=1
@@ -209,8 +211,8 @@ for EXPERIMENT_ID in ${EXPERIMENTS//,/ }; do
       "$PY" -m ts2.analysis.token_distribution "${RUNS[@]}" --out "$RESULTS"
   fi
   echo "== [4/5] report -> $RESULTS/${NAME}.{md,csv,tex} + $RESULTS/figures/"
-  timed report "$NAME" "$RUNS_DIR/$NAME/logs/report.log" "$PY" -m ts2.report runs_dir="$RUNS_DIR/${NAME}" name="${NAME}" \
-    out_dir="$RESULTS"
+  timed report "$NAME" "$RUNS_DIR/$NAME/logs/report.log" "$PY" -m ts2.report runs_dir="$RUNS_DIR/${NAME}" \
+    name="${NAME}" out_dir="$RESULTS"
   [ "$DRY_RUN" = 1 ] && continue
   cat "$RESULTS/${NAME}.md"
   echo "== [5/5] time per stage (wall seconds; $JOBS job(s) in parallel, so job times add up to more than the wall)"
@@ -219,7 +221,8 @@ for EXPERIMENT_ID in ${EXPERIMENTS//,/ }; do
     END {
       printf "%-28s %5s %8s %12s\n", "stage", "jobs", "skipped", "job-seconds"
       for (i = 1; i <= k; i++) { s = order[i]; printf "%-28s %5d %8d %12d\n", s, n[s], skip[s], sec[s]; sum += sec[s] }
-      printf "%-28s %5s %8s %12d\n%-28s %5s %8s %12d\n", "sum of job times", "", "", sum, "wall clock (whole script)", "", "", wall
+      printf "%-28s %5s %8s %12d\n", "sum of job times", "", "", sum
+      printf "%-28s %5s %8s %12d\n", "wall clock (whole script)", "", "", wall
     }' "$TIMES"
 done
 exit $REFUSED
