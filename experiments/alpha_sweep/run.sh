@@ -23,20 +23,19 @@ PY=${PY:-python}
 ALPHAS=${ALPHAS:-0,0.1,0.25,0.5,1,2}
 CLAMPS=${CLAMPS:-0.99,null}
 EXPERIMENT=${EXPERIMENT:-table1_tiny}
-SWEEP=${NAME:-alpha_sweep_tiny}
-RUNS_DIR=${RUNS_DIR:-runs}
-RESULTS=${RESULTS:-results}
+SWEEP=${NAME:-alpha_sweep_tiny} SWEEP_RUNS=${RUNS_DIR:-runs} SWEEP_RESULTS=${RESULTS:-results}  # before the eval below
 DRY_RUN=${DRY_RUN:-0}
 read -r -a ARGS <<<"${OVERRIDES:-}"
 read -r -a EVAL_EXTRA <<<"${EVAL_EXTRA:-}"
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1} TOKENIZERS_PARALLELISM=false WANDB_MODE=${WANDB_MODE:-offline}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 SETTINGS=$("$PY" -m ts2.conf pipeline "$EXPERIMENT" ${ARGS[@]+"${ARGS[@]}"})
-eval "$SETTINGS"  # Table 1's sizes: LIMIT, SAMPLE_N, SAMPLE_MAX_NEW_TOKENS, SAMPLER, EVALUATE; TRAIN_ARGS
+eval "$SETTINGS"  # Table 1's sizes: LIMIT, SAMPLE_N, SAMPLE_MAX_NEW_TOKENS, SAMPLER, EVALUATE; TRAIN_ARGS (and
+                  # the table's NAME, RUNS_DIR, RESULTS, ..., which the sweep does not use)
 
 # The Hydra multirun: method=ts2 with loss.alpha and loss.clamp swept (the cartesian product).
 TRAIN_OVERRIDES=(method=ts2 "experiment=${EXPERIMENT}" "loss.alpha=${ALPHAS}" "loss.clamp=${CLAMPS}" "name=${SWEEP}"
-                 "paths.runs_dir=${RUNS_DIR}" train.resume=true ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})
+                 "paths.runs_dir=${SWEEP_RUNS}" train.resume=true ${TRAIN_ARGS[@]+"${TRAIN_ARGS[@]}"})
 SIZES=("limit=${LIMIT[alpaca_eval]}" "n=${SAMPLE_N}" "max_new_tokens=${SAMPLE_MAX_NEW_TOKENS}")
 SAMPLE_ARGS=(eval=alpaca_eval "${SIZES[@]/#/sample.}" "${SAMPLER[@]}")
 EVAL_ARGS=(eval=alpaca_eval "${SIZES[@]/#/eval.sample.}" "${EVALUATE[@]}" ${EVAL_EXTRA[@]+"${EVAL_EXTRA[@]}"})
@@ -45,19 +44,19 @@ EVAL_ARGS=(eval=alpaca_eval "${SIZES[@]/#/eval.sample.}" "${EVALUATE[@]}" ${EVAL
 if [ "$DRY_RUN" = 1 ]; then
   echo "DRY_RUN=1: the plan (nothing is run)"
   echo "train: $PY -m ts2.train -m ${TRAIN_OVERRIDES[*]}"
-  echo "then, per run folder ${RUNS_DIR}/${SWEEP}/<overrides>/:"
+  echo "then, per run folder ${SWEEP_RUNS}/${SWEEP}/<overrides>/:"
   echo "  $PY -m ts2.sample run_dir=<run> ${SAMPLE_ARGS[*]}"
   echo "  $PY -m ts2.evaluate run_dir=<run> ${EVAL_ARGS[*]}"
-  echo "figure: $PY -m ts2.analysis.alpha_sweep figure ${RUNS_DIR}/${SWEEP} --out ${RESULTS}"
+  echo "figure: $PY -m ts2.analysis.alpha_sweep figure ${SWEEP_RUNS}/${SWEEP} --out ${SWEEP_RESULTS}"
   printf 'TRAIN_OVERRIDE %s\n' "${TRAIN_OVERRIDES[@]}"
   exit 0
 fi
 
 START=$(date +%s)
-echo "== [1/3] train the TS² runs (α ∈ {${ALPHAS}} x clamp ∈ {${CLAMPS}}) -> ${RUNS_DIR}/${SWEEP}/"
+echo "== [1/3] train the TS² runs (α ∈ {${ALPHAS}} x clamp ∈ {${CLAMPS}}) -> ${SWEEP_RUNS}/${SWEEP}/"
 "$PY" -m ts2.train -m "${TRAIN_OVERRIDES[@]}"
 
-for run in "${RUNS_DIR}/${SWEEP}"/*/; do
+for run in "${SWEEP_RUNS}/${SWEEP}"/*/; do
   [ -f "${run}run.json" ] || continue
   run=${run%/}
   if [ -f "${run}/metrics/alpaca_eval.json" ]; then echo "== ${run}: metrics already there (skipped)"; continue; fi
@@ -66,6 +65,6 @@ for run in "${RUNS_DIR}/${SWEEP}"/*/; do
   "$PY" -m ts2.evaluate "run_dir='${run}'" "${EVAL_ARGS[@]}"
 done
 
-echo "== [3/3] figure -> ${RESULTS}/figures/alpha_sweep.png, ${RESULTS}/alpha_sweep.csv"
-"$PY" -m ts2.analysis.alpha_sweep figure "${RUNS_DIR}/${SWEEP}" --out "${RESULTS}"
+echo "== [3/3] figure -> ${SWEEP_RESULTS}/figures/alpha_sweep.png, ${SWEEP_RESULTS}/alpha_sweep.csv"
+"$PY" -m ts2.analysis.alpha_sweep figure "${SWEEP_RUNS}/${SWEEP}" --out "${SWEEP_RESULTS}"
 echo "α sweep done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s"
