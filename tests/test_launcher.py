@@ -207,7 +207,9 @@ def test_make_train_paper_launches_one_method_through_accelerate(backend, extra)
     assert res.returncode == 0, res.stderr
     line = [x for x in res.stdout.splitlines() if "train_paper.sh" in x][-1]
     assert f"BACKEND={backend}" in line and line.startswith("PY=.venv/bin/python ")
-    assert line.rstrip().endswith("bash experiments/table1/train_paper.sh experiment=paper_llama31_8b method=ts2")
+    assert line.rstrip().endswith(
+        "bash experiments/table1/train_paper.sh experiment=paper_llama31_8b method=ts2"
+    )
     env = {**os.environ, "PY": sys.executable, "BACKEND": backend, "PRINT": "1"}
     script = ["bash", "experiments/table1/train_paper.sh", "experiment=paper_llama31_8b", "method=ts2"]
     cmd = subprocess.run(

@@ -302,7 +302,9 @@ def test_paper_dry_run_prints_the_launcher_the_shards_and_the_paper_evaluation(t
         TABLE1_SH, **env, OVERRIDES=f"paths.runs_dir={tmp_path}", CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7"
     )
     run = tmp_path / "table1_llama31_8b_subset_ts2" / "experiment=paper_llama31_8b,method=ts2"
-    assert out.returncode == ("MISSING" in out.stdout), out.stderr  # 1: a prerequisite is missing (no GPU here)
+    assert out.returncode == ("MISSING" in out.stdout), (
+        out.stderr
+    )  # 1: a prerequisite is missing (no GPU here)
     lines = out.stdout.splitlines()
     assert (
         f"  [todo] train ts2/1234: {accelerate} launch --config_file conf/accelerate/deepspeed_zero2.yaml -m ts2.train "
