@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ts2.eval.stats import wilson_interval  # the statistics live in one module
 from ts2.models.tiny import TinySpec, build_tiny_model
 from ts2.paths import atomic_dir, cache_dir, data_dir
 
@@ -267,17 +268,6 @@ def _train_and_evaluate(
 def rm_folder(spec: TinyRMSpec) -> Path:
     """The cache folder of ``spec``: ``<cache_dir>/models/tiny-rm-<fingerprint>``."""
     return cache_dir() / "models" / f"{spec.name}-{spec.fingerprint()}"
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (Wilson 1927): (p + z²/2n ± z√(p(1−p)/n + z²/4n²)) / (1 + z²/n)."""
-    if n < 1:
-        raise ValueError("wilson_interval needs n >= 1.")
-    p = successes / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / den
-    return (mid - half, mid + half)
 
 
 def build_tiny_rm(spec: TinyRMSpec | None = None, *, force: bool = False, progress: bool = False) -> Path:
