@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from ts2.conf import CONF_DIR, compose_all, scale_of, split_eval_list
 from ts2.eval.result import ScoreResult
 from ts2.provenance import git_sha, versions
+from ts2.runs import run_meta
 from ts2.sampling.store import Sample, SampleFileError, read_samples
 
 log = logging.getLogger("ts2.evaluate")
@@ -67,8 +68,8 @@ def coverage(
 
 def _scale(run_dir: str | None, meta: dict[str, Any]) -> str:
     model = (meta.get("model") or {}).get("model")
-    if run_dir and (Path(run_dir) / "run.json").is_file():
-        model = json.loads((Path(run_dir) / "run.json").read_text()).get("model", model)
+    if run_dir:
+        model = run_meta(Path(run_dir)).get("model", model)
     scale = scale_of(model)
     return TINY_NOTE if scale == "tiny" else scale
 

@@ -182,7 +182,7 @@ class CausalLMObjective:
         self.head = head
         self.stat_sums = torch.zeros(3, dtype=torch.float64)
         self.stat_tokens = 0
-        self.log_ce_now = True  # set by the trainer (ts2.runs.ce_log_schedule): compute the diagnostics?
+        self.log_ce_now = True  # set by the trainer (ts2.trainer.ce_log_schedule): compute the diagnostics?
 
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
         out = outputs["logits"] if isinstance(outputs, dict) else outputs.logits

@@ -24,6 +24,8 @@ from omegaconf import DictConfig
 from ts2 import runs
 from ts2.conf import CONF_DIR, check_model_source, scale_of, training_kwargs
 from ts2.provenance import git_sha, versions
+from ts2.tracking import init_wandb
+from ts2.trainer import ce_log_schedule, jsonl_log_callback, trainer_class
 
 log = logging.getLogger("ts2.train")
 
@@ -89,8 +91,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             head=model.get_output_embeddings(),
         )
         if cfg.logger.backend == "wandb" and runs.is_main_process():
-            wandb_run = runs.init_wandb(cfg, run_dir)
-        trainer = runs.trainer_class()(
+            wandb_run = init_wandb(cfg, run_dir)
+        trainer = trainer_class()(
             model=model,
             args=TrainingArguments(
                 output_dir=str(run_dir),
@@ -104,7 +106,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             processing_class=tokenizer,
             compute_loss_func=objective,
-            callbacks=[runs.jsonl_log_callback(run_dir / "train_log.jsonl"), runs.ce_log_schedule(objective)],
+            callbacks=[jsonl_log_callback(run_dir / "train_log.jsonl"), ce_log_schedule(objective)],
         )
         resume = str(claim.resume_from) if claim.resume_from else None
         result = trainer.train(resume_from_checkpoint=resume)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ts2.sample import compose_all, resolve_model, run, split_eval_list
+from ts2.models.source import model_source
+from ts2.sample import compose_all, run, split_eval_list
 from ts2.sampling import read_samples
 
 EVALS = [
@@ -227,19 +228,19 @@ def test_killed_run_resumes_without_duplicates(sample_cfg, trained_run, tmp_path
 def test_model_sources_and_their_errors(sample_cfg, trained_run, tmp_path):
     cfg = sample_cfg([f"model_path='{trained_run / 'model'}'", f"paths.runs_dir={tmp_path}"])
     assert Path(cfg.out_dir) == tmp_path / "samples" / "method_ce_model"
-    assert resolve_model(cfg).path == str(trained_run / "model")
+    assert model_source(cfg).path == str(trained_run / "model")
     assert (
         sample_cfg(["model_path=meta-llama/Llama-3.1-8B", "paths.runs_dir=r"]).out_dir
         == "r/samples/meta-llama_Llama-3.1-8B"
     )
     assert sample_cfg([f"run_dir='{trained_run}'"]).out_dir == str(trained_run / "samples")
     with pytest.raises(ValueError, match="Nothing to sample from"):
-        resolve_model(sample_cfg([]))
+        model_source(sample_cfg([]))
     with pytest.raises(ValueError, match="either run_dir= or model_path="):
-        resolve_model(sample_cfg([f"run_dir='{trained_run}'", "model_path=x"]))
+        model_source(sample_cfg([f"run_dir='{trained_run}'", "model_path=x"]))
     (tmp_path / "bare").mkdir()
     with pytest.raises(FileNotFoundError, match="train.save_final_model=true"):
-        resolve_model(sample_cfg([f"run_dir={tmp_path / 'bare'}"]))
+        model_source(sample_cfg([f"run_dir={tmp_path / 'bare'}"]))
     with pytest.raises(ValueError, match="sample.limit=0"):
         run([sample_cfg(["model=tiny", "sample.limit=0", f"out_dir={tmp_path}"])])
 

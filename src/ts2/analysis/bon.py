@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ts2.conf import Method
 from ts2.eval.stats import (
     LEVEL,
     N_RESAMPLES,
@@ -41,6 +42,7 @@ from ts2.eval.stats import (
     shared_ids,
     stack,
 )
+from ts2.runs import RunRecord
 
 log = logging.getLogger("ts2.analysis.bon")
 
@@ -146,17 +148,17 @@ def estimates(
     return out
 
 
-def by_method(runs: Sequence[Mapping[str, Any]], bench: str) -> dict[str, tuple[Any, list[dict]]]:
-    """{method id: (method info, [metrics file of ``bench`` per run])} in run order, runs lacking it left out."""
-    out: dict[str, tuple[Any, list[dict]]] = {}
+def by_method(runs: Sequence[RunRecord], bench: str) -> dict[str, tuple[Method, list[dict]]]:
+    """{method id: (method, [metrics file of ``bench`` per run])} in run order, runs lacking it left out."""
+    out: dict[str, tuple[Method, list[dict]]] = {}
     for r in runs:
-        f = r["metrics"].get(bench)
+        f = r.metrics.get(bench)
         if f is not None:
-            out.setdefault(r["method"].id, (r["method"], []))[1].append(f)
+            out.setdefault(r.method.id, (r.method, []))[1].append(f)
     return out
 
 
-def bon_curves(runs: Sequence[Mapping[str, Any]], bench: str = "alpaca_eval", **kw: Any) -> list[Curve]:
+def bon_curves(runs: Sequence[RunRecord], bench: str = "alpaca_eval", **kw: Any) -> list[Curve]:
     """One :class:`Curve` per method from the runs' ``metrics/<bench>.json`` (n: those every run of it has)."""
     curves = []
     for mid, (info, files) in by_method(runs, bench).items():
@@ -182,7 +184,7 @@ def bon_curves(runs: Sequence[Mapping[str, Any]], bench: str = "alpaca_eval", **
 
 
 def plane_points(
-    runs: Sequence[Mapping[str, Any]], x: str, y: str, **kw: Any
+    runs: Sequence[RunRecord], x: str, y: str, **kw: Any
 ) -> list[tuple[str, str, Estimate, Estimate]]:
     """(method id, name, x estimate, y estimate) for each method having both ``<bench>/<metric>`` keys.
 
@@ -219,7 +221,7 @@ def plane_points(
 
 
 def bon_differences(
-    runs: Sequence[Mapping[str, Any]], ref: str = "ce", bench: str = "alpaca_eval", **kw: Any
+    runs: Sequence[RunRecord], ref: str = "ce", bench: str = "alpaca_eval", **kw: Any
 ) -> list[Curve]:
     """Each method's win rate minus ``ref``'s (percentage points) per n, with the paired 95% CI of
     :func:`ts2.eval.stats.seeded_paired_bootstrap` (prompts resampled jointly, seed runs too). Empty when

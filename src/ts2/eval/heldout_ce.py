@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ts2.eval.result import ScoreResult
-from ts2.runs import cfg_get, model_source_of
+from ts2.models.source import cfg_get, model_source_of
 
 IGNORE_INDEX = -100
 

@@ -30,8 +30,8 @@ Commands::
     python -m ts2.eval.tspd model_path=/ckpt/llama-ts2 model=llama31_8b metrics_dir=...
 
 :func:`measure` returns a :class:`ts2.eval.result.ScoreResult` (``metrics.scorer`` of conf/eval/tspd.yaml);
-:func:`tspd_table` and :func:`ts2.analysis.figures.tspd_figure` turn several runs' ``tspd.json`` into the
-per-method table and figure.
+:func:`tspd_table` and the ``tspd`` figure (:func:`ts2.analysis.figures.tspd`) turn several runs' ``tspd.json``
+into the per-method table and figure.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ from torch import Tensor
 
 from ts2.eval.result import ScoreResult
 from ts2.eval.stats import ratio_ci
-from ts2.runs import cfg_get, model_source_of
+from ts2.models.source import cfg_get, model_source_of
 
 DEFAULT_MS: tuple[int, ...] = (2, 5, 10)
 DEFAULT_QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
