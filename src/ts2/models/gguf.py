@@ -13,7 +13,8 @@ same config without its ``quantization_config`` and given the reader's state dic
 the tokenizer (with the model's own ChatML chat template and default system line) and the generation config are
 saved beside it. The cached weights are therefore exactly the reader's fp32 values, and
 ``manifest.json`` records where they come from: the Q4_1 quantization of the release, dequantized, *not* the
-original bf16 weights (the ``provenance`` line of the model config, copied into every run's ``run.json``).
+original bf16 weights (as the ``provenance`` line of the model config says, which every run records: ``weights``
+in ``run.json`` and in the samples' meta file).
 
 ``num_hidden_layers`` (tests only) keeps the first k decoder layers, with the embeddings and final norm: a small,
 fast copy with the real weights of those layers, built from the full converted folder and cached beside it.
@@ -94,14 +95,6 @@ def find_gguf(spec: GGUFSpec) -> Path:
             "or set model.gguf.sha256 to the new file's digest if you mean to use another file."
         )
     return path
-
-
-def provenance(spec: GGUFSpec) -> str:
-    """One line saying where the weights come from (recorded with every run)."""
-    return (
-        f"{Path(spec.file).stem.rsplit('.', 1)[-1]} GGUF ({spec.package} {spec.version}, sha256 {spec.sha256}) "
-        "dequantized to fp32 by transformers' GGUF reader, not the original bf16 release"
-    )
 
 
 def cached_folder(spec: GGUFSpec) -> Path:
@@ -213,7 +206,7 @@ def _write_manifest(folder: Path, spec: GGUFSpec, gguf_path: Path, info: dict, t
         **asdict(spec),
         "sha256": spec.sha256.lower(),
         "gguf_path": str(gguf_path),
-        "provenance": provenance(spec),
+        "weights": "dequantized to fp32 by transformers' GGUF reader: not the original bf16 release",
         "versions": {"transformers": tf_version, "gguf": md.version("gguf")},
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **info,
