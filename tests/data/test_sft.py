@@ -97,3 +97,23 @@ def test_local_subset_loads_from_the_data_dir(compose, tiny_tokenizer):
     data = build_sft_dataset(cfg.data, tiny_tokenizer, cfg.model.max_length)
     assert len(data.examples) + len(data.skipped) == 50
     assert all(len(e["input_ids"]) <= cfg.model.max_length for e in data.examples)
+
+
+def test_smollm2_chatml_labels_answer_and_im_end_only(smollm2_tokenizer):
+    """SmolLM2's own ChatML template (default system line): each answer and its <|im_end|> are labelled; the
+    newline the template writes after <|im_end|> and every prompt token are not."""
+    tok = smollm2_tokenizer
+    ex = tokenize_conversation(CONV, tok, max_length=4096)
+    assert (
+        tok.decode(ex["input_ids"])
+        == tok.apply_chat_template(CONV, tokenize=False)
+        == (
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+            "<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\nBlue.<|im_end|>\n"
+            "<|im_start|>user\nAnother one?<|im_end|>\n<|im_start|>assistant\nGreen, like grass.<|im_end|>\n"
+        )
+    )
+    assert _labelled_text(tok, ex) == "Blue.<|im_end|>Green, like grass.<|im_end|>"
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    ends = [i for i, t in enumerate(ex["input_ids"]) if t == im_end]
+    assert [ex["labels"][i + 1] for i in ends] == [IGNORE_INDEX] * len(ends)  # the "\n" after each turn

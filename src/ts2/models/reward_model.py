@@ -167,17 +167,27 @@ def detokenise(tokenizer: Any, text: str, cleanup: bool | None = None) -> str:
 def paper_detok_user_text(templated_prompt: str, detokenizer: Any) -> str:
     """The user text the official scripts built from a sample's chat-templated prompt (RM and diversity).
 
-    ``detokenise(detokenizer, prompt)`` with every ``"user\\n\\n"`` and ``"assistant\\n\\n"`` removed (Python's
+    ``detokenise(detokenizer, prompt)`` with every user and assistant turn header removed (Python's
     ``str.replace``: every occurrence, also inside the instruction). ``detokenizer`` is the *policy's* tokenizer
-    (``--detokenizer_path``). With a Llama-3.1-style template the result starts with the leftover
-    ``"system\\n\\nCutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n"``.
+    (``--detokenizer_path``); the headers are its own template's (:func:`ts2.models.chat.role_header`): the
+    official scripts' literal ``"user\\n\\n"`` and ``"assistant\\n\\n"`` for Llama-3.1's template, ``"user\\n"`` and
+    ``"assistant\\n"`` for ChatML (SmolLM2, Qwen2). With a Llama-3.1-style template the result starts with the
+    leftover ``"system\\n\\nCutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n"``; with
+    SmolLM2's, with ``"system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face\\n"``. (The
+    official literal strings would remove nothing from a ChatML prompt; their intent, dropping the turn headers,
+    is what is kept.)
     """
+    from ts2.models.chat import role_header
+
     if detokenizer is None:
         raise ValueError(
             "paper_detok_user_text needs the policy model's tokenizer (the official --detokenizer_path): the "
             "special tokens and decode rules are the tokenizer's own."
         )
-    return detokenise(detokenizer, templated_prompt).replace("user\n\n", "").replace("assistant\n\n", "")
+    text = detokenise(detokenizer, templated_prompt)
+    for role in ("user", "assistant"):
+        text = text.replace(role_header(detokenizer, role), "")
+    return text
 
 
 def tokenizer_digest(tokenizer: Any) -> str:

@@ -63,24 +63,30 @@ def model_source(cfg: DictConfig) -> ModelSource:
         saved = saved_config(run)
         model_cfg: dict[str, Any] = dict(_container(saved.get("model")) or {}) if saved is not None else {}
         # The saved tokenizer already carries the chat template the run trained with.
-        model_cfg.update(name_or_path=str(final), tiny=None, tokenizer=None, chat_template_from=None)
+        model_cfg.update(
+            name_or_path=str(final), tiny=None, gguf=None, tokenizer=None, chat_template_from=None
+        )
         info = {
             "run_dir": str(run.resolve()),
             "model_path": str(final.resolve()),
             **{k: meta.get(k) for k in ("method", "model", "loss", "data", "git_sha")},
+            **({"weights": meta["weights"]} if meta.get("weights") else {}),
         }
         return ModelSource(str(final), model_cfg, info)
     if model_path:
         check_model_source({"name_or_path": model_path}, "model_path")
         model_cfg = dict(model or {})
-        model_cfg.update(name_or_path=str(model_path), tiny=None)
+        model_cfg.update(name_or_path=str(model_path), tiny=None, gguf=None)
         model_cfg.setdefault("id", Path(str(model_path)).name)
         return ModelSource(
             str(model_path), model_cfg, {"model_path": str(model_path), "model": model_cfg["id"]}
         )
     if model:
         path = resolve_model_path(model)
-        return ModelSource(path, dict(model), {"model_path": path, "model": model.get("id")})
+        info = {"model_path": path, "model": model.get("id")}
+        if model.get("provenance"):
+            info["weights"] = model["provenance"]  # where the weights come from (e.g. a dequantized GGUF)
+        return ModelSource(path, dict(model), info)
     raise ValueError(
         "Nothing to sample from: give run_dir=<training run folder>, model_path=<model> or model=<config>."
     )
