@@ -46,6 +46,7 @@ def test_a_finished_run_folder_brings_its_final_model_and_settings(tmp_path):
         "id": "tiny",
         "max_length": 128,
         "tiny": None,
+        "gguf": None,
         "chat_template_from": None,
         "name_or_path": str(run / "model"),
         "tokenizer": None,

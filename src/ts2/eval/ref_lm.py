@@ -182,7 +182,7 @@ def score(samples: list, cfg: Any) -> ScoreResult:
     import torch
 
     from ts2.eval.stats import bootstrap_cis
-    from ts2.runs import cfg_get
+    from ts2.models.source import cfg_get
     from ts2.sampling.store import group_by_prompt
 
     m = cfg.eval.metrics
