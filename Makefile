@@ -95,8 +95,8 @@ train-paper: install ## Paper scale, one method: make train-paper METHOD=ts2 [BA
 # Known-distribution testbed (experiments/known_distribution/README.md): 8 methods x 5 seeds, CPU, minutes.
 .PHONY: known-distribution
 known-distribution: install ## Known-distribution testbed: exact validity/coverage/KL/best-of-N along SFT -> results/
-	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.analysis.known_distribution --out results
-	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.analysis.known_distribution --out results --sft-answer mode --suffix _mode
+	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.known_distribution.run --out results
+	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.known_distribution.run --out results --sft-answer mode --suffix _mode
 
 # α sweep of TS² (experiments/alpha_sweep/run.sh; knobs ALPHAS, CLAMPS, PROMPTS, N, NEW_TOKENS, DRY_RUN=1, ...).
 .PHONY: sweep-alpha

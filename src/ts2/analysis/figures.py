@@ -4,8 +4,6 @@
   ``<run>/metrics/tspd.json`` (box 25–75%, line median, whiskers 5–95%, marker mean).
 - :func:`token_distribution_figure`: top-k next-token distributions, our models beside the official 8B ones
   (:mod:`ts2.analysis.token_distribution`).
-- :func:`known_distribution_figure`: the known-distribution testbed's exact metrics along training, mean and
-  95% CI over seeds (:mod:`ts2.analysis.known_distribution`).
 - :func:`bon_figure`: best-of-n win rate against n per method with 95% bootstrap bands, and each method
   minus CE with paired CIs (:mod:`ts2.analysis.bon`).
 - :func:`quality_diversity_figure`: the diversity–quality plane, one point per method with CIs both ways.
@@ -24,10 +22,10 @@ from typing import Any
 import matplotlib.ticker
 import numpy as np
 
-# Each testbed's figure lives with its data (known_distribution, token_distribution); re-exported here.
-from ts2.analysis.known_distribution import known_distribution_figure  # noqa: F401
 from ts2.analysis.plotting import COLORS, EXTRA_COLORS, NoData, plt
 from ts2.analysis.plotting import save as _save
+
+# The token-distribution testbed's figure lives with its data; re-exported here.
 from ts2.analysis.token_distribution import token_distribution_figure
 
 # ----------------------------------------------------------------------------------------------------
