@@ -57,16 +57,16 @@ format: install ## Apply ruff formatting and safe fixes
 	$(BIN)/ruff format src tests benchmarks
 
 tiny-model: install ## Build (or find in the cache) the offline tiny Llama + BPE tokenizer
-	$(BIN)/python -m ts2.models.tiny
+	$(BIN)/python -m ts2.models.tiny model
 
 tiny-base: install ## Find (assets/tiny_base/, the cache) or build the pretrained tiny base (~1 h of one core)
-	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.models.tiny_base
+	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.models.tiny base
 
 tiny-base-rebuild: install ## Rebuild the pretrained tiny base from its corpus and copy it to assets/tiny_base/
-	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.models.tiny_base --force --commit
+	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.models.tiny base --force --commit
 
 tiny-rm: install ## Train (or find in the cache) the tiny Bradley-Terry reward model
-	$(BIN)/python -m ts2.models.tiny_rm
+	$(BIN)/python -m ts2.models.tiny rm
 
 reproduce-table1: install ## Table 1 end to end: train 8 methods, sample, score, write results/ (SCALE=tiny|paper)
 	SCALE=$(SCALE) PY=$(BIN)/python bash experiments/table1/run.sh
@@ -96,8 +96,8 @@ train-paper: install ## Paper scale, one method: make train-paper METHOD=ts2 [BA
 # Known-distribution testbed (experiments/known_distribution/README.md): 8 methods x 5 seeds, CPU, minutes.
 .PHONY: known-distribution
 known-distribution: install ## Known-distribution testbed: exact validity/coverage/KL/best-of-N along SFT -> results/
-	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.analysis.known_distribution --out results
-	OMP_NUM_THREADS=1 $(BIN)/python -m ts2.analysis.known_distribution --out results --sft-answer mode --suffix _mode
+	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.known_distribution.run --out results
+	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.known_distribution.run --out results --sft-answer mode --suffix _mode
 
 # α sweep of TS² (experiments/alpha_sweep/run.sh; knobs ALPHAS, CLAMPS, PROMPTS, N, NEW_TOKENS, DRY_RUN=1, ...).
 .PHONY: sweep-alpha

@@ -60,7 +60,7 @@ _HOW_TO_GET = (
     "network access (about 16 GB in bf16), then set rm.name_or_path=/path/to/FsfairX (or keep the hub id and "
     "let the hub cache find it; with HF_HUB_OFFLINE=1 only the cache is searched).\n"
     "  - Any other RM must be an AutoModelForSequenceClassification with num_labels=1 and a chat template.\n"
-    "  - For CPU runs use rm=tiny (trained offline by `python -m ts2.models.tiny_rm`)."
+    "  - For CPU runs use rm=tiny (trained offline by `python -m ts2.models.tiny rm`)."
 )
 
 
