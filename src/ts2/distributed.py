@@ -18,7 +18,10 @@ message, on launches that would go wrong later or silently:
 - ``train.deepspeed`` set without the ``deepspeed`` package, or naming a missing file.
 
 It also turns off DDP's search for unused parameters (every parameter is used; the fused loss applies the LM
-head outside the model's forward, which that search mistakes for unused).
+head weight after the model's forward has returned it, which that search mistakes for unused).
+
+:func:`check_device` refuses a paper-scale model (``scale: paper``) where torch sees no CUDA GPU, before
+anything is loaded or written.
 
 :func:`resolve_attn_implementation` turns ``flash_attention_2`` into ``sdpa`` with a warning where flash-attn
 cannot run (``TS2_REQUIRE_FLASH_ATTN=1`` makes that an error instead).
@@ -116,6 +119,31 @@ class LaunchPlan:
         if self.find_unused_parameters is not None:
             out["ddp_find_unused_parameters"] = self.find_unused_parameters
         return out
+
+
+def check_device(model_cfg: Mapping[str, Any], *, cuda_available: bool | None = None) -> None:
+    """Refuse a paper-scale model (``scale: paper`` in ``conf/model/``) where torch sees no CUDA GPU.
+
+    Called first by ``ts2.train``, before any weight, tokenizer or data loads and before the run folder is
+    taken: an 8B model in bf16 on CPUs would need hours per step (and > 100 GB of RAM with Adam), and
+    ``use_cpu=True`` would otherwise let it start. ``cuda_available`` overrides the probe (tests).
+    """
+    from ts2.conf import scale_of
+
+    if scale_of(model_cfg) != "paper":
+        return
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if cuda:
+        return
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    raise LaunchError(
+        f"model={model_cfg.get('id')} is a paper-scale model (scale: paper) and needs CUDA GPUs (the recipe: "
+        f"8 x 80 GB, PAPER.md §3), but no CUDA GPU is visible here (torch {torch.__version__}, {build}; "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Run it on a GPU node (`make "
+        "install VLLM_FLAVOR=cuda` and `make install-gpu` there), or train model=tiny_base on this machine."
+    )
 
 
 def _positive_int(value: Any, key: str) -> int:
