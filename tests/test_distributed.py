@@ -509,6 +509,30 @@ def test_check_device_refuses_only_paper_models_without_cuda():
     check_device({"id": "tiny_base", "tiny": {"pretrained": "tiny_base"}}, cuda_available=False)
 
 
+def test_one_gpu_per_slurm_task_uses_the_visible_gpu():
+    """Task 13 (node-local 5) of 2 nodes x 8 that bind one GPU per task sees only cuda:0: LOCAL_RANK becomes 0 (DeepSpeed
+    takes cuda:<LOCAL_RANK>), LOCAL_WORLD_SIZE 1 (check_launch then accepts 1 GPU); torchrun's children
+    inside one SLURM task, and tasks that see all 8 GPUs, are left alone."""
+    from ts2.distributed import bind_visible_gpu, check_launch
+
+    task = {**_env8(rank=13, size=16), "SLURM_LOCALID": "5", "CUDA_VISIBLE_DEVICES": "5"}
+    env = dict(task)
+    assert bind_visible_gpu(env, cuda_available=True, device_count=1)
+    assert (env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], env["TS2_SLURM_LOCALID"], env["RANK"]) == (
+        "0",
+        "1",
+        "5",
+        "13",
+    )
+    launch = check_launch(_train_cfg(), env=env, cuda_available=True, device_count=1, nccl_available=True)
+    assert launch.world.world_size == 16 and launch.global_batch_size == 256
+    for other, count in (({**task, "SLURM_LOCALID": "0"}, 1), (task, 8)):  # torchrun inside a task; all GPUs
+        env = dict(other)
+        assert not bind_visible_gpu(env, cuda_available=True, device_count=count) and env == other
+    assert not bind_visible_gpu(dict(task), cuda_available=False)
+    assert not bind_visible_gpu({"SLURM_LOCALID": "0"}, cuda_available=True, device_count=1)  # one process
+
+
 def test_missing_deepspeed_and_missing_config_file(tmp_path):
     from ts2.distributed import LaunchError, check_launch
 

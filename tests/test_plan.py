@@ -100,3 +100,51 @@ def test_paper_plan_end_to_end(capsys):
 def test_bad_arguments_are_named(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ disk and host RAM (issue 21)
+def test_checkpoint_disk_of_an_8b_run():
+    from ts2.plan import checkpoint_bytes, disk_plan, final_model_bytes
+
+    P = LLAMA.params()
+    # ZeRO-2: HF bf16 copy 2P + DeepSpeed bf16 module states 2P + fp32 master, Adam m, v 12P = 16P
+    assert sum(checkpoint_bytes(P).values()) == 16 * P == 128_484_179_968
+    assert sum(checkpoint_bytes(P, "fsdp2").values()) == 16 * P  # fp32 weights twice (8P) + m, v (8P)
+    assert final_model_bytes(P) == 2 * P and final_model_bytes(P, "fsdp2") == 4 * P
+    with pytest.raises(ValueError, match="backend='ddp'"):
+        checkpoint_bytes(P, "ddp")
+    # 1,434 steps; the old default: every 500 steps, 2 kept -> 2 checkpoints + the model per run, 16 runs
+    old = disk_plan(P, total_steps=1434, save_steps=500, save_total_limit=2, runs=16)
+    assert old["checkpoints_written"] == 2 and old["per_run_after"] == 16 * P * 2 + 2 * P
+    assert old["table_after"] == pytest.approx(16 * 34 * P) and old["table_after"] / 1e9 == pytest.approx(
+        4368.5, rel=1e-4
+    )
+    # the paper default now: one rolling checkpoint per epoch (478 steps), deleted once the model is written
+    new = disk_plan(P, total_steps=1434, save_steps=478, save_total_limit=1, keep_checkpoints=False, runs=16)
+    assert new["checkpoints_written"] == 3
+    assert new["peak_per_run"] == 2 * 16 * P + 2 * P  # the next one is written before the last is deleted
+    assert new["per_run_after"] == 2 * P and new["table_after"] == 32 * P
+
+
+def test_host_ram_at_load_and_slurm_memory():
+    from ts2.plan import GB, host_ram_at_load, slurm_mem_gb
+
+    P = LLAMA.params()
+    every = host_ram_at_load(P, 8)
+    assert every["weights_per_rank"] == 2 * P and every["weights_read_from_disk"] == 16 * P
+    assert every["peak_node"] == 8 * (2 * P + 6 * GB)  # 176.5 GB
+    rank0 = host_ram_at_load(P, 8, rank0_only=True)
+    assert rank0["weights_read_from_disk"] == 2 * P and rank0["peak_node"] == every["peak_node"]
+    # 176.48 GB x 1.15 = 202.96 GB -> 208 (multiple of 8)
+    assert slurm_mem_gb("llama31_8b", 8) == 208
+    assert slurm_mem_gb("qwen2_7b", 1) == 32  # (15.23 + 6) x 1.15 = 24.4 -> 32
+    assert slurm_mem_gb("tiny", 8) is None
+
+
+def test_resources_notes_name_the_settings():
+    from ts2.plan import resources_notes
+
+    text = "\n".join(resources_notes("llama31_8b"))
+    assert "128 GB per checkpoint, 3 written (train.save_steps=478, save_total_limit=1)" in text
+    assert "train.keep_checkpoints=False" in text and "SLURM mem_gb=208" in text
+    assert "fsdp_cpu_ram_efficient_loading" in text

@@ -306,7 +306,8 @@ def export_submitit_env(env: Mapping[str, str] | None = None) -> World | None:
     ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``) that torchrun would set, so each task is one rank of the training.
 
     Does nothing (returns None) outside such a job or when a launcher already set ``WORLD_SIZE``.
-    Every task sees all the node's GPUs and picks its own by ``LOCAL_RANK``, as under torchrun.
+    Every task sees all the node's GPUs and picks its own by ``LOCAL_RANK``, as under torchrun, unless SLURM
+    binds one GPU to each task (`bind_visible_gpu`).
     """
     env_ = os.environ if env is None else env
     if env_.get("SUBMITIT_EXECUTOR") != "slurm" or env_.get("WORLD_SIZE"):
@@ -325,6 +326,45 @@ def export_submitit_env(env: Mapping[str, str] | None = None) -> World | None:
         dist_env.master_port,
     )
     return World(dist_env.world_size, dist_env.rank, dist_env.local_rank, dist_env.local_world_size)
+
+
+def bind_visible_gpu(
+    env: dict[str, str] | None = None, *, cuda_available: bool | None = None, device_count: int | None = None
+) -> bool:
+    """One GPU bound to each SLURM task (``--gpus-per-task=1``, hydra/launcher=slurm_gpu_per_task): make the
+    process use the one GPU it sees.
+
+    Each task then sees a single device, cuda:0, while its node-local rank (``LOCAL_RANK``, from
+    ``SLURM_LOCALID``) runs 0..7; DeepSpeed picks ``cuda:<LOCAL_RANK>`` ("invalid device ordinal") and
+    `check_launch` would count 8 processes for 1 GPU. When this is a SLURM task (``SLURM_LOCALID`` equals
+    ``LOCAL_RANK``: not torchrun's children inside one task) of a distributed launch that sees exactly one GPU,
+    ``LOCAL_RANK`` becomes 0 and ``LOCAL_WORLD_SIZE`` 1 (the node-local rank is kept in
+    ``TS2_SLURM_LOCALID``), so torch, accelerate and DeepSpeed all choose the visible device. Returns whether
+    it did. Under torchrun every process sees the same GPUs and nothing changes.
+    """
+    env = os.environ if env is None else env
+    w = world(env)
+    if (
+        not w.distributed
+        or env.get("SLURM_LOCALID") in (None, "")
+        or env["SLURM_LOCALID"] != str(w.local_rank)
+    ):
+        return False
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    count = (torch.cuda.device_count() if cuda else 0) if device_count is None else device_count
+    if not cuda or count != 1 or (w.local_rank == 0 and w.local_world_size <= 1):
+        return False
+    env["TS2_SLURM_LOCALID"] = str(w.local_rank)
+    env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"] = "0", "1"
+    log.info(
+        "SLURM task %d (node-local %d) sees one GPU (CUDA_VISIBLE_DEVICES=%r): using cuda:0, LOCAL_RANK=0.",
+        w.rank,
+        w.local_rank,
+        env.get("CUDA_VISIBLE_DEVICES"),
+    )
+    return True
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

@@ -381,6 +381,145 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------- disk and host RAM
+BACKENDS = ("deepspeed_zero2", "fsdp2")
+RANK_OVERHEAD_GB = (
+    6.0  # per process: python + torch/CUDA libraries + the tokenised data set (lists and Arrow)
+)
+
+
+def checkpoint_bytes(params: int, backend: str = "deepspeed_zero2") -> dict[str, float]:
+    """Bytes of one mid-run Trainer checkpoint of a bf16 + AdamW run, summed over ranks.
+
+    ZeRO-2: DeepSpeed's ``mp_rank_00_model_states.pt`` (bf16 weights, 2P), the ranks'
+    ``zero_pp_rank_*_optim_states.pt`` (fp32 master weights, Adam m and v: 12P in all) and the Trainer's own
+    ``model.safetensors`` (bf16, 2P): 16P. FSDP2 (accelerate keeps fp32 parameters under bf16 mixed
+    precision, so the weights are 4P): ``model.safetensors`` and ``pytorch_model_fsdp.bin`` (full state dict,
+    4P each) and the optimizer's m and v (8P): 16P. Scheduler, RNG and trainer state are kilobytes.
+    """
+    if backend == "deepspeed_zero2":
+        return {
+            "hf_weights_bf16": 2.0 * params,
+            "ds_weights_bf16": 2.0 * params,
+            "optimizer_fp32": 12.0 * params,
+        }
+    if backend == "fsdp2":
+        return {
+            "hf_weights_fp32": 4.0 * params,
+            "fsdp_weights_fp32": 4.0 * params,
+            "optimizer_fp32": 8.0 * params,
+        }
+    raise ValueError(f"backend={backend!r}: the plan knows {BACKENDS}.")
+
+
+def final_model_bytes(params: int, backend: str = "deepspeed_zero2") -> float:
+    """Bytes of the final ``model/`` folder: the weights in the dtype training held them in (bf16 under ZeRO-2;
+    fp32 under FSDP2 with mixed precision, as accelerate upcasts the parameters)."""
+    return (4.0 if backend == "fsdp2" else 2.0) * params
+
+
+def disk_plan(
+    params: int,
+    *,
+    backend: str = "deepspeed_zero2",
+    total_steps: int,
+    save_steps: int,
+    save_total_limit: int | None,
+    keep_checkpoints: bool = True,
+    runs: int = 1,
+) -> dict[str, float]:
+    """Disk of the training runs of a table: a checkpoint every ``save_steps`` (Trainer also saves at the last
+    step when it is a multiple), at most ``save_total_limit`` kept (the newest is written before the oldest is
+    deleted, so one more exists for a moment), and the final model; ``keep_checkpoints=False`` deletes the
+    checkpoints once the final model is written (``train.keep_checkpoints``).
+
+    Returns bytes: ``per_checkpoint``, ``checkpoints_written`` (count), ``peak_per_run`` (during training),
+    ``per_run_after`` (what a finished run keeps) and ``table_after`` (``runs`` finished runs).
+    """
+    ckpt = sum(checkpoint_bytes(params, backend).values())
+    final = final_model_bytes(params, backend)
+    written = total_steps // save_steps if save_steps > 0 else 0
+    limit = written if save_total_limit is None else min(save_total_limit, written)
+    transient = min(limit + 1, written)
+    after = final + (0.0 if not keep_checkpoints else limit * ckpt)
+    return {
+        "per_checkpoint": ckpt,
+        "checkpoints_written": float(written),
+        "peak_per_run": transient * ckpt + final,
+        "per_run_after": after,
+        "table_after": runs * after,
+    }
+
+
+def host_ram_at_load(
+    params: int, ranks_per_node: int, *, rank0_only: bool = False, overhead_gb: float = RANK_OVERHEAD_GB
+) -> dict[str, float]:
+    """Host RAM (bytes) of one node while the model loads, before it moves to the GPUs.
+
+    Every rank reads the bf16 weights into CPU memory (``from_pretrained``: 2P each) under DDP, ZeRO-2 and the
+    SLURM launcher. ``rank0_only`` is FSDP's ``fsdp_cpu_ram_efficient_loading`` through ``accelerate
+    launch``: rank 0 reads the weights and broadcasts them; transformers 5.19 still gives the other ranks a
+    zero-filled CPU copy until accelerate moves the model to ``meta``, so their RAM peak is the same and the
+    saving is the disk reads (measured on CPU, see benchmarks/README.md). ``overhead_gb`` per rank: python,
+    torch and CUDA libraries, the tokenised data set.
+    """
+    weights = 2.0 * params
+    return {
+        "weights_per_rank": weights,
+        "weights_read_from_disk": weights * (1 if rank0_only else ranks_per_node),
+        "peak_node": ranks_per_node * (weights + overhead_gb * GB),
+    }
+
+
+def slurm_mem_gb(model: str, ranks_per_node: int, margin: float = 1.15) -> int | None:
+    """``mem_gb`` for a SLURM node of a paper-scale training job (``hydra/launcher=slurm``): the node's host RAM
+    peak at load (`host_ram_at_load`, every task loads the model) plus ``margin``, rounded up to 8 GB; None
+    (the partition's default) for a model the plan does not know (the tiny scale)."""
+    if model not in ARCHS:
+        return None
+    peak = host_ram_at_load(ARCHS[model].params(), ranks_per_node)["peak_node"] * margin / GB
+    return int(-(-peak // 8) * 8)
+
+
+def resources_notes(
+    model: str = "llama31_8b", num_gpus: int = 8, methods: int = 8, models: int = 2
+) -> list[str]:
+    """Disk and host-RAM lines of the paper recipe (conf/experiment/paper_<model>.yaml), with the settings that
+    change them."""
+    exp = _compose("train", [f"experiment=paper_{model}"])
+    t = exp.train
+    P = ARCHS[model].params()
+    steps_per_epoch = -(
+        -TRAIN_ROWS // (int(t.per_device_train_batch_size) * int(t.gradient_accumulation_steps) * num_gpus)
+    )
+    total = steps_per_epoch * int(t.num_train_epochs)
+    runs = methods * models
+    lines = []
+    for backend in BACKENDS:
+        d = disk_plan(
+            P, backend=backend, total_steps=total, save_steps=int(t.save_steps),
+            save_total_limit=t.save_total_limit, keep_checkpoints=bool(t.get("keep_checkpoints", True)), runs=runs,
+        )  # fmt: skip
+        old = disk_plan(P, backend=backend, total_steps=total, save_steps=500, save_total_limit=2, runs=runs)
+        lines.append(
+            f"disk ({backend}): {d['per_checkpoint'] / GB:.0f} GB per checkpoint, {d['checkpoints_written']:.0f} "
+            f"written (train.save_steps={t.save_steps}, save_total_limit={t.save_total_limit}); peak "
+            f"{d['peak_per_run'] / GB:.0f} GB per run; a finished run keeps {d['per_run_after'] / GB:.0f} GB "
+            f"(train.keep_checkpoints={t.get('keep_checkpoints', True)}), the {runs} runs of the table "
+            f"{d['table_after'] / GB:,.0f} GB (with save_steps=500, save_total_limit=2 kept: {old['table_after'] / GB:,.0f} GB)"
+        )
+    every = host_ram_at_load(P, num_gpus)
+    rank0 = host_ram_at_load(P, num_gpus, rank0_only=True)
+    lines.append(
+        f"host RAM at load: {num_gpus} ranks x ({every['weights_per_rank'] / GB:.1f} GB bf16 weights + "
+        f"{RANK_OVERHEAD_GB:g} GB) = {every['peak_node'] / GB:.0f} GB per node (ZeRO-2, DDP, SLURM tasks); FSDP2 with "
+        f"fsdp_cpu_ram_efficient_loading reads the weights once ({rank0['weights_read_from_disk'] / GB:.0f} GB "
+        f"instead of {every['weights_read_from_disk'] / GB:.0f} GB) but the peak stays; SLURM mem_gb="
+        f"{slurm_mem_gb(model, num_gpus)} (TS2_SLURM_MEM_GB overrides)"
+    )
+    return lines
+
+
 def _parse(argv: Sequence[str]) -> dict[str, Any]:
     casts: Mapping[str, Any] = {
         "scale": str, "model": str, "gpu": str, "format": str, "num_gpus": int, "methods": int, "mfu": float,
@@ -410,6 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fmt not in ("text", "json"):
             raise ValueError(f"format={fmt!r} must be text or json.")
         plan = paper_plan(**args)
+        resources = resources_notes(
+            args.get("model", "llama31_8b"), args.get("num_gpus", 8), args.get("methods", 8)
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -420,12 +562,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     **asdict(plan),
                     "gpu_hours_per_method": plan.gpu_hours_per_method,
                     "gpu_hours_total": plan.gpu_hours_total,
+                    "resources": resources,
                 },
                 indent=2,
             )
         )
     else:
         print(format_plan(plan))
+        print("Disk and host RAM (training):", *[f"  - {line}" for line in resources], sep="\n")
     return 0
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
     from ts2.data import build_sft_dataset
-    from ts2.distributed import check_device, check_launch, export_submitit_env
+    from ts2.distributed import bind_visible_gpu, check_device, check_launch, export_submitit_env
     from ts2.models import load_model, load_tokenizer, resolve_model_path
     from ts2.objective import CausalLMObjective, fused_head, make_loss
 
     # Nothing is written until the config, the folder, the model and the data have all been accepted.
     check_device(cfg.model)  # a paper-scale model needs CUDA GPUs: stop before anything loads
     export_submitit_env()  # a task of a hydra/launcher=slurm job becomes one torch.distributed rank
+    bind_visible_gpu()  # one GPU bound per SLURM task: use the one it sees
     launch = check_launch(cfg.train)  # batch vs world size, NCCL, deepspeed (ts2.distributed)
     loss, loss_settings = make_loss(cfg.loss)
     args = {**training_kwargs(cfg), **launch.training_args()}
@@ -129,6 +131,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if trainer.is_world_process_zero():
             (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         runs.update_status(run_dir, "finished", global_step=summary["global_step"])
+        # train.keep_checkpoints=false (paper experiments; ~128 GB each, ts2.plan): once the run is finished and
+        # its final model written, the checkpoints that made it resumable go, as the official recipe keeps none.
+        if (
+            cfg.train.save_final_model
+            and not cfg.train.get("keep_checkpoints", True)
+            and runs.is_main_process()
+        ):
+            for ckpt in run_dir.glob("checkpoint-*"):
+                shutil.rmtree(ckpt)
         log.info("done: %s", json.dumps({k: summary[k] for k in ("global_step", "first_loss", "last_loss")}))
         return summary
     except BaseException as err:  # a crash or Ctrl-C: the folder says so (a SIGKILL leaves "running")
