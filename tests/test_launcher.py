@@ -235,7 +235,7 @@ def test_slurm_memory_comes_from_the_plan_and_one_gpu_per_task_composes(clean_en
     assert (
         _launcher(_compose(["hydra/launcher=slurm", *paper]))["mem_gb"]
         == slurm_mem_gb("llama31_8b", 8)
-        == 208
+        == 80
     )
     assert _launcher(_compose(["hydra/launcher=slurm", "method=ts2"]))["mem_gb"] is None
     clean_env.setenv("TS2_SLURM_GPUS_PER_NODE", "4")
@@ -245,5 +245,5 @@ def test_slurm_memory_comes_from_the_plan_and_one_gpu_per_task_composes(clean_en
     clean_env.delenv("TS2_SLURM_MEM_GB")
     clean_env.delenv("TS2_SLURM_GPUS_PER_NODE")
     p = _launcher(_compose(["hydra/launcher=slurm_gpu_per_task", *paper]))
-    assert (p["gpus_per_task"], p["gpus_per_node"], p["tasks_per_node"], p["mem_gb"]) == (1, None, 8, 208)
+    assert (p["gpus_per_task"], p["gpus_per_node"], p["tasks_per_node"], p["mem_gb"]) == (1, None, 8, 80)
     assert p["partition"] == "gpu" and p["_target_"].endswith("SlurmLauncher")

@@ -130,13 +130,15 @@ def test_host_ram_at_load_and_slurm_memory():
     from ts2.plan import GB, host_ram_at_load, slurm_mem_gb
 
     P = LLAMA.params()
-    every = host_ram_at_load(P, 8)
-    assert every["weights_per_rank"] == 2 * P and every["weights_read_from_disk"] == 16 * P
-    assert every["peak_node"] == 8 * (2 * P + 6 * GB)  # 176.5 GB
-    rank0 = host_ram_at_load(P, 8, rank0_only=True)
-    assert rank0["weights_read_from_disk"] == 2 * P and rank0["peak_node"] == every["peak_node"]
-    # 176.48 GB x 1.15 = 202.96 GB -> 208 (multiple of 8)
-    assert slurm_mem_gb("llama31_8b", 8) == 208
+    every = host_ram_at_load(P, 8)  # bf16 file loaded as bf16: mapped once, no per-rank copy
+    assert every["page_cache"] == 2 * P and every["anonymous_weights"] == 0
+    assert every["peak_node"] == 2 * P + 8 * 6 * GB  # 64.06 GB
+    rank0 = host_ram_at_load(P, 8, rank0_only=True)  # FSDP cpu_ram_efficient_loading: 7 zero-filled copies
+    assert rank0["weights_read_from_disk"] == 2 * P and rank0["anonymous_weights"] == 7 * 2 * P
+    assert rank0["peak_node"] == 8 * 2 * P + 8 * 6 * GB  # 176.5 GB
+    assert host_ram_at_load(P, 8, same_dtype=False)["anonymous_weights"] == 8 * 2 * P
+    # (16.06 + 48) GB x 1.15 = 73.7 GB -> 80 (multiple of 8)
+    assert slurm_mem_gb("llama31_8b", 8) == 80
     assert slurm_mem_gb("qwen2_7b", 1) == 32  # (15.23 + 6) x 1.15 = 24.4 -> 32
     assert slurm_mem_gb("tiny", 8) is None
 
@@ -146,5 +148,5 @@ def test_resources_notes_name_the_settings():
 
     text = "\n".join(resources_notes("llama31_8b"))
     assert "128 GB per checkpoint, 3 written (train.save_steps=478, save_total_limit=1)" in text
-    assert "train.keep_checkpoints=False" in text and "SLURM mem_gb=208" in text
+    assert "train.keep_checkpoints=False" in text and "SLURM mem_gb=80" in text
     assert "fsdp_cpu_ram_efficient_loading" in text

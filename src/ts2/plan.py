@@ -452,29 +452,38 @@ def disk_plan(
 
 
 def host_ram_at_load(
-    params: int, ranks_per_node: int, *, rank0_only: bool = False, overhead_gb: float = RANK_OVERHEAD_GB
+    params: int,
+    ranks_per_node: int,
+    *,
+    rank0_only: bool = False,
+    same_dtype: bool = True,
+    overhead_gb: float = RANK_OVERHEAD_GB,
 ) -> dict[str, float]:
     """Host RAM (bytes) of one node while the model loads, before it moves to the GPUs.
 
-    Every rank reads the bf16 weights into CPU memory (``from_pretrained``: 2P each) under DDP, ZeRO-2 and the
-    SLURM launcher. ``rank0_only`` is FSDP's ``fsdp_cpu_ram_efficient_loading`` through ``accelerate
-    launch``: rank 0 reads the weights and broadcasts them; transformers 5.19 still gives the other ranks a
-    zero-filled CPU copy until accelerate moves the model to ``meta``, so their RAM peak is the same and the
-    saving is the disk reads (measured on CPU, see benchmarks/README.md). ``overhead_gb`` per rank: python,
-    torch and CUDA libraries, the tokenised data set.
+    Measured with transformers 5.19 on CPU (benchmarks/README.md, "Host RAM at load"): ``from_pretrained`` of a
+    bf16 safetensors checkpoint in bf16 (``same_dtype``; Llama-3.1-8B and Qwen2-7B ship bf16) maps the file:
+    the weights live in the page cache, 2P once per node however many ranks load them, and no rank holds an
+    anonymous copy. With another dtype each rank converts: 2P of its own. ``rank0_only`` is FSDP's
+    ``fsdp_cpu_ram_efficient_loading`` through ``accelerate launch``: rank 0 reads the file, and transformers
+    gives every other rank a zero-filled anonymous copy (2P each) until accelerate moves the model to
+    ``meta``, so it saves disk reads, not RAM. ``overhead_gb`` per rank: python, torch and CUDA libraries,
+    the tokenised data set.
     """
     weights = 2.0 * params
+    copies = (ranks_per_node - 1 if rank0_only else 0) if same_dtype else ranks_per_node
     return {
-        "weights_per_rank": weights,
-        "weights_read_from_disk": weights * (1 if rank0_only else ranks_per_node),
-        "peak_node": ranks_per_node * (weights + overhead_gb * GB),
+        "page_cache": weights,
+        "anonymous_weights": copies * weights,
+        "weights_read_from_disk": weights * (1 if rank0_only or same_dtype else ranks_per_node),
+        "peak_node": weights + copies * weights + ranks_per_node * overhead_gb * GB,
     }
 
 
 def slurm_mem_gb(model: str, ranks_per_node: int, margin: float = 1.15) -> int | None:
     """``mem_gb`` for a SLURM node of a paper-scale training job (``hydra/launcher=slurm``): the node's host RAM
-    peak at load (`host_ram_at_load`, every task loads the model) plus ``margin``, rounded up to 8 GB; None
-    (the partition's default) for a model the plan does not know (the tiny scale)."""
+    peak at load (`host_ram_at_load`: every task maps the same bf16 checkpoint) plus ``margin``, rounded up to
+    8 GB; None (the partition's default) for a model the plan does not know (the tiny scale)."""
     if model not in ARCHS:
         return None
     peak = host_ram_at_load(ARCHS[model].params(), ranks_per_node)["peak_node"] * margin / GB
@@ -511,11 +520,12 @@ def resources_notes(
     every = host_ram_at_load(P, num_gpus)
     rank0 = host_ram_at_load(P, num_gpus, rank0_only=True)
     lines.append(
-        f"host RAM at load: {num_gpus} ranks x ({every['weights_per_rank'] / GB:.1f} GB bf16 weights + "
-        f"{RANK_OVERHEAD_GB:g} GB) = {every['peak_node'] / GB:.0f} GB per node (ZeRO-2, DDP, SLURM tasks); FSDP2 with "
-        f"fsdp_cpu_ram_efficient_loading reads the weights once ({rank0['weights_read_from_disk'] / GB:.0f} GB "
-        f"instead of {every['weights_read_from_disk'] / GB:.0f} GB) but the peak stays; SLURM mem_gb="
-        f"{slurm_mem_gb(model, num_gpus)} (TS2_SLURM_MEM_GB overrides)"
+        f"host RAM at load (ZeRO-2, DDP, SLURM tasks): the bf16 checkpoint mapped once in the page cache "
+        f"({every['page_cache'] / GB:.1f} GB) + {num_gpus} x {RANK_OVERHEAD_GB:g} GB per rank = "
+        f"{every['peak_node'] / GB:.0f} GB per node; SLURM mem_gb={slurm_mem_gb(model, num_gpus)} "
+        f"(TS2_SLURM_MEM_GB overrides). FSDP2 with fsdp_cpu_ram_efficient_loading: rank 0 reads the file, the "
+        f"other {num_gpus - 1} get zero-filled copies: {rank0['peak_node'] / GB:.0f} GB (set it to false in "
+        "conf/accelerate/fsdp2.yaml where RAM is short)"
     )
     return lines
 
