@@ -150,3 +150,41 @@ def test_resources_notes_name_the_settings():
     assert "128 GB per checkpoint, 3 written (train.save_steps=478, save_total_limit=1)" in text
     assert "train.keep_checkpoints=False" in text and "SLURM mem_gb=80" in text
     assert "fsdp_cpu_ram_efficient_loading" in text
+
+
+def test_hub_precheck_lists_every_paper_artefact_and_reads_the_cache(tmp_path):
+    """Every hub repository of a paper run, with its revision; cached or not is read from the HF cache layout
+    (models--org--name/snapshots/<commit>, refs/main), offline."""
+    from ts2.plan import format_hub_precheck, hub_artefacts, hub_precheck
+
+    arts = {a.role: a for a in hub_artefacts()}
+    assert arts["model llama31_8b"].repo_id == "meta-llama/Llama-3.1-8B" and arts["model llama31_8b"].pinned
+    assert arts["chat template of llama31_8b"].repo_id == "meta-llama/Llama-3.1-8B-Instruct"
+    assert arts["data ultrafeedback"].repo_type == "dataset" and arts["data ultrafeedback"].pinned
+    assert arts["reward model fsfairx"].repo_id == "sfairXC/FsfairX-LLaMA3-RM-v0.1"
+    assert arts["Sent-BERT paper"].repo_id == "sentence-transformers/bert-large-nli-stsb-mean-tokens"
+    assert arts["model ts2_released"].repo_id == "xzybit/llama3.1-8b-ts2"
+    assert {a.role for a in arts.values() if not a.pinned} == {
+        "chat template of qwen2_7b", "Sent-BERT paper", "model ts2_released"
+    }  # fmt: skip
+    # a fake cache: Llama at its pinned commit, the encoder at main
+    llama = arts["model llama31_8b"]
+    snap = tmp_path / "models--meta-llama--Llama-3.1-8B" / "snapshots" / llama.revision
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "models--meta-llama--Llama-3.1-8B" / "refs").mkdir()
+    enc = tmp_path / "models--sentence-transformers--bert-large-nli-stsb-mean-tokens"
+    (enc / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    (enc / "snapshots" / ("a" * 40) / "config.json").write_text("{}")
+    (enc / "refs").mkdir()
+    (enc / "refs" / "main").write_text("a" * 40)
+    records = {r["role"]: r for r in hub_precheck(cache_dir=str(tmp_path))}
+    assert records["model llama31_8b"]["cached"] and records["model llama31_8b"]["fix"] == ""
+    assert records["Sent-BERT paper"]["cached"] and "pin a commit" in records["Sent-BERT paper"]["fix"]
+    rm = records["reward model fsfairx"]
+    assert not rm["cached"] and rm["fix"] == (
+        "huggingface-cli download sfairXC/FsfairX-LLaMA3-RM-v0.1 --revision 94fad49f1b3227aa8b566f415a335adb68ec544c"
+    )
+    assert records["data ultrafeedback"]["fix"].endswith("--repo-type dataset")
+    text = format_hub_precheck(list(records.values()))
+    assert "MISSING" in text and "UNPINNED" in text and "3 unpinned" in text

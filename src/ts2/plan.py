@@ -530,6 +530,120 @@ def resources_notes(
     return lines
 
 
+# ------------------------------------------------------------------------------------------- hub pre-check
+@dataclass(frozen=True)
+class HubArtefact:
+    """One hub repository a paper run reads: where it is configured, its id, its pinned revision."""
+
+    role: str  # e.g. "model llama31_8b", "chat template of llama31_8b", "data ultrafeedback"
+    repo_id: str
+    revision: str | None
+    repo_type: str = "model"  # or "dataset"
+    config: str = ""  # the conf/ file that names it
+
+    @property
+    def pinned(self) -> bool:
+        """A commit hash (40 hex digits), not a branch such as ``main`` or nothing."""
+        rev = self.revision or ""
+        return len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
+
+
+PAPER_CONFIGS = {  # config group -> the options a paper-scale Table 1 (and the released-checkpoint check) uses
+    "model": ("llama31_8b", "qwen2_7b", "ts2_released"),
+    "data": ("ultrafeedback",),
+    "rm": ("fsfairx",),
+    "diversity": ("paper",),
+}
+
+
+def hub_artefacts(configs: Mapping[str, Sequence[str]] = PAPER_CONFIGS) -> list[HubArtefact]:
+    """Every hub repository named by the given ``conf/<group>/<option>.yaml`` files, with its revision: model
+    weights + tokenizer (``name_or_path``/``revision``), chat template (``chat_template_from``/
+    ``chat_template_revision``), data (``hub_name``/``revision``), reward model, Sent-BERT encoder (``model``)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from ts2.conf import CONF_DIR
+
+    out: list[HubArtefact] = []
+    for group, options in configs.items():
+        for option in options:
+            path = Path(CONF_DIR) / group / f"{option}.yaml"
+            c = OmegaConf.load(path)
+            rel = f"conf/{group}/{option}.yaml"
+            if group == "model":
+                out.append(HubArtefact(f"model {option}", c.name_or_path, c.get("revision"), config=rel))
+                if c.get("chat_template_from"):
+                    out.append(
+                        HubArtefact(
+                            f"chat template of {option}",
+                            c.chat_template_from,
+                            c.get("chat_template_revision"),
+                            config=rel,
+                        )
+                    )
+            elif group == "data":
+                out.append(HubArtefact(f"data {option}", c.hub_name, c.get("revision"), "dataset", rel))
+            elif group == "rm":
+                out.append(
+                    HubArtefact(f"reward model {option}", c.name_or_path, c.get("revision"), config=rel)
+                )
+            elif group == "diversity":
+                out.append(HubArtefact(f"Sent-BERT {option}", c.model, c.get("revision"), config=rel))
+            else:
+                raise ValueError(f"hub_artefacts: no hub repository is read from conf/{group}/.")
+    return out
+
+
+def hub_precheck(
+    artefacts: Sequence[HubArtefact] | None = None, cache_dir: str | None = None
+) -> list[dict[str, Any]]:
+    """Offline: for each artefact a paper run needs (`hub_artefacts`), is it in the local Hugging Face cache at
+    its revision, and is that revision pinned? Reads the cache only (``huggingface_hub.scan_cache_dir``).
+
+    Returns one record per artefact: ``role``, ``repo_id``, ``repo_type``, ``revision``, ``config``,
+    ``pinned``, ``cached`` and ``fix`` (the command that fetches it, or what to pin).
+    """
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    artefacts = hub_artefacts() if artefacts is None else artefacts
+    try:
+        repos = {(r.repo_type, r.repo_id): r for r in scan_cache_dir(cache_dir).repos}
+    except CacheNotFound:
+        repos = {}
+    records = []
+    for a in artefacts:
+        repo = repos.get((a.repo_type, a.repo_id))
+        rev = a.revision or "main"
+        cached = repo is not None and any(r.commit_hash == rev or rev in r.refs for r in repo.revisions)
+        get = f"huggingface-cli download {a.repo_id} --revision {rev}" + (
+            " --repo-type dataset" if a.repo_type == "dataset" else ""
+        )
+        fix = "" if cached else get
+        if not a.pinned:
+            fix = (fix + "; " if fix else "") + f"pin a commit: revision in {a.config} (unpinned: {rev})"
+        records.append({**asdict(a), "revision": rev, "pinned": a.pinned, "cached": cached, "fix": fix})
+    return records
+
+
+def format_hub_precheck(records: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["Hub artefacts of a paper run (local Hugging Face cache, offline):"]
+    for r in records:
+        state = "cached" if r["cached"] else "MISSING"
+        pin = "pinned" if r["pinned"] else "UNPINNED"
+        lines.append(
+            f"  {state:7s} {pin:8s} {r['role']}: {r['repo_id']}@{r['revision'][:12]} ({r['config']})"
+        )
+        if r["fix"]:
+            lines.append(f"           fix: {r['fix']}")
+    missing = sum(not r["cached"] for r in records)
+    unpinned = sum(not r["pinned"] for r in records)
+    lines.append(f"{missing} of {len(records)} not in the cache; {unpinned} unpinned.")
+    return "\n".join(lines)
+
+
 def _parse(argv: Sequence[str]) -> dict[str, Any]:
     casts: Mapping[str, Any] = {
         "scale": str, "model": str, "gpu": str, "format": str, "num_gpus": int, "methods": int, "mfu": float,
@@ -549,8 +663,13 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["hub"]:  # python -m ts2.plan hub: the offline pre-check of every hub artefact
+        records = hub_precheck()
+        print(format_hub_precheck(records))
+        return 0 if all(r["cached"] for r in records) else 1
     try:
-        args = _parse(sys.argv[1:] if argv is None else argv)
+        args = _parse(argv)
         scale, fmt = args.pop("scale", "paper"), args.pop("format", "text")
         if scale != "paper":
             raise ValueError(
