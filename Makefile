@@ -127,3 +127,21 @@ FIG_NAME ?= table1_tiny
 .PHONY: figures
 figures: install ## Tables + BoN curves, quality–diversity plane, TSPD, token distributions -> results/ (FIG_RUNS=runs/table1_tiny)
 	$(BIN)/python -m ts2.report runs_dir=$(FIG_RUNS) name=$(FIG_NAME)
+
+# Re-score the authors' released TS² checkpoint (xzybit/llama3.1-8b-ts2, conf/model/ts2_released.yaml) with the
+# paper's protocol: vLLM samples of AlpacaEval and the creative-writing prompts, FsfairX best-of-n win rates and the
+# three diversity metrics with the paper's Sent-BERT (README "Re-scoring the released checkpoint"). GPU + hub.
+RESCORE_DIR ?= runs/released/ts2
+RESCORE_EVALS ?= alpaca_eval,creative_poem,creative_story
+RESCORE_SAMPLE := $(BIN)/python -m ts2.sample model=ts2_released model_path=xzybit/llama3.1-8b-ts2 sampler=vllm 'eval=[$(RESCORE_EVALS)]' out_dir=$(RESCORE_DIR)/samples
+RESCORE_SCORE := $(BIN)/python -m ts2.evaluate samples_dir=$(RESCORE_DIR)/samples metrics_dir=$(RESCORE_DIR)/metrics 'eval=[$(RESCORE_EVALS)]' rm=fsfairx diversity=paper
+.PHONY: rescore-released
+rescore-released: install ## Sample + score the released TS² checkpoint with the paper's protocol (DRY_RUN=1: plan, GPU-hours, commands)
+ifeq ($(DRY_RUN),1)
+	@echo "GPU-hours (python -m ts2.plan rescore):"; $(BIN)/python -m ts2.plan rescore
+	@echo "Hub artefacts:"; $(BIN)/python -m ts2.plan hub || true
+	@echo "Commands:"; echo "  $(RESCORE_SAMPLE)"; echo "  $(RESCORE_SCORE)"
+else
+	$(RESCORE_SAMPLE)
+	$(RESCORE_SCORE)
+endif

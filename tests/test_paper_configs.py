@@ -156,3 +156,45 @@ def test_the_zero2_launch_config_names_the_experiments_json():
     for model in MODELS:
         exp = yaml.safe_load((REPO / "conf" / "experiment" / f"paper_{model}.yaml").read_text())
         assert exp["train"]["deepspeed"] == "experiments/table1/ds_zero2.json"
+
+
+def test_rescore_released_commands_compose(compose):
+    """``make rescore-released``: its two commands compose (the released checkpoint through vLLM at the paper's
+    sampling settings; FsfairX + the paper's Sent-BERT), and its plan gives GPU-hours for the same benchmarks."""
+    import shlex
+    import subprocess
+
+    from hydra import initialize_config_dir
+
+    from ts2.conf import CONF_DIR, compose_all
+    from ts2.plan import RESCORE_EVALS, rescore_plan
+
+    out = subprocess.run(
+        ["make", "-n", "rescore-released"], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    sample, score = [
+        shlex.split(x) for x in out.stdout.splitlines() if "-m ts2.sample" in x or "-m ts2.evaluate" in x
+    ]
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfgs = compose_all(sample[3:], "sample")
+        scored = compose_all(score[3:], "evaluate")
+    assert [c.eval.id for c in cfgs] == list(RESCORE_EVALS) == [c.eval.id for c in scored]
+    for c in cfgs:
+        assert c.model.id == "ts2_released" and c.model.scale == "paper" and c.sampler.id == "vllm"
+        assert c.model_path == "xzybit/llama3.1-8b-ts2" and c.out_dir == "runs/released/ts2/samples"
+    alpaca = cfgs[0].sample
+    assert (alpaca.n, alpaca.temperature, alpaca.top_k, alpaca.top_p, alpaca.max_new_tokens) == (
+        32,
+        0.6,
+        50,
+        0.9,
+        2048,
+    )
+    assert all(c.rm.id == "fsfairx" and c.diversity.id == "paper" for c in scored)
+    plan = rescore_plan()
+    assert (
+        set(plan["benches"]) == set(RESCORE_EVALS) and plan["benches"]["alpaca_eval"]["samples"] == 805 * 32
+    )
+    assert plan["gpu_hours"] == pytest.approx(
+        sum(b["gpu_hours"] for b in plan["benches"].values()) + plan["score_gpu_hours"]
+    )

@@ -530,6 +530,54 @@ def resources_notes(
     return lines
 
 
+# ------------------------------------------------------------------------------------------- released checkpoint
+RESCORE_EVALS = ("alpaca_eval", "creative_poem", "creative_story")  # the poster's TS² row (PAPER.md §5)
+
+
+def rescore_plan(
+    gpu: str = "h100",
+    evals: Sequence[str] = RESCORE_EVALS,
+    mfu: float = 0.35,
+    bw_eff: float = 0.6,
+    chars_per_token: float = 4.0,
+    template_tokens: int = 40,
+    max_num_seqs: int = 256,
+    gpu_memory_utilization: float = 0.9,
+) -> dict[str, Any]:
+    """GPU-hours of ``make rescore-released``: vLLM sampling of the released TS² checkpoint (Llama-3.1-8B
+    architecture) on the poster's benchmarks at their paper settings, and FsfairX scoring of the AlpacaEval
+    samples; the same models of time as `paper_plan` (decoding bandwidth-bound, upper-bound lengths)."""
+    arch, dev = ARCHS["llama31_8b"], GPUS[gpu]
+    P = arch.params()
+    kv_budget = dev.memory_gb * GB * gpu_memory_utilization - 2.0 * P
+    out: dict[str, Any] = {"gpu": dev.name, "benches": {}}
+    for bench in evals:
+        prompts, prompt_len, n, max_new = _prompt_stats(bench, chars_per_token, template_tokens)
+        batch = max(
+            1, min(max_num_seqs, int(kv_budget // (arch.kv_bytes_per_token() * (prompt_len + max_new))))
+        )
+        per_token = decode_seconds_per_token(
+            arch, P, dev, batch=batch, context=prompt_len + max_new / 2.0, bw_eff=bw_eff, mfu=mfu
+        )
+        tokens = prompts * n * max_new
+        hours = tokens * per_token / 3600.0 + forward_gpu_hours(P, prompts * prompt_len, dev, mfu)
+        out["benches"][bench] = {
+            "prompts": prompts,
+            "samples": prompts * n,
+            "tokens": tokens,
+            "gpu_hours": hours,
+        }
+    if "alpaca_eval" in evals:
+        b = out["benches"]["alpaca_eval"]
+        prompts, prompt_len, n, max_new = _prompt_stats("alpaca_eval", chars_per_token, template_tokens)
+        rm_params = P - arch.vocab * arch.hidden + arch.hidden
+        out["score_gpu_hours"] = forward_gpu_hours(rm_params, b["samples"] * (prompt_len + max_new), dev, mfu)
+    else:
+        out["score_gpu_hours"] = 0.0
+    out["gpu_hours"] = sum(b["gpu_hours"] for b in out["benches"].values()) + out["score_gpu_hours"]
+    return out
+
+
 # ------------------------------------------------------------------------------------------- hub pre-check
 @dataclass(frozen=True)
 class HubArtefact:
@@ -664,6 +712,17 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["rescore"]:  # python -m ts2.plan rescore [gpu=h200]: make rescore-released's GPU-hours
+        plan = rescore_plan(**{k: v for k, v in (a.split("=", 1) for a in argv[1:])})
+        for bench, b in plan["benches"].items():
+            print(
+                f"  sample {bench}: {b['samples']:,} samples, <= {b['tokens'] / 1e6:.1f} M tokens, {b['gpu_hours']:.2f} GPU-h"
+            )
+        print(f"  score AlpacaEval with FsfairX: {plan['score_gpu_hours']:.2f} GPU-h")
+        print(
+            f"  total: {plan['gpu_hours']:.1f} GPU-hours on {plan['gpu']} (upper bound: full-length samples)"
+        )
+        return 0
     if argv[:1] == ["hub"]:  # python -m ts2.plan hub: the offline pre-check of every hub artefact
         records = hub_precheck()
         print(format_hub_precheck(records))
