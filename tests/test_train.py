@@ -251,7 +251,8 @@ def test_empty_dataset_after_filtering_is_a_clear_error(compose, tmp_path):
         train(compose(["debug=cpu", "data.limit=5", "model.max_length=8"]), tmp_path)
 
 
-def test_missing_model_says_how_to_get_it(compose, tmp_path):
+def test_missing_model_says_how_to_get_it(compose, tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # as on a GPU node (else: refused, no CUDA)
     with pytest.raises(FileNotFoundError, match="not in the hub cache while offline .*download it once"):
         train(compose(["model=llama31_8b", "data.limit=2"]), tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -160,10 +160,11 @@ def check_model_source(model: Mapping[str, Any] | None, key: str = "model.name_o
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if not isinstance(try_to_load_from_cache(name, "config.json", revision=model.get("revision")), str):
             raise FileNotFoundError(
-                f"{key}={name!r} is not a local folder, and as a hub id it is not in the hub cache while "
-                "offline (HF_HUB_OFFLINE=1): download it once with network access, or point it at a local folder."
+                f"{key}={name!r} is not a local folder, and as a hub id it is not in the hub cache while offline "
+                f"(HF_HUB_OFFLINE=1, revision {model.get('revision') or 'main'}): download it once with network "
+                "access (python -m ts2.plan hub lists every artefact), or point it at a local folder."
             )
 
 
