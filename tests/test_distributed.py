@@ -348,7 +348,7 @@ def fsdp2_worker(
             state = get_model_state_dict(model, options=options)
         else:
             state = model.state_dict()
-        state = {k.replace("_checkpoint_wrapped_module.", ""): v for k, v in state.items()}
+        assert not [k for k in state if "_checkpoint_wrapped_module" in k]  # DCP names them as the model does
         if rank == 0 and out is not None:
             model.save_pretrained(f"{out}.{mode}", state_dict=state)
         results[mode] = {"losses": losses, "counts": counts, "state": state}
