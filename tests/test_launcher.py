@@ -233,9 +233,7 @@ def test_slurm_memory_comes_from_the_plan_and_one_gpu_per_task_composes(clean_en
 
     paper = ["experiment=paper_llama31_8b", "method=ts2"]
     assert (
-        _launcher(_compose(["hydra/launcher=slurm", *paper]))["mem_gb"]
-        == slurm_mem_gb("llama31_8b", 8)
-        == 80
+        _launcher(_compose(["hydra/launcher=slurm", *paper]))["mem_gb"] == slurm_mem_gb("llama31_8b", 8) == 80
     )
     assert _launcher(_compose(["hydra/launcher=slurm", "method=ts2"]))["mem_gb"] is None
     clean_env.setenv("TS2_SLURM_GPUS_PER_NODE", "4")
