@@ -2,7 +2,7 @@
 # The α sweep of TS² (issue #13 item 4; `make sweep-alpha`): one TS² training run per (α, clamp), each sampled
 # and scored on AlpacaEval (best-of-n win rate against the reference answers, judged by the tiny RM, and the
 # three diversity metrics, every number with its 95% bootstrap CI over prompts), then the figure
-# results/figures/alpha_sweep.png and the table results/alpha_sweep.csv (ts2.analysis.alpha_sweep).
+# results/figures/alpha_sweep.png and the table results/alpha_sweep.csv (ts2.report figures=[alpha_sweep]).
 #
 # Default grid: ALPHAS=0,0.1,0.25,0.5,1,2 (0 = the sparsemax loss alone; 0.25 = the official Llama value)
 # x CLAMPS=0.99,null (the official cap on the tail mass, and the exact uncapped penalty) = 12 runs.
@@ -11,8 +11,8 @@
 # sampler and judge come from the same experiment's `pipeline:` block as Table 1's, so the sweep's points line up
 # with the table. The estimated cost is printed first (`python -m ts2.plan alpha_sweep`).
 #
-# Knobs (environment): ALPHAS, CLAMPS, EXPERIMENT (default table1_tiny: the training and the sizes), NAME (runs/<NAME>/,
-# default alpha_sweep_tiny), OVERRIDES (Hydra overrides of the experiment: `pipeline.*` change the sampling sizes,
+# Knobs (environment): ALPHAS, CLAMPS, EXPERIMENT (default table1_tiny: the training and the sizes), NAME
+# (runs/<NAME>/, default alpha_sweep_tiny), OVERRIDES (Hydra overrides of the experiment: `pipeline.*` change the sampling sizes,
 # e.g. "pipeline.sample.prompts=20"; the others go to training, e.g. "debug=cpu seed=1"), EVAL_EXTRA (more
 # `ts2.evaluate` overrides, e.g. another judge: "rm=fsfairx"), RUNS_DIR (default runs), RESULTS (default results),
 # PY (python), DRY_RUN=1 (print the plan, run nothing).
@@ -47,7 +47,7 @@ if [ "$DRY_RUN" = 1 ]; then
   echo "then, per run folder ${SWEEP_RUNS}/${SWEEP}/<overrides>/:"
   echo "  $PY -m ts2.sample run_dir=<run> ${SAMPLE_ARGS[*]}"
   echo "  $PY -m ts2.evaluate run_dir=<run> ${EVAL_ARGS[*]}"
-  echo "figure: $PY -m ts2.analysis.alpha_sweep figure ${SWEEP_RUNS}/${SWEEP} --out ${SWEEP_RESULTS}"
+  echo "figure: $PY -m ts2.report runs_dir='${SWEEP_RUNS}/${SWEEP}' name=${SWEEP} out_dir=${SWEEP_RESULTS} figures=[alpha_sweep]"
   printf 'TRAIN_OVERRIDE %s\n' "${TRAIN_OVERRIDES[@]}"
   exit 0
 fi
@@ -66,5 +66,5 @@ for run in "${SWEEP_RUNS}/${SWEEP}"/*/; do
 done
 
 echo "== [3/3] figure -> ${SWEEP_RESULTS}/figures/alpha_sweep.png, ${SWEEP_RESULTS}/alpha_sweep.csv"
-"$PY" -m ts2.analysis.alpha_sweep figure "${SWEEP_RUNS}/${SWEEP}" --out "${SWEEP_RESULTS}"
+"$PY" -m ts2.report "runs_dir='${SWEEP_RUNS}/${SWEEP}'" "name=${SWEEP}" "out_dir=${SWEEP_RESULTS}" "figures=[alpha_sweep]"
 echo "α sweep done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s"

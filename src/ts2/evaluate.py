@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from ts2.conf import CONF_DIR, compose_all, scale_of, split_eval_list
 from ts2.eval.result import ScoreResult
 from ts2.provenance import git_sha, versions
+from ts2.runs import run_meta
 from ts2.sampling.store import Sample, SampleFileError, read_samples
 
 log = logging.getLogger("ts2.evaluate")
@@ -72,8 +73,8 @@ def _scale(run_dir: str | None, meta: dict[str, Any], model: Any = None) -> str:
     """The scale label of what was scored: the run's model (run.json), else the samples' model (meta.json),
     else ``model`` (the ``model=`` config of a model-scored benchmark)."""
     model = (meta.get("model") or {}).get("model") or model
-    if run_dir and (Path(run_dir) / "run.json").is_file():
-        model = json.loads((Path(run_dir) / "run.json").read_text()).get("model", model)
+    if run_dir:
+        model = run_meta(Path(run_dir)).get("model", model)
     scale = scale_of(model)
     return TINY_NOTE if scale == "tiny" else scale
 
@@ -92,9 +93,11 @@ def _score(
         return scorer(cfg.run_dir, cfg), {}, None
     if not cfg.samples_dir or not cfg.metrics_dir:
         raise ValueError("Give run_dir=<run folder with samples/>, or samples_dir= and metrics_dir=.")
-    path = Path(cfg.samples_dir) / f"{bench}.jsonl"
+    path = Path(cfg.samples_dir) / f"{cfg.eval.get('samples') or bench}.jsonl"  # eval.samples: another's file
     if not path.is_file():
-        raise FileNotFoundError(f"No sample file {path}: run `python -m ts2.sample ... eval={bench}` first.")
+        raise FileNotFoundError(
+            f"No sample file {path}: run `python -m ts2.sample ... eval={path.stem}` first."
+        )
     meta_path = path.with_suffix(".meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if meta and not meta.get("complete", False) and not cfg.allow_incomplete:

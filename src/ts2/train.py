@@ -13,8 +13,10 @@ Training uses ``transformers.Trainer`` with the configured loss as ``compute_los
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from omegaconf import DictConfig
 from ts2 import runs
 from ts2.conf import CONF_DIR, check_model_source, scale_of, training_config, training_kwargs
 from ts2.provenance import git_sha, versions
+from ts2.tracking import init_wandb
+from ts2.trainer import ce_log_schedule, jsonl_log_callback, trainer_class
 
 log = logging.getLogger("ts2.train")
 
@@ -35,12 +39,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
     from ts2.data import build_sft_dataset
-    from ts2.distributed import check_launch, export_submitit_env
+    from ts2.distributed import bind_visible_gpu, check_device, check_launch, export_submitit_env
     from ts2.models import load_model, load_tokenizer, resolve_model_path
-    from ts2.objective import CausalLMObjective, HiddenPassthrough, make_loss
+    from ts2.objective import CausalLMObjective, fused_head, make_loss
 
     # Nothing is written until the config, the folder, the model and the data have all been accepted.
+    check_device(cfg.model)  # a paper-scale model needs CUDA GPUs: stop before anything loads
     export_submitit_env()  # a task of a hydra/launcher=slurm job becomes one torch.distributed rank
+    bind_visible_gpu()  # one GPU bound per SLURM task: use the one it sees
     launch = check_launch(cfg.train)  # batch vs world size, NCCL, deepspeed (ts2.distributed)
     loss, loss_settings = make_loss(cfg.loss)
     args = {**training_kwargs(cfg), **launch.training_args()}
@@ -58,6 +64,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **{k: cfg[k].id for k in ("method", "model", "loss", "data")},
         "scale": scale_of(cfg.model),
         "model_path": model_path,
+        **({"weights": cfg.model.provenance} if cfg.model.get("provenance") else {}),  # e.g. GGUF-dequantized
         "examples": len(data.examples),
         "skipped_rows": len(data.skipped),
         "response_tokens": n_tokens,
@@ -78,19 +85,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         model = load_model(cfg.model, model_path)
         model.config.use_cache = False
-        head = None
-        if cfg.loss.fused:
-            head = model.get_output_embeddings()
-            model.set_output_embeddings(HiddenPassthrough(head))
-        objective = CausalLMObjective(
-            loss,
-            fused=loss_settings.fused,
-            chunk_size=loss_settings.chunk_size,
-            head=model.get_output_embeddings(),
-        )
+        objective = CausalLMObjective(loss, fused=loss_settings.fused, chunk_size=loss_settings.chunk_size)
         if cfg.logger.backend == "wandb" and runs.is_main_process():
-            wandb_run = runs.init_wandb(cfg, run_dir)
-        trainer = runs.trainer_class()(
+            wandb_run = init_wandb(cfg, run_dir)
+        trainer = trainer_class()(
             model=model,
             args=TrainingArguments(
                 output_dir=str(run_dir),
@@ -104,12 +102,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             processing_class=tokenizer,
             compute_loss_func=objective,
-            callbacks=[runs.jsonl_log_callback(run_dir / "train_log.jsonl"), runs.ce_log_schedule(objective)],
+            callbacks=[jsonl_log_callback(run_dir / "train_log.jsonl"), ce_log_schedule(objective)],
         )
         resume = str(claim.resume_from) if claim.resume_from else None
-        result = trainer.train(resume_from_checkpoint=resume)
-        if head is not None:
-            model.set_output_embeddings(head)
+        # Fused: the forward returns hidden states + head weight; the modules (what is saved) stay as they are.
+        with fused_head(model) if loss_settings.fused else contextlib.nullcontext():
+            result = trainer.train(resume_from_checkpoint=resume)
         if cfg.model.get("eos_token_ids"):  # PAPER.md §3: generation stops at these after training
             model.generation_config.eos_token_id = list(cfg.model.eos_token_ids)
         if cfg.train.save_final_model:
@@ -136,6 +134,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if trainer.is_world_process_zero():
             (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         runs.update_status(run_dir, "finished", global_step=summary["global_step"])
+        # train.keep_checkpoints=false (paper experiments; ~128 GB each, ts2.plan): once the run is finished and
+        # its final model written, the checkpoints that made it resumable go, as the official recipe keeps none.
+        if (
+            cfg.train.save_final_model
+            and not cfg.train.get("keep_checkpoints", True)
+            and runs.is_main_process()
+        ):
+            for ckpt in run_dir.glob("checkpoint-*"):
+                shutil.rmtree(ckpt)
         log.info("done: %s", json.dumps({k: summary[k] for k in ("global_step", "first_loss", "last_loss")}))
         return summary
     except BaseException as err:  # a crash or Ctrl-C: the folder says so (a SIGKILL leaves "running")
