@@ -21,7 +21,7 @@ case "$BACKEND" in
   *) echo "BACKEND=$BACKEND: no conf/accelerate/$BACKEND.yaml; use deepspeed_zero2 or fsdp2" >&2; exit 2 ;;
 esac
 if [ "${PRINT:-0}" = settings ]; then
-  printf '%s\n' ${SETTINGS[@]+"${SETTINGS[@]}"}
+  if [ ${#SETTINGS[@]} -gt 0 ]; then printf '%s\n' "${SETTINGS[@]}"; fi
   exit 0
 fi
 PYBIN=$(command -v "${PY:-python}") || { echo "PY=${PY:-python}: no such python" >&2; exit 2; }

@@ -204,13 +204,13 @@ def test_run_sh_knobs_reach_the_multirun() -> None:
 
 @pytest.mark.slow
 def test_micro_sweep_through_the_script(tmp_path: Path) -> None:
-    """run.sh end to end at debug sizes (~1.5 min on the loaded 2-core machine, hence slow): one α, random-init
-    tiny model and tiny RM, 2 prompts x 2 samples: trains, samples, scores, draws the figure."""
+    """run.sh end to end at debug sizes (~2.5 min on the loaded 2-core machine, hence slow): two α (a figure needs
+    two), random-init tiny model and tiny RM, 2 prompts x 2 samples: trains, samples, scores, draws the figure."""
     env = {
         "OVERRIDES": "model=tiny debug=cpu train.max_steps=2 train.save_final_model=true "
         "pipeline.sample.prompts=2 pipeline.sample.n=2 pipeline.sample.max_new_tokens=8",
         "EVAL_EXTRA": "++rm.tiny.base={pretrained:null}",  # the random-init tiny RM: no pretrained base needed
-        "ALPHAS": "0.25",
+        "ALPHAS": "0.25,1",
         "CLAMPS": "0.99",
         "RUNS_DIR": str(tmp_path / "runs"),
         "RESULTS": str(tmp_path / "results"),
@@ -218,8 +218,7 @@ def test_micro_sweep_through_the_script(tmp_path: Path) -> None:
         "PY": sys.executable,
     }
     subprocess.run(["bash", str(RUN_SH)], env={**os.environ, **env}, check=True, timeout=900)
-    (run,) = collect(tmp_path / "runs" / "micro")
-    point = sw.read_point(run)
-    assert (point.alpha, point.clamp, point.missing) == (0.25, 0.99, ())
-    assert {"win_rate@1", "win_rate@2", "ngram", "self_bleu", "sent_bert"} <= set(point.ci)
+    points = [sw.read_point(run) for run in collect(tmp_path / "runs" / "micro")]
+    assert sorted((p.alpha, p.clamp, p.missing) for p in points) == [(0.25, 0.99, ()), (1.0, 0.99, ())]
+    assert all({"win_rate@1", "win_rate@2", "ngram", "self_bleu", "sent_bert"} <= set(p.ci) for p in points)
     assert (tmp_path / "results" / "figures" / "alpha_sweep.png").read_bytes()[:8] == PNG_MAGIC
