@@ -217,7 +217,7 @@ def report(
     samples_name, sm = f"{name}_samples.md", cfg["samples"]
     samples_md = samples_markdown(
         title,
-        [(g.label, g.runs[0].path) for g in groups]
+        [(g.label + (f", seed {g.runs[0].seed}" if len(g.runs) > 1 else ""), g.runs[0].path) for g in groups]
         + [(r.method.name, r.path) for r in sorted(controls, key=lambda r: r.method.order)],
         list(sm.get("benchmarks") or []),
         int(sm.get("prompts", 3)),
@@ -244,9 +244,10 @@ def report(
     ]
     if tiny and pub.get(model):
         notes.append(f"(p X): the poster's {model} value, beside the tiny-scale number for orientation only.")
-    if "alpaca_eval/n_max" in df:
+    n_max = df.loc[df["control"].isna(), "alpaca_eval/n_max"] if "alpaca_eval/n_max" in df else None
+    if n_max is not None and n_max.notna().any():
         notes.append(
-            f"WR@N = best-of-{int(df['alpaca_eval/n_max'].max())} reward-model win rate (%) vs the "
+            f"WR@N = best-of-{int(n_max.max())} reward-model win rate (%) vs the "
             "AlpacaEval-2 reference; diversity scores ×100 (PAPER.md §4)."
         )
     table = T.build_table(groups, [T.Column(k, h) for k, h in columns.items()], title, notes, allow_mixed)

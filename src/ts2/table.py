@@ -305,9 +305,7 @@ def frame(runs: list[RunRecord], groups: list[RunGroup] | None = None) -> pd.Dat
         ae = r.metrics.get("alpaca_eval")
         if ae and (cell := cell_of(ae, "win_rate@max", True)).value is not None:
             row["alpaca_eval/win_rate@max"] = cell.value
-            row["alpaca_eval/n_max"] = max(
-                int(k.split("@")[1]) for k in ae["metrics"] if k[-1].isdigit() and "@" in k
-            )
+            row["alpaca_eval/n_max"] = max(win_rate_ns(ae))
         row["scale"] = "; ".join(sorted(r.scales)) or "unspecified"
         row["incomplete"] = ",".join(b for b, z in r.sizes.items() if not z.complete)
         rows.append(row)
