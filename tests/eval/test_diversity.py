@@ -611,3 +611,32 @@ def test_secondary_and_length_cut_settings_are_checked() -> None:
         D.DiversityConfig(secondary=("bare",))
     with pytest.raises(ValueError, match="diversity.length_cut=0 must be null"):
         D.DiversityConfig(length_cut=0)
+
+
+def test_paper_string_as_secondary_uses_the_policy_tokenizer_once(minilm, tiny_tokenizer) -> None:
+    from ts2.sampling.store import Sample
+
+    tok = tiny_tokenizer
+    table = {0: ["roses are red", "violets are blue"], 1: ["the sea the sea", "waves on the shore"]}
+    prompts = {
+        p: tok.apply_chat_template(
+            [{"role": "user", "content": f"Poem {p}."}], tokenize=False, add_generation_prompt=True
+        )
+        for p in table
+    }
+    samples = [Sample(p, j, prompts[p], c, "stop", 4) for p, cs in table.items() for j, c in enumerate(cs)]
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return tok
+
+    res = D.score_answers(
+        samples, D.DiversityConfig(model=minilm, text="response", secondary=("paper",)), tokenizer=loader
+    )
+    paper = [[D.paper_text(tok, prompts[p], c) for c in table[p]] for p in table]
+    want = D.diversity_scores(paper, D.DiversityConfig(model=minilm))
+    assert (
+        res.metrics["paper_ngram"] == want.metrics["ngram"] and res.metrics["ngram"] != want.metrics["ngram"]
+    )
+    assert calls == [1] and res.details["tokenizer"] == tok.name_or_path and res.details["text"] == "response"

@@ -936,8 +936,10 @@ def score_answers(
     lengths, length_details = answer_lengths([chosen[pid] for pid in ids])
     for key, values in lengths.items():
         metrics[key], per_prompt[key] = float(np.mean(values)), values
+    details.update(diversity_details(config, loaded[0] if loaded else None))
+    if loaded:  # the policy tokenizer that built the paper strings (primary or secondary)
+        details["tokenizer"] = getattr(loaded[0], "ts2_source", getattr(loaded[0], "name_or_path", None))
     details.update(
-        diversity_details(config, loaded[0] if loaded else None),
         secondary=list(config.secondary),
         texts=texts,
         lengths=length_details,
