@@ -140,6 +140,7 @@ def _tex(s: str) -> str:
         ("‡", r"$^\ddagger$"),
         ("§", r"$^\S$"),
         ("¶", r"$^\P$"),
+        ("α", r"$\alpha$"),
     ):
         s = s.replace(a, b)
     return s
