@@ -92,18 +92,16 @@ def _diversity_results(ce_gap, ref_lm_gap=None, n=6):
         **_run("heldout_ce", "heldout_ce", fit + np.asarray(ce_gap)),
     }
     ce = {**_run("alpaca_eval", "ngram", base), **_run("heldout_ce", "heldout_ce", fit)}
-    ce["alpaca_eval"]["per_prompt"]["ref_lm"] = list(-fit)
-    ce["alpaca_eval"]["metrics"]["ref_lm"] = float(np.mean(-fit))
+    ce.update(_run("ref_lm", "ref_lm", -fit))
     if ref_lm_gap is not None:
-        ts2["alpaca_eval"]["per_prompt"]["ref_lm"] = list(-fit + np.asarray(ref_lm_gap))
-        ts2["alpaca_eval"]["metrics"]["ref_lm"] = float(np.mean(-fit + np.asarray(ref_lm_gap)))
+        ts2.update(_run("ref_lm", "ref_lm", -fit + np.asarray(ref_lm_gap)))
     return {"ts2": [ts2], "ce": [ce]}
 
 
 RULE = QualityRule(
     (
         QualityMetric("heldout_ce/heldout_ce", 0.1, "lower", "held-out CE", "nats/token"),
-        QualityMetric("alpaca_eval/ref_lm", 0.1, "higher", "ref-LM log-lik", "nats/token"),
+        QualityMetric("ref_lm/ref_lm", 0.1, "higher", "ref-LM log-lik", "nats/token"),
     )
 )
 SPEC = ClaimSpec("TS² AE N-gram > CE", "alpaca_eval/ngram", "ts2", "ce", "greater")
@@ -144,7 +142,7 @@ def test_undecided_equivalence_is_inconclusive_and_a_missing_metric_is_named():
     assert v.status == "inconclusive (quality not shown equivalent)"
     line = verdict_line(v, NAMES, "tiny scale")
     assert "not shown equivalent within ±0.1 (the CI crosses the margin)" in line
-    assert "ref-LM log-lik: not measured: no per-prompt alpaca_eval/ref_lm for ts2" in line
+    assert "ref-LM log-lik: not measured: no per-prompt ref_lm/ref_lm for ts2" in line
     none = judge(SPEC, _diversity_results([0.0] * 6), QualityRule())
     assert none.status == "inconclusive (quality not measured)"
     assert "Quality: no quality metric configured." in verdict_line(none, NAMES, "tiny scale")
@@ -228,7 +226,7 @@ def test_the_shipped_quality_rule_loads():
     )
     assert [(q.key, q.margin, q.better) for q in rule.metrics] == [
         ("heldout_ce/heldout_ce", 0.1, "lower"),
-        ("alpaca_eval/ref_lm", 0.1, "higher"),
+        ("ref_lm/ref_lm", 0.1, "higher"),
     ]
     assert (
         "90% paired-bootstrap CI inside ±margin" in rule.header()

@@ -171,7 +171,7 @@ def test_paper_values_significance_marks_and_claim_lines(tmp_path):
     # equal fit on held-out CE (TOST: gap 0 inside ±0.1), so the N-gram claim is decided by its CI
     assert "**reproduced** at tiny scale — ngram up: TS² − CE = +2.00 [+2.00, +2.00] (4 prompts" in md
     assert "held-out CE TS² − CE = +0.00 nats/token [+0.00, +0.00] (90% CI, 4 prompts) — equivalent" in md
-    assert "ref-LM log-lik: not measured: no per-prompt alpaca_eval/ref_lm for ts2, ce" in md
+    assert "ref-LM log-lik: not measured: no per-prompt ref_lm/ref_lm for ts2, ce" in md
     # no judge control was scored: the win-rate claim cannot count
     assert (
         "**inconclusive: the judge was not checked on controls** at tiny scale — wr not down: TS² − CE = +0.00"
@@ -347,8 +347,10 @@ def _frontier(run: Path, points: dict[float, tuple[float, float]], prompts: int 
     for t, (q, d) in points.items():
         folder = run / "frontier" / f"t{t}" / "metrics"
         folder.mkdir(parents=True)
-        body = {"benchmark": "alpaca_eval", **_ae(range(prompts), ref_lm=[q] * prompts, ngram=[d] * prompts)}
+        body = {"benchmark": "alpaca_eval", **_ae(range(prompts), ngram=[d] * prompts)}
         (folder / "alpaca_eval.json").write_text(json.dumps(body))
+        body = {"benchmark": "ref_lm", **_ae(range(prompts), ref_lm=[q] * prompts)}
+        (folder / "ref_lm.json").write_text(json.dumps(body))
 
 
 def test_diversity_at_matched_quality_interpolates_the_frontiers_by_hand(tmp_path):
@@ -360,7 +362,7 @@ def test_diversity_at_matched_quality_interpolates_the_frontiers_by_hand(tmp_pat
     md = paths["md"].read_text()
     # overlap of [-3, -1] and [-3.5, -1.5] is [-3, -1.5]: level -2.25; CE there 22.5, TS² 26.25 (by hand)
     assert (
-        "- TS² − CE, alpaca_eval/ngram at alpaca_eval/ref_lm = -2.25: +3.75 [+3.75, +3.75]* (TS² 26.25, CE 22.50; "
+        "- TS² − CE, alpaca_eval/ngram at ref_lm/ref_lm = -2.25: +3.75 [+3.75, +3.75]* (TS² 26.25, CE 22.50; "
         "temperatures 0.3/0.6/1 vs 0.3/0.6/1; 4 prompts, 1 seed each; 0 of 1000 resamples" in md
     )
     assert paths["figure:frontier.png"].stat().st_size > 10_000

@@ -371,7 +371,7 @@ def seed_noise(groups: list[RunGroup], columns: list[Column]) -> list[str]:
 CONTROL_COLUMNS = {
     "alpaca_eval/win_rate@1": "WR@1",
     "alpaca_eval/win_rate@max": "WR@N",
-    "alpaca_eval/ref_lm": "ref-LM log-lik",
+    "ref_lm/ref_lm": "ref-LM log-lik",
     "alpaca_eval/answer_tokens": "tokens",
     "alpaca_eval/answer_words": "words",
     "alpaca_eval/ngram": "AE N-gram",

@@ -45,7 +45,7 @@ class FigureOptions:
 
     title: str | None = None  # a line naming the runs (ts2.report: "Table 1 (<name>) — ...")
     allow_missing: bool = False  # the α sweep: draw runs lacking results, flagged, instead of refusing
-    frontier_quality: str = "alpaca_eval/ref_lm"  # the frontier's quality axis (<bench>/<metric>)
+    frontier_quality: str = "ref_lm/ref_lm"  # the frontier's quality axis (<bench>/<metric>)
     frontier_diversity: tuple[str, ...] = ("alpaca_eval/ngram",)  # one panel per diversity metric
 
 
@@ -202,7 +202,7 @@ QUALITY_AXES = {
 }
 QUALITY_LABELS = {
     **QUALITY_AXES,
-    "alpaca_eval/ref_lm": "reference-LM log-likelihood per token (higher = better)",
+    "ref_lm/ref_lm": "reference-LM log-likelihood per token (higher = better)",
     "alpaca_eval/win_rate@1": "best-of-1 win rate (%) (higher = better)",
 }
 
