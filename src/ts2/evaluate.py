@@ -24,7 +24,8 @@ import hydra
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ts2.conf import CONF_DIR, compose_all, scale_of, split_eval_list
+from ts2 import cli
+from ts2.conf import CONF_DIR, check_config, compose_all, scale_of, split_eval_list
 from ts2.eval.result import ScoreResult
 from ts2.provenance import git_sha, versions
 from ts2.sampling.store import Sample, SampleFileError, read_samples
@@ -144,6 +145,7 @@ def evaluate_bench(cfg: DictConfig) -> Path:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
+@cli.task
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -152,8 +154,10 @@ def main(cfg: DictConfig) -> None:
     overrides = HydraConfig.get().overrides.task
     names, _ = split_eval_list(overrides)
     cfgs = compose_all(overrides, "evaluate") if names is not None else [cfg]
+    for c in cfgs:
+        check_config(c, "evaluate")  # every typed setting, before anything is written
     log_evaluation(cfgs, [evaluate_bench(c) for c in cfgs])  # wandb: the training run's run (ts2.tracking)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, interrupted=cli.EVALUATE, check_overrides=True)

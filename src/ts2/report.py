@@ -15,7 +15,6 @@ are labelled so everywhere. Nothing here is typed by hand: rerun this command to
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +22,10 @@ import hydra
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from ts2 import cli
 from ts2 import table as T
 from ts2.claims import judge, load_claims, verdict_line
-from ts2.conf import CONF_DIR, check_quoting
+from ts2.conf import CONF_DIR, check_config
 from ts2.runs import collect
 
 log = logging.getLogger("ts2.report")
@@ -147,11 +147,12 @@ def plot_win_rate(runs: list[dict[str, Any]], df: pd.DataFrame, path: Path, titl
 
 
 @hydra.main(config_path=CONF_DIR, config_name="report", version_base="1.3")
+@cli.task
 def main(cfg: DictConfig) -> None:
+    check_config(cfg, "report")
     paper = Path(cfg.paper_numbers) if cfg.paper_numbers else None
     report(Path(cfg.runs_dir), cfg.name, Path(cfg.out_dir), paper, bool(cfg.allow_mixed), dict(cfg.columns))
 
 
 if __name__ == "__main__":
-    check_quoting(sys.argv[1:])
-    main()
+    cli.run(main, interrupted=cli.RERUN, check_overrides=True)

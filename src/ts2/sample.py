@@ -12,7 +12,6 @@ resumes (finished pairs skipped, torn last line dropped, the same samples as an 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from ts2.conf import CONF_DIR, check_quoting, compose_all, split_eval_list
+from ts2 import cli
+from ts2.conf import CONF_DIR, check_config, compose_all, split_eval_list
 from ts2.runs import ModelSource, _container, log_to_file, model_source, start_samples
 from ts2.sampling import samples_dir  # noqa: F401  (registers the ts2_samples_dir resolver)
 from ts2.sampling.backends import SamplingParams
@@ -69,7 +69,7 @@ def sample_benchmark(cfg: DictConfig, backend: Any, source: ModelSource, records
     """Sample one benchmark into ``<out_dir>/<bench>.jsonl`` (resuming), and write its meta file."""
     from tqdm.auto import tqdm
 
-    bench, params = cfg.eval.id, SamplingParams.from_cfg(_container(cfg.sample))
+    bench, params = cfg.eval.id, SamplingParams.from_cfg(_container(cfg.sample), cfg.sampler.get("id"))
     records = load_prompts(cfg) if records is None else records
     # shard=i/k: every k-th batch of the full plan, same batches and seeds as one run (ts2.sampling.shards)
     shard = parse_shard(cfg.get("shard"))
@@ -135,7 +135,7 @@ def run(cfgs: Sequence[DictConfig]) -> list[Path]:
     source = model_source(cfgs[0])  # every input error is raised before anything is written
     prompts = []
     for c in cfgs:
-        SamplingParams.from_cfg(_container(c.sample))
+        SamplingParams.from_cfg(_container(c.sample), c.sampler.get("id"))  # vLLM: T <= 2
         parse_shard(c.get("shard"))
         prompts.append(load_prompts(c))
     backend = make_backend(cfgs[0], source)
@@ -150,6 +150,7 @@ def run(cfgs: Sequence[DictConfig]) -> list[Path]:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="sample", version_base="1.3")
+@cli.task
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -157,9 +158,10 @@ def main(cfg: DictConfig) -> None:
 
     overrides = HydraConfig.get().overrides.task
     cfgs = compose_all(overrides) if split_eval_list(overrides)[0] is not None else [cfg]
+    for c in cfgs:
+        check_config(c, "sample")  # every typed setting, before anything is written
     log_samples(cfgs, run(cfgs))  # wandb: the training run's run, when it logged there (ts2.tracking)
 
 
 if __name__ == "__main__":
-    check_quoting(sys.argv[1:])
-    main()
+    cli.run(main, interrupted=cli.RESUME, check_overrides=True)

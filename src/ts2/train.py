@@ -21,8 +21,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from ts2 import runs
-from ts2.conf import CONF_DIR, check_model_source, scale_of, training_kwargs
+from ts2 import cli, runs
+from ts2.conf import CONF_DIR, check_config, check_model_source, scale_of, training_kwargs
 from ts2.provenance import git_sha, versions
 
 log = logging.getLogger("ts2.train")
@@ -152,11 +152,13 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+@cli.task
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    check_config(cfg, "train")  # every typed setting, before the run folder is touched
     train(cfg, runs.default_run_dir(cfg, HydraConfig.get().job.override_dirname))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, interrupted=cli.TRAIN, check_overrides=True)

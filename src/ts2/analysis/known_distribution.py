@@ -755,4 +755,6 @@ def known_distribution_figure(
 
 
 if __name__ == "__main__":
-    main()
+    from ts2 import cli
+
+    cli.run(main, interrupted=cli.RERUN)

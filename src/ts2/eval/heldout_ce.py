@@ -217,4 +217,6 @@ def main(argv: Sequence[str] | None = None) -> ScoreResult:
 
 
 if __name__ == "__main__":
-    main()
+    from ts2 import cli
+
+    cli.run(main, interrupted=cli.RERUN)

@@ -503,4 +503,6 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    from ts2 import cli
+
+    cli.run(main, interrupted=cli.RERUN)
