@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from ts2 import cli
 from ts2.conf import CONF_DIR, check_config, compose_all, scale_of, split_eval_list
 from ts2.eval.result import ScoreResult
+from ts2.paths import check_output_dir
 from ts2.provenance import git_sha, versions
 from ts2.sampling.store import Sample, SampleFileError, read_samples
 
@@ -112,6 +113,8 @@ def evaluate_bench(cfg: DictConfig) -> Path:
     scorer = (cfg.eval.get("metrics") or {}).get("scorer")
     if not scorer:
         raise NotImplementedError(f"eval={bench} has no metrics.scorer in conf/eval/{bench}.yaml yet.")
+    if cfg.metrics_dir:
+        check_output_dir(cfg.metrics_dir, "metrics_dir")  # before the scoring, not after it
     res, meta, samples = _score(cfg, scorer)
     details = {**res.details, "complete": res.complete, **({"note": res.note} if res.note else {})}
     out = {

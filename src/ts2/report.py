@@ -26,6 +26,7 @@ from ts2 import cli
 from ts2 import table as T
 from ts2.claims import judge, load_claims, verdict_line
 from ts2.conf import CONF_DIR, check_config
+from ts2.paths import check_output_dir
 from ts2.runs import collect
 
 log = logging.getLogger("ts2.report")
@@ -52,6 +53,7 @@ def report(
 ) -> dict[str, Path]:
     """Write the csv/md/tex/png of ``runs_dir``; every error is raised before anything is written."""
     columns = columns or dict(OmegaConf.load(Path(CONF_DIR) / "report.yaml").columns)
+    check_output_dir(out_dir, "out_dir")
     runs = collect(runs_dir)
     df, pub = T.frame(runs), T.load_paper(paper_numbers)
     scales = sorted(set(df["scale"]))

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 
 from ts2 import cli
 from ts2.conf import CONF_DIR, check_config, compose_all, split_eval_list
+from ts2.paths import check_output_dir
 from ts2.runs import ModelSource, _container, log_to_file, model_source, start_samples
 from ts2.sampling import samples_dir  # noqa: F401  (registers the ts2_samples_dir resolver)
 from ts2.sampling.backends import SamplingParams
@@ -133,6 +134,7 @@ def run(cfgs: Sequence[DictConfig]) -> list[Path]:
     if not cfgs:
         return []
     source = model_source(cfgs[0])  # every input error is raised before anything is written
+    check_output_dir(cfgs[0].out_dir, "out_dir")
     prompts = []
     for c in cfgs:
         SamplingParams.from_cfg(_container(c.sample), c.sampler.get("id"))  # vLLM: T <= 2

@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from ts2 import cli, runs
 from ts2.conf import CONF_DIR, check_config, check_model_source, scale_of, training_kwargs
+from ts2.paths import check_output_dir
 from ts2.provenance import git_sha, versions
 
 log = logging.getLogger("ts2.train")
@@ -44,6 +45,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     launch = check_launch(cfg.train)  # batch vs world size, NCCL, deepspeed (ts2.distributed)
     loss, loss_settings = make_loss(cfg.loss)
     args = {**training_kwargs(cfg), **launch.training_args()}
+    check_output_dir(cfg.paths.runs_dir, "paths.runs_dir")  # not a file, not read-only
+    check_output_dir(run_dir, "the run folder (paths.runs_dir/name/overrides)")
     claim = runs.claim(run_dir, cfg)
     if claim.finished:
         log.info("%s already finished training (train.resume=true): nothing to do.", run_dir)
