@@ -327,8 +327,34 @@ def _subdir(parent: str | None, name: str) -> str | None:
     return str(Path(parent) / name) if parent else None
 
 
+def _metrics_dir(run_dir: str | None, model_path: str | None, runs_dir: str) -> str | None:
+    """evaluate's default ``metrics_dir``: ``<run_dir>/metrics``; for a model scored without a run folder
+    (``eval.harness.model_path``), ``<runs_dir>/metrics/<model name>`` (named as ts2.sample names its samples)."""
+    if run_dir:
+        return str(Path(run_dir) / "metrics")
+    if model_path:
+        from ts2.sampling import samples_dir
+
+        return str(Path(runs_dir) / "metrics" / Path(samples_dir(None, model_path, None, runs_dir)).name)
+    return None
+
+
+def _hydra_dir(folder: str | None) -> str:
+    """Hydra's run folder (its job log) for a stage whose output folder may be unset: a scratch folder then,
+    so that the stage, not an interpolation error, says what to set."""
+    import tempfile
+
+    return folder or str(Path(tempfile.gettempdir()) / "ts2-hydra")
+
+
 def register_resolvers() -> None:
-    for name, fn in (("ts2_data_dir", _data_dir), ("ts2_dirname", _dirname), ("ts2_subdir", _subdir)):
+    for name, fn in (
+        ("ts2_data_dir", _data_dir),
+        ("ts2_dirname", _dirname),
+        ("ts2_subdir", _subdir),
+        ("ts2_metrics_dir", _metrics_dir),
+        ("ts2_hydra_dir", _hydra_dir),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

@@ -25,7 +25,7 @@ from ts2.conf import CONF_DIR, check_config, compose_all, split_eval_list
 from ts2.paths import check_output_dir
 from ts2.runs import ModelSource, _container, log_to_file, model_source, start_samples
 from ts2.sampling import samples_dir  # noqa: F401  (registers the ts2_samples_dir resolver)
-from ts2.sampling.backends import SamplingParams
+from ts2.sampling.backends import SamplingParams, check_context, model_context
 from ts2.sampling.prompts import PromptRecord
 from ts2.sampling.shards import parse_shard, samples_path, shard_batches, shard_meta, shard_pairs
 from ts2.sampling.store import REQUIRED_FIELDS, SampleStore
@@ -129,6 +129,22 @@ def sample_benchmark(cfg: DictConfig, backend: Any, source: ModelSource, records
     return store.path
 
 
+def check_contexts(cfgs: Sequence[DictConfig], source: ModelSource, prompts: Sequence[list]) -> None:
+    """Refuse, before the model loads, a benchmark whose longest prompt + ``sample.max_new_tokens`` would
+    run past the model's context (:func:`ts2.sampling.backends.check_context`)."""
+    from ts2.models import load_tokenizer
+
+    context = model_context(source.path, cfgs[0].sampler.get("max_model_len"))
+    if not context:
+        return
+    tok = load_tokenizer(source.model_cfg, source.path)
+    for c, records in zip(cfgs, prompts, strict=True):
+        lengths = {
+            r.prompt_id: len(tok(render(tok, r), add_special_tokens=False)["input_ids"]) for r in records
+        }
+        check_context(c.eval.id, lengths, int(c.sample.max_new_tokens), context)
+
+
 def run(cfgs: Sequence[DictConfig]) -> list[Path]:
     """Sample every benchmark config in ``cfgs`` (same model and sampler), loading the model once."""
     if not cfgs:
@@ -140,6 +156,7 @@ def run(cfgs: Sequence[DictConfig]) -> list[Path]:
         SamplingParams.from_cfg(_container(c.sample), c.sampler.get("id"))  # vLLM: T <= 2
         parse_shard(c.get("shard"))
         prompts.append(load_prompts(c))
+    check_contexts(cfgs, source, prompts)
     backend = make_backend(cfgs[0], source)
     Path(cfgs[0].out_dir).mkdir(parents=True, exist_ok=True)
     handler = log_to_file(Path(cfgs[0].out_dir) / "sample.log")

@@ -123,6 +123,46 @@ class SamplingParams:
         return params
 
 
+def model_context(model_path: str, max_model_len: int | None = None) -> int | None:
+    """The longest sequence (prompt + generation) the model was built for: ``max_position_embeddings`` of its
+    (text) config, or ``max_model_len`` (sampler=vllm) when that is smaller; None when the config has none."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as err:  # a layout AutoConfig cannot read (e.g. a GGUF file): the backend will
+        log.warning("%s: no config to read the context length from (%s); not checked.", model_path, err)
+        return None
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    context = getattr(text, "max_position_embeddings", None)
+    limits = [int(x) for x in (context, max_model_len) if x]
+    return min(limits) if limits else None
+
+
+def check_context(
+    bench: str, prompt_lengths: Mapping[Any, int], max_new_tokens: int, context: int | None
+) -> None:
+    """Refuse a generation that would run past the model's context (positions beyond it are untrained; HF only
+    warns). ``prompt_lengths``: tokens of each rendered prompt, by prompt id. Nothing is clamped: the fix
+    is ``sample.max_new_tokens`` (or fewer / shorter prompts), named in the message."""
+    if not context or not prompt_lengths:
+        return
+    pid, longest = max(prompt_lengths.items(), key=lambda kv: kv[1])
+    if longest + max_new_tokens <= context:
+        return
+    room = context - longest
+    fix = (
+        f"pass sample.max_new_tokens={room} or less"
+        if room >= 1
+        else "this prompt alone fills the context: sample.limit= fewer prompts, or a model with a longer context"
+    )
+    raise ValueError(
+        f"eval={bench}: sample.max_new_tokens={max_new_tokens} after the longest prompt ({longest} tokens, "
+        f"prompt {pid!r}) needs {longest + max_new_tokens} positions, more than the model's context "
+        f"(max_position_embeddings={context}): {fix}."
+    )
+
+
 @dataclass(frozen=True)
 class Batch:
     """One generate call: ``samples`` (sample indices) drawn for each prompt index in ``prompts``."""
