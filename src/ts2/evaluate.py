@@ -16,6 +16,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -140,11 +141,27 @@ def evaluate_bench(cfg: DictConfig) -> Path:
     dest = Path(cfg.metrics_dir) / f"{bench}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2, default=str))
+    tmp.write_text(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
     os.replace(tmp, dest)
     flag = "" if res.complete else "  [INCOMPLETE]"
-    log.info("%s (%s): %s -> %s%s", bench, out["scale"], json.dumps(res.metrics, default=str), dest, flag)
+    log.info(
+        "%s (%s): %s -> %s%s", bench, out["scale"], json.dumps(finite(res.metrics), default=str), dest, flag
+    )
+    if res.error:
+        raise RuntimeError(f"eval={bench}: {res.error}. The incomplete result is in {dest}.")
     return dest
+
+
+def finite(x: Any) -> Any:
+    """``x`` with every NaN or infinite float replaced by None: a metrics file is valid JSON, and ``null``
+    reads as "no value" everywhere (a bare ``NaN`` is not JSON)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite(v) for v in x]
+    return x
 
 
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
