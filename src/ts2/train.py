@@ -93,6 +93,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         if cfg.logger.backend == "wandb" and runs.is_main_process():
             wandb_run = runs.init_wandb(cfg, run_dir)
+        totals = run_totals(claim.resume_from)  # loss and runtime of the whole run, across resumes
         trainer = runs.trainer_class()(
             model=model,
             args=TrainingArguments(
@@ -107,7 +108,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             processing_class=tokenizer,
             compute_loss_func=objective,
-            callbacks=[runs.jsonl_log_callback(run_dir / "train_log.jsonl"), runs.ce_log_schedule(objective)],
+            callbacks=[
+                runs.jsonl_log_callback(run_dir / "train_log.jsonl"),
+                runs.ce_log_schedule(objective),
+                totals,
+            ],
         )
         resume = str(claim.resume_from) if claim.resume_from else None
         result = trainer.train(resume_from_checkpoint=resume)
@@ -129,8 +134,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "last_loss": losses[-1] if losses else None,
             "first_ce": ces[0] if ces else None,  # token CE: comparable across methods, unlike the losses
             "last_ce": ces[-1] if ces else None,
-            "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-            "train_loss_mean": result.training_loss,
+            # the whole run, every resumed segment up to its checkpoint included (not just this process's part)
+            **totals.whole_run(trainer.state.global_step, result.training_loss, result.metrics),
             "device": str(next(model.parameters()).device),
             "torch_threads": torch.get_num_threads(),
             "world_size": launch.world.world_size,
@@ -152,6 +157,82 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
+
+
+TOTALS_FILE = "ts2_totals.json"
+
+
+def run_totals(resume_from: Path | None) -> Any:
+    """A Trainer callback keeping the totals of the whole run across resumes, for ``train_summary.json``.
+
+    At every checkpoint it writes ``<checkpoint>/ts2_totals.json``: the step, the training loss summed over
+    the optimizer steps so far (each logged mean times the steps it covers) and the training wall time so far;
+    a resumed run starts from its checkpoint's file (``.before``; zeros for a fresh run or an older
+    checkpoint without it). It also logs every checkpoint step, so that the logged losses cover every step up
+    to it. Whole-run mean loss = (``before["loss_sum"]`` + this process's mean x its steps) / global step
+    (:meth:`whole_run`); the runtime counts each segment up to its last checkpoint (work redone after a kill
+    is not counted twice).
+    """
+    import time
+
+    from transformers import TrainerCallback
+
+    before = {"step": 0, "loss_sum": 0.0, "train_runtime_s": 0.0}
+    saved = resume_from / TOTALS_FILE if resume_from is not None else None
+    if saved is not None and saved.is_file():
+        before.update(runs.read_json(saved))
+    elif resume_from is not None:  # a checkpoint written before these totals: its losses from its own log
+        state = runs.read_json(resume_from / "trainer_state.json")
+        last = 0
+        for rec in state.get("log_history", []):
+            if "loss" in rec and "train_runtime" not in rec:
+                before["loss_sum"] += rec["loss"] * (rec["step"] - last)
+                last = rec["step"]
+        before["step"] = last
+        log.warning("%s has no %s: the summary's runtime covers this process only.", resume_from, TOTALS_FILE)
+
+    class RunTotals(TrainerCallback):
+        def __init__(self) -> None:
+            self.before = dict(before)
+            self.start = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
+            self.loss_sum, self.step, self.t0 = before["loss_sum"], int(before["step"]), time.time()
+
+        def whole_run(
+            self, global_step: int, mean_loss: float, metrics: dict[str, float]
+        ) -> dict[str, float]:
+            """``train_loss_mean`` and ``train_runtime_s`` of the whole run from this process's part."""
+            steps = global_step - self.start  # what this process trained (Trainer's own mean is over these)
+            return {
+                "train_runtime_s": round(
+                    self.before["train_runtime_s"] + metrics.get("train_runtime", 0.0), 2
+                ),
+                "train_loss_mean": (self.before["loss_sum"] + mean_loss * steps)
+                / max(self.before["step"] + steps, 1),
+            }
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.t0 = time.time()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:
+                control.should_log = True  # a log record at each checkpoint step: its losses are all counted
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs and "train_runtime" not in logs:
+                self.loss_sum += float(logs["loss"]) * (state.global_step - self.step)
+                self.step = state.global_step
+
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                totals = {
+                    "step": self.step,
+                    "loss_sum": self.loss_sum,
+                    "train_runtime_s": self.before["train_runtime_s"] + time.time() - self.t0,
+                }
+                (ckpt / TOTALS_FILE).write_text(json.dumps(totals))
+
+    return RunTotals()
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
