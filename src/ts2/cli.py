@@ -8,7 +8,8 @@ after a Ctrl-C; a Hydra entry point also decorates its task function with :func:
   resume``, and exits with status 130 (128 + SIGINT, the shell's convention), without a traceback.
 - **A refused input** exits with status 1 and prints ``error: <message>``: an error that ts2's own code raised
   on purpose (its message names the setting or file and the fix: a ``ValueError``, ``TypeError``, ``OSError``,
-  ``ImportError`` or ``RuntimeError`` raised in ``src/ts2``) or a Hydra config error (a mistyped key or value).
+  ``ImportError`` or ``RuntimeError`` raised in ``src/ts2``, also when Hydra's ``instantiate`` wraps it) or a
+  Hydra config error (a mistyped key or value).
 - **Anything else** (an error raised inside a library, an ``AssertionError``, a ``KeyError``) is a bug: its
   traceback is printed as usual, and the exit status is 1.
 
@@ -77,14 +78,35 @@ def error_line(err: BaseException) -> str:
     return "error: " + "\n".join(parts or [type(err).__name__])
 
 
+def _close_progress_bars() -> None:
+    """Close tqdm bars now, so that their last redraw comes before the interrupted line, not after it."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(std, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 (a bar in a broken state: nothing to redraw)
+            pass
+
+
 _full_error = False  # the user's HYDRA_FULL_ERROR=1: show every traceback
+
+
+def _unwrapped(err: BaseException) -> BaseException:
+    """The error a ``_target_`` raised itself, when Hydra's ``instantiate`` wrapped it."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err
 
 
 def refuse(err: Exception) -> NoReturn:
     """Exit 1 with ``err``'s one-line message when it is a refusal; re-raise it otherwise (a bug)."""
-    if _full_error or not is_refusal(err):
+    inner = _unwrapped(err)
+    shown = inner if inner is not err and is_refusal(inner) else err
+    if _full_error or not is_refusal(shown):
         raise err
-    print(error_line(err), file=sys.stderr)
+    print(error_line(shown), file=sys.stderr)
     sys.exit(1)
 
 
@@ -117,7 +139,8 @@ def run(main: Callable[[], Any], *, interrupted: str = RESUME, check_overrides: 
             check_quoting(sys.argv[1:])
         code = main()
     except KeyboardInterrupt:
-        print(f"\n{interrupted}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"\n{interrupted}", file=sys.stderr, flush=True)
         sys.exit(INTERRUPTED_STATUS)
     except Exception as err:
         try:
