@@ -11,6 +11,7 @@ tokens/s are reported, and the speedup against naive. Model load / engine start 
     python benchmarks/sampling.py                       # 8 prompts x 8 samples x 64 tokens, 1 thread
     python benchmarks/sampling.py --prompts 40 --n 8 --csv results/bench_sampling.csv
     python benchmarks/sampling.py --vllm off            # HF only (vLLM row when importable by default)
+    python benchmarks/sampling.py --model smollm2_135m --n 8 --max-new-tokens 48 --naive off   # SmolLM2-135M
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None, vllm_backend=None) -> list[dict[str, obj
     p.add_argument("--batch-size", type=int, default=64, help="sequences per generate call (batched side)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: stable timings on a shared CPU)")
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--model-path", default=None, help="default: the offline tiny model")
+    p.add_argument("--model", default="tiny", help="conf/model/<id>.yaml (tiny, smollm2_135m, ...)")
+    p.add_argument("--model-path", default=None, help="default: the --model config's model")
+    p.add_argument("--naive", choices=("on", "off"), default="on", help="one generate call per sample")
     p.add_argument("--csv", default=None, help="also write the table here")
     p.add_argument(
         "--vllm", choices=("auto", "on", "off"), default="auto", help="vLLM row (auto: when vllm imports)"
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None, vllm_backend=None) -> list[dict[str, obj
     from ts2.sampling.prompts import alpaca_eval
 
     model_cfg = OmegaConf.to_container(
-        OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / "tiny.yaml")
+        OmegaConf.load(Path(__file__).parents[1] / "conf" / "model" / f"{args.model}.yaml"), resolve=True
     )
     path = args.model_path or resolve_model_path(model_cfg)
     t0 = time.perf_counter()
@@ -95,10 +98,11 @@ def main(argv: list[str] | None = None, vllm_backend=None) -> list[dict[str, obj
     records = alpaca_eval()[: args.prompts]
     batched_plan = backend.plan(len(records), args.n)
     naive_plan = [Batch((i,), range(s, s + 1)) for i in range(len(records)) for s in range(args.n)]
-    sides = [("naive", backend, naive_plan), ("batched", backend, batched_plan)]
+    sides = [("naive", backend, naive_plan)] if args.naive == "on" else []
+    sides.append(("batched", backend, batched_plan))
     if vllm_backend is not None:
         sides.append(("vllm", vllm_backend, vllm_backend.plan(len(records), args.n)))
-    for _, be, _ in sides[1:]:  # warm-up (allocations, first-call costs)
+    for _, be, _ in sides[1 if args.naive == "on" else 0 :]:  # warm-up (allocations, first-call costs)
         _run(be, records[:1], [Batch((0,), range(1))], params)
 
     totals = {name: [0.0, 0, 0] for name, _, _ in sides}
@@ -108,12 +112,14 @@ def main(argv: list[str] | None = None, vllm_backend=None) -> list[dict[str, obj
             t = totals[name]
             t[0], t[1], t[2] = t[0] + secs, t[1] + samples, t[2] + tokens
 
-    base = totals["naive"][1] / totals["naive"][0]
+    first = totals[sides[0][0]]
+    base = first[1] / first[0]  # speedups against the first side (naive, else batched HF)
     meta = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "device": platform.processor() or "cpu",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "model": args.model_path or args.model,
         "prompts": args.prompts,
         "n": args.n,
         "max_new_tokens": args.max_new_tokens,

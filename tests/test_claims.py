@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ts2.claims import ClaimSpec, judge, load_claims, per_prompt, seeded_paired_bootstrap, verdict_line
+from ts2.claims import ClaimSpec, judge, load_claims, per_prompt, verdict_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,36 +21,6 @@ def _run(bench: str, metric: str, values, ids=None) -> dict:
             "prompt_ids": ids,
         }
     }
-
-
-def test_constant_shift_gives_a_degenerate_ci():
-    b = np.array([3.0, 1.0, 4.0, 1.0, 5.0])
-    d = seeded_paired_bootstrap([(list("abcde"), b + 1.5)], [(list("abcde"), b)])
-    assert d.diff == pytest.approx(1.5)
-    assert d.ci == pytest.approx((1.5, 1.5))  # every resample of a constant difference is 1.5
-    assert d.num_prompts == 5 and d.seeds == (1, 1)
-
-
-def test_seed_runs_widen_the_ci_by_hand():
-    # a's two seeds differ from b by +4 and +2 on every prompt: a resample's difference is the mean of the two
-    # drawn seed shifts, i.e. 2, 3 or 4 (probabilities 1/4, 1/2, 1/4), so the 95% interval is [2, 4].
-    b = np.linspace(0.0, 1.0, 7)
-    ids = [str(i) for i in range(7)]
-    d = seeded_paired_bootstrap([(ids, b + 4), (ids, b + 2)], [(ids, b)], n_resamples=2000)
-    assert d.diff == pytest.approx(3.0)
-    assert d.ci == pytest.approx((2.0, 4.0))
-    assert d.seeds == (2, 1)
-
-
-def test_pairs_by_prompt_id_not_position():
-    a = seeded_paired_bootstrap(
-        [(["x", "y", "z"], np.array([10.0, 20.0, 30.0]))], [(["z", "x"], np.array([29.0, 9.0]))]
-    )
-    assert d_equal(a.diff, 1.0) and a.num_prompts == 2
-
-
-def d_equal(x: float, y: float) -> bool:
-    return abs(x - y) < 1e-12
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,9 @@ def test_methods_describe_themselves_as_the_eight_table_1_rows(capsys):
 
 def test_models_declare_their_scale(compose):
     assert {p.stem: scale_of(p.stem) for p in (Path(CONF_DIR) / "model").glob("*.yaml")} == {
-        p.stem: ("tiny" if p.stem.startswith("tiny") else "paper")
+        p.stem: (
+            "tiny" if p.stem.startswith("tiny") else "small" if p.stem.startswith("smollm2") else "paper"
+        )
         for p in (Path(CONF_DIR) / "model").glob("*.yaml")
     }
     assert scale_of(compose(["experiment=paper_qwen2_7b"]).model) == "paper"

@@ -102,7 +102,8 @@ def test_report_tables_match_the_metrics_files(table):
     md = (out / "t1.md").read_text()
     assert "TINY-SCALE" in md and "| TS² |" in md and "| CE |" in md
     assert (out / "t1.tex").read_text().count(r"\\") >= 3
-    assert (out / "t1_winrate.png").stat().st_size > 1000
+    assert (out / "figures" / "bon_curves.png").stat().st_size > 1000  # the win rate against n
+    assert not (out / "t1_winrate.png").exists()  # drawn once, by the bon_curves figure
 
 
 def test_evaluate_refuses_missing_and_incomplete_samples(table, tmp_path):

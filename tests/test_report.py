@@ -179,3 +179,15 @@ def test_mt_bench_and_openllm_get_their_own_tables_beside_the_poster(tmp_path):
         "| method | gsm8k maj@1 | gsm8k maj@4 | gsm8k any@4 |" in md
         and "| TS² | 25.00 | 50.00 | 75.00 |" in md
     )
+
+
+def test_figure_settings_are_checked_before_anything_is_written(tmp_path):
+    runs = tmp_path / "runs"
+    make_run(runs, "a", CE, metrics={"alpaca_eval": {"metrics": {"win_rate@1": 30.0}}})
+    with pytest.raises(ValueError, match=r"figures=\['bon', 'tspd'\]: no figure \['bon'\]"):
+        report(runs, "t", tmp_path / "out", figures=["bon", "tspd"])
+    with pytest.raises(
+        ValueError, match=r"alpha_sweep.csv is the α sweep figure's table; choose another name="
+    ):
+        report(runs, "alpha_sweep", tmp_path / "out", figures=["alpha_sweep"])
+    assert not (tmp_path / "out").exists()

@@ -95,11 +95,54 @@ def test_settings_follow_the_training_run_unless_forced(tmp_path):
     s = wandb_settings(run, None)
     assert s["id"] == wandb_id(run) and s["resume"] == "allow" and s["dir"] == str(run)
     assert s["group"] == "exp" and s["project"] == "p"
-    assert s["tags"] == ["ts2", "tiny", "x", "alpha=0.5", "seed=3"]
+    assert s["tags"] == ["ts2", "tiny", "alpha=0.5", "seed=3", "x"]
     assert wandb_settings(run, False) is None
     other = _folder(tmp_path / "b", "none")
     assert wandb_settings(other, None) is None and wandb_settings(other, True)["id"] == wandb_id(other)
     assert wandb_settings(None, True) is None  # no run folder: nothing to reopen (a warning says so)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "alpha_tag"),
+    [
+        (["method=ts2", "loss.alpha=0"], "alpha=0"),
+        (["method=ts2", "loss.alpha=0.25"], "alpha=0.25"),
+        (["method=ts2", "loss.alpha=1"], "alpha=1"),
+        (["method=ts2", "loss.alpha=2"], "alpha=2"),
+        (["method=ce"], None),
+    ],
+    ids=["alpha=0", "alpha=0.25", "alpha=1", "alpha=2", "no-alpha"],
+)
+def test_every_stage_opens_wandb_with_the_same_settings(compose, tmp_path, monkeypatch, overrides, alpha_tag):
+    """Issue #18: the training (live config) and sample/evaluate (the folder's saved config.yaml) wandb.init
+    arguments are equal, so a filter on ``alpha=`` finds every stage (training once tagged ``alpha=1`` while
+    the later stages tagged ``alpha=1.0``)."""
+    import logging
+
+    import wandb
+
+    from ts2 import runs, tracking
+
+    cfg = compose(["debug=cpu", "logger=wandb", "name=exp", *overrides])
+    run_dir = tmp_path / "run"
+    handler = runs.start(runs.claim(run_dir, cfg), cfg, {"method": cfg.method.id})  # writes config.yaml
+    logging.getLogger().removeHandler(handler)
+    handler.close()
+    calls: list[dict] = []
+    monkeypatch.setattr(wandb, "init", lambda **kw: calls.append(kw) or kw)
+    monkeypatch.setattr(wandb, "finish", lambda: None)
+    tracking.init_wandb(cfg, run_dir)
+    for stage in ("sample", "evaluate"):
+        with tracking.stage_run(run_dir, stage) as run:
+            assert run is not None  # the saved logger.backend is wandb: the stage reopens the run
+    assert [c["job_type"] for c in calls] == ["train", "sample", "evaluate"]
+    keys = ("project", "entity", "group", "tags", "id", "name", "dir", "resume")
+    train, sample, evaluate = ({k: c[k] for k in keys} for c in calls)
+    assert train == sample == evaluate
+    assert train["id"] == wandb_id(run_dir) and train["group"] == "exp" and train["name"] == "run"
+    alpha = [t for t in train["tags"] if t.startswith("alpha=")]
+    assert alpha == ([alpha_tag] if alpha_tag else [])
+    assert train["tags"][:2] == [cfg.method.id, cfg.model.id] and f"seed={cfg.seed}" in train["tags"]
 
 
 def test_summary_and_tables_of_metrics_files():

@@ -50,7 +50,7 @@ if [ "$DRY_RUN" = 1 ]; then
   echo "then, per run folder ${RUNS_DIR}/${NAME}/<overrides>/:"
   echo "  $PY -m ts2.sample run_dir=<run> ${SAMPLE_ARGS[*]}"
   echo "  $PY -m ts2.evaluate run_dir=<run> ${EVAL_ARGS[*]}"
-  echo "figure: $PY -m ts2.analysis.alpha_sweep figure ${RUNS_DIR}/${NAME} --out ${RESULTS}"
+  echo "figure: $PY -m ts2.report runs_dir='${RUNS_DIR}/${NAME}' name=${NAME} out_dir=${RESULTS} figures=[alpha_sweep]"
   printf 'TRAIN_OVERRIDE %s\n' "${TRAIN_OVERRIDES[@]}"
   exit 0
 fi
@@ -69,5 +69,5 @@ for run in "${RUNS_DIR}/${NAME}"/*/; do
 done
 
 echo "== [3/3] figure -> ${RESULTS}/figures/alpha_sweep.png, ${RESULTS}/alpha_sweep.csv"
-"$PY" -m ts2.analysis.alpha_sweep figure "${RUNS_DIR}/${NAME}" --out "${RESULTS}"
+"$PY" -m ts2.report "runs_dir='${RUNS_DIR}/${NAME}'" "name=${NAME}" "out_dir=${RESULTS}" "figures=[alpha_sweep]"
 echo "α sweep done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s"

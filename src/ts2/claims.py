@@ -4,8 +4,8 @@ Each claim compares two methods on one metric, e.g. "TS² AlpacaEval N-gram dive
 the difference of means d = mean(a) − mean(b) over the prompts both were scored on, with a 95% percentile-
 bootstrap CI. Prompts are resampled jointly for both methods (paired: a prompt that is hard for one is hard
 for the other), and when a method was trained with several seeds (``SEEDS=k``) its seed runs are resampled
-too, so the CI covers both sources of variation (a two-level bootstrap: seeds, then prompts; with one seed
-per method it is the ordinary paired bootstrap of :func:`ts2.eval.stats.paired_bootstrap`).
+too, so the CI covers both sources of variation (:func:`ts2.eval.stats.seeded_paired_bootstrap`: seeds, then
+prompts). This module only states and judges claims; every bootstrap lives in :mod:`ts2.eval.stats`.
 
 Verdicts, from the CI of d (never from the point estimate alone):
 
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ts2.eval.stats import LEVEL, N_RESAMPLES
+from ts2.eval.stats import PairedDifference, seeded_paired_bootstrap
 
 RELATIONS = ("greater", "at_least", "below")
 SYMBOL = {"greater": ">", "at_least": "≥", "below": "<"}
@@ -59,24 +59,11 @@ class ClaimSpec:
 
 
 @dataclass(frozen=True)
-class Difference:
-    """d = mean(a) − mean(b) over shared prompts, its CI, and how much data stands behind it."""
-
-    diff: float
-    ci: tuple[float, float]
-    num_prompts: int
-    seeds: tuple[int, int]  # runs of a, runs of b
-
-    def text(self, unit: str = "") -> str:
-        return f"{self.diff:+.2f}{unit} [{self.ci[0]:+.2f}, {self.ci[1]:+.2f}]"
-
-
-@dataclass(frozen=True)
 class Verdict:
     spec: ClaimSpec
     status: str  # reproduced | not reproduced | inconclusive | not measured
-    evidence: Difference | None
-    quality: Difference | None
+    evidence: PairedDifference | None
+    quality: PairedDifference | None
     note: str = ""
 
 
@@ -120,50 +107,9 @@ def per_prompt(run: Mapping[str, Mapping[str, Any]], key: str) -> tuple[list[Any
     return [str(i) for i in ids], np.asarray(values, dtype=np.float64)
 
 
-def _matrix(runs: Sequence[tuple[list[Any], np.ndarray]], ids: list[Any]) -> np.ndarray:
-    """[runs, prompts] values of the shared prompts ``ids``."""
-    out = []
-    for run_ids, values in runs:
-        pos = {pid: i for i, pid in enumerate(run_ids)}
-        out.append(values[[pos[p] for p in ids]])
-    return np.stack(out)
-
-
-def seeded_paired_bootstrap(
-    a_runs: Sequence[tuple[list[Any], np.ndarray]],
-    b_runs: Sequence[tuple[list[Any], np.ndarray]],
-    *,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = 0,
-    level: float = LEVEL,
-) -> Difference:
-    """Two-level paired bootstrap of mean(a) − mean(b) (module docstring).
-
-    ``a_runs`` / ``b_runs``: per training seed, (prompt ids, per-prompt values). Prompts are those every run
-    shares. Each resample draws the seeds of a and of b with replacement, then one set of prompts (shared by
-    a and b), and takes the difference of the means; the CI is the percentile interval of those differences.
-    """
-    if not a_runs or not b_runs:
-        raise ValueError("seeded_paired_bootstrap needs at least one run of each method.")
-    shared = set(a_runs[0][0])
-    for ids, _ in [*a_runs, *b_runs]:
-        shared &= set(ids)
-    ids = [p for p in a_runs[0][0] if p in shared]
-    if not ids:
-        raise ValueError("the two methods share no scored prompt; pair them on the same prompts.")
-    a, b = _matrix(a_runs, ids), _matrix(b_runs, ids)
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_resamples)
-    for r in range(n_resamples):
-        sa = rng.integers(0, a.shape[0], a.shape[0])
-        sb = rng.integers(0, b.shape[0], b.shape[0])
-        pi = rng.integers(0, len(ids), len(ids))
-        diffs[r] = a[sa][:, pi].mean() - b[sb][:, pi].mean()
-    lo, hi = np.percentile(diffs, [50 * (1 - level), 50 * (1 + level)])
-    return Difference(float(a.mean() - b.mean()), (float(lo), float(hi)), len(ids), (a.shape[0], b.shape[0]))
-
-
-def _difference(results: Mapping[str, MethodRuns], key: str, a: str, b: str, **kw: Any) -> Difference | None:
+def _difference(
+    results: Mapping[str, MethodRuns], key: str, a: str, b: str, **kw: Any
+) -> PairedDifference | None:
     runs_a = [x for x in (per_prompt(r, key) for r in results.get(a, [])) if x is not None]
     runs_b = [x for x in (per_prompt(r, key) for r in results.get(b, [])) if x is not None]
     if not runs_a or not runs_b:
@@ -215,9 +161,9 @@ def verdict_line(v: Verdict, names: Mapping[str, str], scale: str) -> str:
 
 def significance(
     results: Mapping[str, MethodRuns], keys: Sequence[str], reference: str = "ce", **kw: Any
-) -> dict[tuple[str, str], Difference]:
+) -> dict[tuple[str, str], PairedDifference]:
     """(method, metric) -> its paired difference against ``reference``, for every method with per-prompt data."""
-    out: dict[tuple[str, str], Difference] = {}
+    out: dict[tuple[str, str], PairedDifference] = {}
     for method in results:
         if method == reference:
             continue

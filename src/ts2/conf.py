@@ -1,7 +1,7 @@
 """Hydra glue: the config folder, the OmegaConf resolvers, and what the configs say about themselves.
 
 A method describes itself in ``conf/method/<id>.yaml`` (``method: {id, name, order}``: the Table-1 row label
-and position) and a model its scale in ``conf/model/<id>.yaml`` (``scale: tiny | paper``). Everything that
+and position) and a model its scale in ``conf/model/<id>.yaml`` (``scale: tiny | small | paper``). Everything that
 lists methods or labels a scale reads them from here, so the list is typed once:
 ``python -m ts2.conf methods`` prints ``ce,ce_wd,...`` for shell scripts.
 """
@@ -22,7 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 
 # The repo's conf/ (editable install / source checkout). Entry points pass this to @hydra.main.
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-SCALES = ("tiny", "paper")
+SCALES = ("tiny", "small", "paper")
+# What tables and figures say about a scale: tiny (CPU pipeline models) and small (SmolLM2-135M on a CPU) numbers
+# are never to be read beside the paper's.
+SCALE_LABELS = {
+    "tiny": "TINY SCALE (not comparable to the paper)",
+    "small": "SMALL SCALE (SmolLM2-135M on a CPU; not comparable to the paper)",
+    "paper": "paper scale",
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ def method_info(method: Mapping[str, Any] | str) -> Method:
 
 
 def scale_of(model: Mapping[str, Any] | DictConfig | str | None) -> str:
-    """``tiny`` / ``paper`` for a model config (its ``scale`` key) or a model id (``conf/model/<id>.yaml``).
+    """``tiny`` / ``small`` / ``paper`` for a model config (its ``scale`` key) or a model id (``conf/model/<id>.yaml``).
 
     Anything else (a model outside ``conf/model/``, ``None``) is ``unspecified``.
     """
@@ -80,7 +87,13 @@ def scale_of(model: Mapping[str, Any] | DictConfig | str | None) -> str:
     return str(scale) if scale in SCALES else "unspecified"
 
 
-TS2_TRAIN_KEYS = ("resume", "save_final_model", "extra_args", "global_batch_size")  # not TrainingArguments
+def scale_label(scale: str) -> str:
+    """The label of a scale in titles and headers (:data:`SCALE_LABELS`); any other value as ``scale: <value>``."""
+    return SCALE_LABELS.get(scale, f"scale: {scale}")
+
+
+# not TrainingArguments; keep_checkpoints (false: delete checkpoint-* once finished) is set by paper experiments only
+TS2_TRAIN_KEYS = ("resume", "save_final_model", "keep_checkpoints", "extra_args", "global_batch_size")
 _RENAMED = {"warmup_ratio": "warmup_steps", "gradient_checkpointing": "activation_checkpointing"}
 
 
@@ -289,7 +302,8 @@ def check_model_source(model: Mapping[str, Any] | None, key: str = "model.name_o
     """
     import os
 
-    name = None if model is None or model.get("tiny") is not None else model.get("name_or_path")
+    built = model is None or model.get("tiny") is not None or model.get("gguf") is not None
+    name = None if built else model.get("name_or_path")
     if not name:
         return
     name = str(name)
@@ -303,10 +317,11 @@ def check_model_source(model: Mapping[str, Any] | None, key: str = "model.name_o
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if not isinstance(try_to_load_from_cache(name, "config.json", revision=model.get("revision")), str):
             raise FileNotFoundError(
-                f"{key}={name!r} is not a local folder, and as a hub id it is not in the hub cache while "
-                "offline (HF_HUB_OFFLINE=1): download it once with network access, or point it at a local folder."
+                f"{key}={name!r} is not a local folder, and as a hub id it is not in the hub cache while offline "
+                f"(HF_HUB_OFFLINE=1, revision {model.get('revision') or 'main'}): download it once with network "
+                "access (python -m ts2.plan hub lists every artefact), or point it at a local folder."
             )
 
 
@@ -347,14 +362,29 @@ def _hydra_dir(folder: str | None) -> str:
     return folder or str(Path(tempfile.gettempdir()) / "ts2-hydra")
 
 
+def _slurm_mem_gb(model_id: Any, tasks_per_node: Any) -> int | None:
+    """``hydra.launcher.mem_gb``: TS2_SLURM_MEM_GB, else the plan's host-RAM peak for a paper model
+    (`ts2.plan.slurm_mem_gb`), else None (the partition's default)."""
+    import os
+
+    env = os.environ.get("TS2_SLURM_MEM_GB", "")
+    if env not in ("", "null"):
+        return int(env)
+    from ts2.plan import slurm_mem_gb
+
+    return slurm_mem_gb(str(model_id), int(tasks_per_node)) if model_id and tasks_per_node else None
+
+
 def register_resolvers() -> None:
-    for name, fn in (
+    resolvers = (
         ("ts2_data_dir", _data_dir),
         ("ts2_dirname", _dirname),
         ("ts2_subdir", _subdir),
+        ("ts2_slurm_mem_gb", _slurm_mem_gb),
         ("ts2_metrics_dir", _metrics_dir),
         ("ts2_hydra_dir", _hydra_dir),
-    ):
+    )
+    for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

@@ -30,6 +30,7 @@ from ts2.conf import CONF_DIR, check_config, compose_all, scale_of, split_eval_l
 from ts2.eval.result import ScoreResult
 from ts2.paths import check_output_dir
 from ts2.provenance import git_sha, versions
+from ts2.runs import run_meta
 from ts2.sampling.store import Sample, SampleFileError, read_samples
 
 log = logging.getLogger("ts2.evaluate")
@@ -70,8 +71,8 @@ def coverage(
 
 def _scale(run_dir: str | None, meta: dict[str, Any]) -> str:
     model = (meta.get("model") or {}).get("model")
-    if run_dir and (Path(run_dir) / "run.json").is_file():
-        model = json.loads((Path(run_dir) / "run.json").read_text()).get("model", model)
+    if run_dir:
+        model = run_meta(Path(run_dir)).get("model", model)
     scale = scale_of(model)
     return TINY_NOTE if scale == "tiny" else scale
 
@@ -85,9 +86,11 @@ def _score(cfg: DictConfig, scorer: str) -> tuple[ScoreResult, dict[str, Any], P
         return get_method(scorer)(cfg.run_dir, cfg), {}, None
     if not cfg.samples_dir or not cfg.metrics_dir:
         raise ValueError("Give run_dir=<run folder with samples/>, or samples_dir= and metrics_dir=.")
-    path = Path(cfg.samples_dir) / f"{bench}.jsonl"
+    path = Path(cfg.samples_dir) / f"{cfg.eval.get('samples') or bench}.jsonl"  # eval.samples: another's file
     if not path.is_file():
-        raise FileNotFoundError(f"No sample file {path}: run `python -m ts2.sample ... eval={bench}` first.")
+        raise FileNotFoundError(
+            f"No sample file {path}: run `python -m ts2.sample ... eval={path.stem}` first."
+        )
     meta_path = path.with_suffix(".meta.json")
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     if meta and not meta.get("complete", False) and not cfg.allow_incomplete:

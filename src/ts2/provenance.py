@@ -1,7 +1,9 @@
-"""Provenance recorded by every stage (run.json, samples meta, metrics files): git sha and package versions."""
+"""Provenance recorded by every stage (run.json, samples meta, metrics files): git sha, package versions, and
+the stage's own log file (``train.log``, ``sample.log``)."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +36,11 @@ def versions(*extra: str) -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
+
+
+def log_to_file(path: Path) -> logging.Handler:
+    """Send the root logger to ``path`` too (what Hydra's job log did, but only once a run is accepted)."""
+    handler = logging.FileHandler(path, encoding="utf-8", delay=True)  # created on the first record
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    logging.getLogger().addHandler(handler)
+    return handler

@@ -4,8 +4,9 @@ Every sub-folder of ``runs_dir`` with a ``run.json`` (written by ``ts2.train``) 
 ordered by its method's ``name``/``order`` (saved config, else ``conf/method/``). Writes ``results/<name>.csv``
 (every number, with ``<bench>/n_prompts``, ``n_samples``, ``complete`` and CI bounds per benchmark, and the
 training ``status``), ``<name>.md`` and ``<name>.tex`` (the Table-1 columns as a :class:`ts2.table.Table`:
-marked cells, ``missing`` benchmarks, a legend) and ``<name>_winrate.png``. Benchmarks scored on different
-sizes in one column are an error unless ``allow_mixed=true``. Each cell shows its 95% CI, a mark when it differs
+marked cells, ``missing`` benchmarks, a legend), then the figures (``figures:``, :mod:`ts2.analysis.figures`)
+into ``<out_dir>/figures/``. Benchmarks scored on different sizes in one column are an error unless
+``allow_mixed=true``. Each cell shows its 95% CI, a mark when it differs
 significantly from CE (paired bootstrap, :mod:`ts2.claims`) and the poster's value beside it; under the table,
 one line per poster claim says whether it is reproduced, not reproduced or inconclusive at this scale, with the
 quality (held-out CE) gap beside it; MT-Bench-101 and OpenLLM results get their own tables. Tiny-scale numbers
@@ -19,25 +20,25 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from ts2 import cli
 from ts2 import table as T
+from ts2.analysis.figures import FigureOptions, figure_names, write_figures
 from ts2.claims import judge, load_claims, verdict_line
 from ts2.conf import CONF_DIR, check_config
 from ts2.paths import check_output_dir
-from ts2.runs import collect
+from ts2.runs import RunRecord, collect
 
 log = logging.getLogger("ts2.report")
 
 
-def claims_section(path: Path | None, runs: list[dict[str, Any]], results: dict, scale: str) -> list[str]:
+def claims_section(path: Path | None, runs: list[RunRecord], results: dict, scale: str) -> list[str]:
     """One line per poster claim: reproduced / not reproduced / inconclusive at this scale, with CIs."""
     if not path or not path.is_file():
         return []
     specs, quality = load_claims(path)
-    names = {r["method"].id: r["method"].name for r in runs}
+    names = {r.method.id: r.method.name for r in runs}
     lines = ["## The poster's claims at this scale", ""]
     lines += [verdict_line(judge(s, results, quality), names, scale) for s in specs]
     return [*lines, ""]
@@ -50,10 +51,19 @@ def report(
     paper_numbers: Path | None = None,
     allow_mixed: bool = False,
     columns: dict[str, str] | None = None,
+    figures: list[str] | None = None,
+    allow_missing: bool = False,
 ) -> dict[str, Path]:
-    """Write the csv/md/tex/png of ``runs_dir``; every error is raised before anything is written."""
+    """Write the csv/md/tex of ``runs_dir`` and the figures ``figures`` (None: every one with data); every
+    error in the tables is raised before anything is written."""
     columns = columns or dict(OmegaConf.load(Path(CONF_DIR) / "report.yaml").columns)
     check_output_dir(out_dir, "out_dir")
+    names = figure_names(figures)  # an unknown figure is an error before anything is written
+    if name == "alpha_sweep" and "alpha_sweep" in names:
+        raise ValueError(
+            f"name={name}: {out_dir}/{name}.csv is the α sweep figure's table; choose another name= "
+            "(e.g. name=alpha_sweep_tiny)."
+        )
     runs = collect(runs_dir)
     df, pub = T.frame(runs), T.load_paper(paper_numbers)
     scales = sorted(set(df["scale"]))
@@ -74,9 +84,9 @@ def report(
             "AlpacaEval-2 reference; diversity scores ×100 (PAPER.md §4)."
         )
     table = T.build_table(runs, [T.Column(k, h) for k, h in columns.items()], title, notes, allow_mixed)
-    results = {r["method"].id: [] for r in runs}
+    results: dict[str, list[dict[str, Any]]] = {r.method.id: [] for r in runs}
     for r in runs:
-        results[r["method"].id].append(r["metrics"])
+        results[r.method.id].append(r.metrics)
     T.annotate(table, runs, pub.get(model) or {}, results)
     for col, by_method in (pub.get(model) or {}).items():
         df[f"paper:{col}"] = df["method"].map(by_method)
@@ -113,39 +123,10 @@ def report(
     df.to_csv(paths["csv"], index=False)
     paths["md"].write_text(T.to_markdown(table) + ("\n" + "\n".join(sections) if sections else ""))
     paths["tex"].write_text(T.to_latex(table))
-    if plot_win_rate(runs, df, out_dir / f"{name}_winrate.png", title):
-        paths["png"] = out_dir / f"{name}_winrate.png"
-    from ts2.analysis.figures import write_figures  # BoN curves, quality–diversity plane, TSPD, tokens
-
-    paths.update({f"figure:{p.name}": p for p in write_figures(runs, out_dir / "figures", title)})
+    drawn = write_figures(runs, out_dir, figures, FigureOptions(title, allow_missing))
+    paths.update({f"figure:{p.name}": p for p in drawn})
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))
     return paths
-
-
-def plot_win_rate(runs: list[dict[str, Any]], df: pd.DataFrame, path: Path, title: str) -> bool:
-    cols = sorted(
-        (c for c in df.columns if c.startswith("alpaca_eval/win_rate@") and c[-1].isdigit()),
-        key=lambda c: int(c.rsplit("@", 1)[1]),
-    )
-    if not cols:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ns = [int(c.rsplit("@", 1)[1]) for c in cols]
-    for r, (_, row) in zip(runs, df.iterrows(), strict=True):
-        ax.plot(ns, [row[c] for c in cols], marker="o", label=r["method"].name)
-    ax.set(xlabel="n (best of n samples)", ylabel="win rate vs GPT-4-Turbo (%)")
-    ax.set_xscale("log", base=2)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
 
 
 @hydra.main(config_path=CONF_DIR, config_name="report", version_base="1.3")
@@ -153,7 +134,17 @@ def plot_win_rate(runs: list[dict[str, Any]], df: pd.DataFrame, path: Path, titl
 def main(cfg: DictConfig) -> None:
     check_config(cfg, "report")
     paper = Path(cfg.paper_numbers) if cfg.paper_numbers else None
-    report(Path(cfg.runs_dir), cfg.name, Path(cfg.out_dir), paper, bool(cfg.allow_mixed), dict(cfg.columns))
+    figures = None if cfg.figures is None else list(cfg.figures)
+    report(
+        Path(cfg.runs_dir),
+        cfg.name,
+        Path(cfg.out_dir),
+        paper,
+        bool(cfg.allow_mixed),
+        dict(cfg.columns),
+        figures,
+        bool(cfg.allow_missing),
+    )
 
 
 if __name__ == "__main__":

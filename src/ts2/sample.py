@@ -3,7 +3,7 @@
 Writes ``<out_dir>/<bench>.jsonl`` (one line per (prompt, sample); PAPER.md §4, schema in evaluation/README.md),
 ``<bench>.meta.json`` and ``sample.log``. The model: ``run_dir=<finished training run>`` (out_dir defaults to
 ``<run_dir>/samples``; quote it: ``"run_dir='runs/train/method=ts2'"``), ``model_path=<folder or hub id>``
-(+ ``model=<config>``) or ``model=<config>`` alone (:func:`ts2.runs.model_source`). ``eval=[a,b]`` samples
+(+ ``model=<config>``) or ``model=<config>`` alone (:func:`ts2.models.source.model_source`). ``eval=[a,b]`` samples
 each benchmark in turn, model loaded once; ``sample.*`` overrides the benchmark's ``eval.sample``. A rerun
 resumes (finished pairs skipped, torn last line dropped, the same samples as an uninterrupted run);
 ``overwrite=true`` starts afresh. A refused command writes nothing.
@@ -22,16 +22,16 @@ from omegaconf import DictConfig
 
 from ts2 import cli
 from ts2.conf import CONF_DIR, check_config, compose_all, split_eval_list
+from ts2.models.source import ModelSource, _container, model_source
 from ts2.paths import check_output_dir
-from ts2.runs import ModelSource, _container, log_to_file, model_source, start_samples
+from ts2.provenance import log_to_file
 from ts2.sampling import samples_dir  # noqa: F401  (registers the ts2_samples_dir resolver)
 from ts2.sampling.backends import SamplingParams, check_context, model_context
 from ts2.sampling.prompts import PromptRecord
 from ts2.sampling.shards import parse_shard, samples_path, shard_batches, shard_meta, shard_pairs
-from ts2.sampling.store import REQUIRED_FIELDS, SampleStore
+from ts2.sampling.store import REQUIRED_FIELDS, SampleStore, start_samples
 
 log = logging.getLogger("ts2.sample")
-resolve_model = model_source  # the name other modules import
 
 
 def load_prompts(cfg: DictConfig) -> list[PromptRecord]:

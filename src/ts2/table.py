@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from ts2.claims import significance
+from ts2.claims import resolve_metric, significance
+from ts2.runs import RunRecord
 
 MARKS = {  # mark -> (symbol, legend)
     "partial": (
@@ -154,9 +155,7 @@ def cell_of(metrics_file: dict[str, Any] | None, metric: str, finished: bool) ->
     if metrics_file is None:
         return Cell(marks=marks)
     values = metrics_file.get("metrics", {})
-    if metric == "win_rate@max":  # the largest n of the best-of-n curve
-        ns = [int(k.split("@")[1]) for k in values if k.startswith("win_rate@") and k.split("@")[1].isdigit()]
-        metric = f"win_rate@{max(ns)}" if ns else metric
+    metric = resolve_metric(metrics_file, metric)  # win_rate@max: the largest n of the best-of-n curve
     ci = (metrics_file.get("ci") or {}).get(metric)
     if not metrics_file.get("complete", False):
         marks.add("partial")
@@ -171,35 +170,31 @@ def cell_of(metrics_file: dict[str, Any] | None, metric: str, finished: bool) ->
 
 
 def build_table(
-    runs: list[dict[str, Any]], columns: list[Column], title: str, notes: list[str], allow_mixed: bool
+    runs: list[RunRecord], columns: list[Column], title: str, notes: list[str], allow_mixed: bool
 ) -> Table:
-    """Rows = runs (records of :func:`ts2.runs.load_run`), columns = ``columns`` with any value; cells marked."""
-    benches = {b for r in runs for b in r["metrics"]} | {"train"}
+    """Rows = runs, columns = ``columns`` with any value; cells marked."""
+    benches = {b for r in runs for b in r.metrics} | {"train"}
     cols = [c for c in columns if c.bench in benches]
-    dup = Counter(r["method"].id for r in runs)
+    dup = Counter(r.method.id for r in runs)
     rows = []
     for r in runs:
-        finished = r["status"] == "finished"
+        finished = r.finished
         cells = {
             c.key: (
-                Cell(r["train"].get(c.key.split("/")[1]), marks=set() if finished else {"unfinished"})
+                Cell(r.train.get(c.key.split("/")[1]), marks=set() if finished else {"unfinished"})
                 if c.bench == "train"
-                else cell_of(r["metrics"].get(c.bench), c.key.split("/", 1)[1], finished)
+                else cell_of(r.metrics.get(c.bench), c.key.split("/", 1)[1], finished)
             )
             for c in cols
         }
-        label = r["method"].name + (f" ({r['run']})" if dup[r["method"].id] > 1 else "")
-        rows.append(Row(label + ("" if finished else " ‡"), r["run"], cells))
+        label = r.method.name + (f" ({r.name})" if dup[r.method.id] > 1 else "")
+        rows.append(Row(label + ("" if finished else " ‡"), r.name, cells))
     for bench in sorted(benches - {"train"}):
         for c in (c for c in cols if c.bench == bench):
             size_marks({row.run: row.cells[c.key] for row in rows}, bench, allow_mixed)
     cols = [c for c in cols if any(row.cells[c.key].value is not None for row in rows)]
     sizes = sorted(
-        {
-            f"{b}: {m.get('num_prompts')} prompts, {m.get('num_samples')} samples"
-            for r in runs
-            for b, m in r["metrics"].items()
-        }
+        {f"{b}: {z.prompts} prompts, {z.samples} samples" for r in runs for b, z in r.sizes.items()}
     )
     return Table(
         title, [*notes, "Sizes: " + "; ".join(sizes) + "." if sizes else "No metrics files."], cols, rows
@@ -208,7 +203,7 @@ def build_table(
 
 def sub_table(
     title: str,
-    runs: list[dict[str, Any]],
+    runs: list[RunRecord],
     columns: dict[str, str],
     paper: dict[str, dict[str, float]] | None = None,
     paper_label: str = "paper",
@@ -218,19 +213,18 @@ def sub_table(
     method the poster prints (``paper``: method id -> column key -> value). Empty when no run has the data."""
     rows = []
     for r in runs:
-        finished = r["status"] == "finished"
-        cells = [cell_of(r["metrics"].get(k.split("/", 1)[0]), k.split("/", 1)[1], finished) for k in columns]
+        cells = [cell_of(r.metrics.get(k.split("/", 1)[0]), k.split("/", 1)[1], r.finished) for k in columns]
         if any(c.value is not None for c in cells):
-            rows.append([r["method"].name + ("" if finished else " ‡"), *[c.text() for c in cells]])
+            rows.append([r.method.name + ("" if r.finished else " ‡"), *[c.text() for c in cells]])
     if not rows:
         return []
+    benches = {k.split("/", 1)[0] for k in columns}
     sizes = sorted(
         {
-            f"{k.split('/', 1)[0]}: {r['metrics'][k.split('/', 1)[0]].get('num_prompts')} prompts, "
-            f"{r['metrics'][k.split('/', 1)[0]].get('num_samples')} samples"
+            f"{b}: {z.prompts} prompts, {z.samples} samples"
             for r in runs
-            for k in columns
-            if k.split("/", 1)[0] in r["metrics"]
+            for b, z in r.sizes.items()
+            if b in benches
         }
     )
     out = [f"## {title}", "", "Sizes: " + "; ".join(sizes) + ".", ""]
@@ -245,36 +239,37 @@ def sub_table(
     return [*out, ""]
 
 
-def frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
+def frame(runs: list[RunRecord]) -> pd.DataFrame:
     """The CSV: one row per run, every number with the prompts, samples and completeness behind it."""
     rows = []
     for r in runs:
         row: dict[str, Any] = {
-            "run": r["run"],
-            "method": r["method"].id,
-            "model": r["model"],
-            "status": r["status"],
-            **{f"train/{k}": v for k, v in r["train"].items()},
+            "run": r.name,
+            "method": r.method.id,
+            "model": r.model,
+            "status": r.status,
+            **{f"train/{k}": v for k, v in r.train.items()},
         }
-        for bench, m in r["metrics"].items():
+        for bench, m in r.metrics.items():
+            z = r.sizes[bench]
             row.update(
                 {
-                    f"{bench}/n_prompts": m.get("num_prompts"),
-                    f"{bench}/n_samples": m.get("num_samples"),
-                    f"{bench}/complete": bool(m.get("complete", False)),
+                    f"{bench}/n_prompts": z.prompts,
+                    f"{bench}/n_samples": z.samples,
+                    f"{bench}/complete": z.complete,
                 }
             )
             row.update({f"{bench}/{k}": v for k, v in m["metrics"].items() if isinstance(v, (int, float))})
             for k, (lo, hi) in (m.get("ci") or {}).items():
                 row[f"{bench}/{k}/ci_lo"], row[f"{bench}/{k}/ci_hi"] = lo, hi
-        ae = r["metrics"].get("alpaca_eval")
+        ae = r.metrics.get("alpaca_eval")
         if ae and (cell := cell_of(ae, "win_rate@max", True)).value is not None:
             row["alpaca_eval/win_rate@max"] = cell.value
             row["alpaca_eval/n_max"] = max(
                 int(k.split("@")[1]) for k in ae["metrics"] if k[-1].isdigit() and "@" in k
             )
-        row["scale"] = "; ".join(sorted(r["scales"])) or "unspecified"
-        row["incomplete"] = ",".join(b for b, m in r["metrics"].items() if not m.get("complete", False))
+        row["scale"] = "; ".join(sorted(r.scales)) or "unspecified"
+        row["incomplete"] = ",".join(b for b, z in r.sizes.items() if not z.complete)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -283,10 +278,10 @@ def load_paper(path: Path | None) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(path)) if path and path.is_file() else {}
 
 
-def judge_note(runs: list[dict[str, Any]]) -> str | None:
+def judge_note(runs: list[RunRecord]) -> str | None:
     """The reward model's own held-out pairwise accuracy (95% CI), as recorded by the AlpacaEval scorer."""
     for r in runs:
-        ev = ((r["metrics"].get("alpaca_eval") or {}).get("details") or {}).get("rm_eval")
+        ev = ((r.metrics.get("alpaca_eval") or {}).get("details") or {}).get("rm_eval")
         if ev and ev.get("pairwise_accuracy") is not None:
             lo, hi = ev.get("pairwise_accuracy_ci95") or (None, None)
             ci = f" (95% CI {100 * lo:.1f}–{100 * hi:.1f})" if lo is not None else ""
@@ -296,29 +291,29 @@ def judge_note(runs: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def annotate(table: Table, runs: list[dict[str, Any]], paper: dict[str, Any], results: dict) -> None:
+def annotate(table: Table, runs: list[RunRecord], paper: dict[str, Any], results: dict) -> None:
     """Put the poster's value beside each cell and mark cells that differ significantly from CE."""
     keys = [c.key for c in table.columns if c.bench != "train"]
     sig = significance(results, keys)
     for row, r in zip(table.rows, runs, strict=True):
         for key, cell in row.cells.items():
-            cell.paper = (paper.get(key) or {}).get(r["method"].id)
-            d = sig.get((r["method"].id, key))
-            if d is not None and (d.ci[0] > 0 or d.ci[1] < 0):
+            cell.paper = (paper.get(key) or {}).get(r.method.id)
+            d = sig.get((r.method.id, key))
+            if d is not None and d.significant:
                 cell.marks.add("sig")
 
 
-def openllm_columns(runs: list[dict[str, Any]]) -> dict[str, str]:
+def openllm_columns(runs: list[RunRecord]) -> dict[str, str]:
     """majority@1, majority@N and any@N of every OpenLLM task a run was scored on (N: its largest n)."""
     cols: dict[str, str] = {}
     for bench in sorted(
-        {b for r in runs for b in r["metrics"] if b.startswith("openllm_") and b != "openllm_harness"}
+        {b for r in runs for b in r.metrics if b.startswith("openllm_") and b != "openllm_harness"}
     ):
         ns = sorted(
             {
                 int(k.split("@")[1])
                 for r in runs
-                for k in (r["metrics"].get(bench) or {}).get("metrics", {})
+                for k in (r.metrics.get(bench) or {}).get("metrics", {})
                 if k.startswith("majority@")
             }
         )
@@ -330,6 +325,6 @@ def openllm_columns(runs: list[dict[str, Any]]) -> dict[str, str]:
     return cols
 
 
-def harness_columns(runs: list[dict[str, Any]]) -> dict[str, str]:
-    keys = sorted({k for r in runs for k in (r["metrics"].get("openllm_harness") or {}).get("metrics", {})})
+def harness_columns(runs: list[RunRecord]) -> dict[str, str]:
+    keys = sorted({k for r in runs for k in (r.metrics.get("openllm_harness") or {}).get("metrics", {})})
     return {f"openllm_harness/{k}": k for k in keys}

@@ -1,9 +1,11 @@
-"""wandb for the sampling and evaluation stages: one wandb run holds one training run's whole story (issue #13
-item 6).
+"""wandb: one wandb run holds one training run's whole story (issue #13 item 6).
 
-``ts2.train`` with ``logger=wandb`` opens the wandb run of its run folder (:func:`ts2.runs.init_wandb`: id =
-the first 16 hex digits of sha1(the folder's resolved path), files under ``<run_dir>/wandb/``). ``ts2.sample``
-and ``ts2.evaluate`` given that ``run_dir=`` reopen the SAME run (same id, ``resume="allow"``) and add to it:
+``ts2.train`` with ``logger=wandb`` opens the wandb run of its run folder (:func:`init_wandb`: id = the first
+16 hex digits of sha1(the folder's resolved path), files under ``<run_dir>/wandb/``). ``ts2.sample`` and
+``ts2.evaluate`` given that ``run_dir=`` reopen the SAME run (same id, ``resume="allow"``). Every stage takes
+its settings from one builder, :func:`run_settings` (the training's live config, or the folder's saved one),
+so project, group, name and tags are equal (method id, model id, ``alpha=<α:g>``, ``seed=<seed>``, then
+``logger.tags``). The stages add:
 
 * ``ts2.sample``: ``samples/<bench>`` (a ``wandb.Table`` of the first few prompts with all their N samples:
   prompt_id, sample_idx, prompt, completion, finish_reason, num_tokens) and, in the summary,
@@ -27,12 +29,14 @@ import json
 import logging
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from ts2.runs import saved_config
 
 log = logging.getLogger("ts2.tracking")
 
@@ -40,22 +44,50 @@ SAMPLE_TABLE_PROMPTS = 4  # prompts (with all their samples) in the sample table
 
 
 def wandb_id(run_dir: str | Path) -> str:
-    """The wandb run id of a run folder: what :func:`ts2.runs.init_wandb` gives the training run."""
+    """The wandb run id of a run folder, the same for every stage."""
     return hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
 
 
-def _saved_logger(run_dir: Path) -> dict[str, Any] | None:
-    from ts2.runs import saved_config
+def run_settings(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    """The ``wandb.init`` arguments of a run folder from its config (a plain dict): the one settings builder.
 
-    saved = saved_config(run_dir)
-    if saved is None:
-        return None
-    lg = OmegaConf.to_container(saved.get("logger") or {}, resolve=False)
-    return lg if isinstance(lg, dict) else None
+    Tags: the method id, the model id, ``alpha=<α:g>`` when the loss has one (``alpha=1``, ``alpha=0.25``),
+    ``seed=<seed>``, then ``logger.tags``. The group is ``logger.group``, else the experiment ``name``.
+    """
+    run = Path(run_dir)
+    lg = cfg.get("logger") or {}
+    alpha = (cfg.get("loss") or {}).get("alpha")
+    tags = [
+        (cfg.get("method") or {}).get("id"),
+        (cfg.get("model") or {}).get("id"),
+        None if alpha is None else f"alpha={float(alpha):g}",
+        None if cfg.get("seed") is None else f"seed={cfg['seed']}",
+        *(str(t) for t in lg.get("tags") or []),
+    ]
+    group = lg.get("group")
+    if isinstance(group, str) and "${" in group:  # an unresolved ${name} (a folder saved before config.yaml)
+        group = None
+    return {
+        "project": lg.get("project") or "ts2",
+        "entity": lg.get("entity"),
+        "group": group or cfg.get("name"),
+        "tags": list(dict.fromkeys(t for t in tags if t)),
+        "id": wandb_id(run),
+        "name": run.name,
+        "dir": str(run),
+        "resume": "allow",
+    }
+
+
+def _saved(run: Path) -> dict[str, Any]:
+    saved = saved_config(run)
+    out = OmegaConf.to_container(saved, resolve=False) if saved is not None else {}
+    return out if isinstance(out, dict) else {}
 
 
 def wandb_settings(run_dir: str | Path | None, force: bool | None) -> dict[str, Any] | None:
-    """The wandb.init arguments for a stage of ``run_dir``, or None when it should not log.
+    """The wandb.init arguments for a later stage of ``run_dir`` (its saved config), or None when it should
+    not log.
 
     ``force``: None follows the training run's saved ``logger.backend``; True logs (needs ``run_dir``);
     False never logs.
@@ -68,41 +100,25 @@ def wandb_settings(run_dir: str | Path | None, force: bool | None) -> dict[str, 
                 "wandb=true needs run_dir=<training run folder> (its wandb run is reopened); not logging."
             )
         return None
-    run = Path(run_dir)
-    lg = _saved_logger(run) or {}
-    if force is None and lg.get("backend") != "wandb":
+    saved = _saved(Path(run_dir))
+    if force is None and (saved.get("logger") or {}).get("backend") != "wandb":
         return None
-    saved = _saved(run)
-    tags = [*(x for x in (saved.get("method", {}).get("id"), saved.get("model", {}).get("id")) if x)]
-    tags += [str(t) for t in lg.get("tags") or []]
-    alpha = (saved.get("loss") or {}).get("alpha")
-    if alpha is not None:
-        tags.append(f"alpha={alpha}")
-    if saved.get("seed") is not None:
-        tags.append(f"seed={saved['seed']}")
-    group = lg.get("group")
-    if isinstance(group, str) and "${" in group:  # ${name}: the experiment name of the training run
-        group = saved.get("name")
-    return {
-        "project": lg.get("project") or "ts2",
-        "entity": lg.get("entity"),
-        "group": group or saved.get("name"),
-        "tags": list(dict.fromkeys(tags)),
-        "id": wandb_id(run),
-        "name": run.name,
-        "dir": str(run),
-        "resume": "allow",
-    }
+    return run_settings(saved, run_dir)
 
 
-def _saved(run: Path) -> dict[str, Any]:
-    from ts2.runs import saved_config
+def _init(job_type: str, settings: dict[str, Any], **extra: Any) -> Any:
+    import wandb
 
-    saved = saved_config(run)
-    if saved is None:
-        return {}
-    out = OmegaConf.to_container(saved, resolve=False)
-    return out if isinstance(out, dict) else {}
+    if not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")
+    return wandb.init(job_type=job_type, **settings, **extra)
+
+
+def init_wandb(cfg: DictConfig, run_dir: Path) -> Any:
+    """The training's wandb run of its run folder (offline without WANDB_API_KEY); a resumed training
+    continues it (one wandb run per run folder)."""
+    full = OmegaConf.to_container(cfg, resolve=True)
+    return _init("train", run_settings(full, run_dir), config=full)
 
 
 @contextmanager
@@ -114,9 +130,7 @@ def stage_run(run_dir: str | Path | None, job_type: str, force: bool | None = No
         return
     import wandb
 
-    if not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")
-    run = wandb.init(job_type=job_type, **settings)
+    run = _init(job_type, settings)
     try:
         yield run
     finally:

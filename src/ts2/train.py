@@ -13,8 +13,10 @@ Training uses ``transformers.Trainer`` with the configured loss as ``compute_los
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,8 @@ from ts2 import cli, runs
 from ts2.conf import CONF_DIR, check_config, check_model_source, scale_of, training_kwargs
 from ts2.paths import check_output_dir
 from ts2.provenance import git_sha, versions
+from ts2.tracking import init_wandb
+from ts2.trainer import ce_log_schedule, jsonl_log_callback, run_totals, trainer_class
 
 log = logging.getLogger("ts2.train")
 
@@ -36,12 +40,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
     from ts2.data import build_sft_dataset
-    from ts2.distributed import check_launch, export_submitit_env
+    from ts2.distributed import bind_visible_gpu, check_device, check_launch, export_submitit_env
     from ts2.models import load_model, load_tokenizer, resolve_model_path
-    from ts2.objective import CausalLMObjective, HiddenPassthrough, make_loss
+    from ts2.objective import CausalLMObjective, fused_head, make_loss
 
     # Nothing is written until the config, the folder, the model and the data have all been accepted.
+    check_device(cfg.model)  # a paper-scale model needs CUDA GPUs: stop before anything loads
     export_submitit_env()  # a task of a hydra/launcher=slurm job becomes one torch.distributed rank
+    bind_visible_gpu()  # one GPU bound per SLURM task: use the one it sees
     launch = check_launch(cfg.train)  # batch vs world size, NCCL, deepspeed (ts2.distributed)
     loss, loss_settings = make_loss(cfg.loss)
     args = {**training_kwargs(cfg), **launch.training_args()}
@@ -61,6 +67,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         **{k: cfg[k].id for k in ("method", "model", "loss", "data")},
         "scale": scale_of(cfg.model),
         "model_path": model_path,
+        **({"weights": cfg.model.provenance} if cfg.model.get("provenance") else {}),  # e.g. GGUF-dequantized
         "examples": len(data.examples),
         "skipped_rows": len(data.skipped),
         "response_tokens": n_tokens,
@@ -81,20 +88,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         model = load_model(cfg.model, model_path)
         model.config.use_cache = False
-        head = None
-        if cfg.loss.fused:
-            head = model.get_output_embeddings()
-            model.set_output_embeddings(HiddenPassthrough(head))
-        objective = CausalLMObjective(
-            loss,
-            fused=loss_settings.fused,
-            chunk_size=loss_settings.chunk_size,
-            head=model.get_output_embeddings(),
-        )
+        objective = CausalLMObjective(loss, fused=loss_settings.fused, chunk_size=loss_settings.chunk_size)
         if cfg.logger.backend == "wandb" and runs.is_main_process():
-            wandb_run = runs.init_wandb(cfg, run_dir)
+            wandb_run = init_wandb(cfg, run_dir)
         totals = run_totals(claim.resume_from)  # loss and runtime of the whole run, across resumes
-        trainer = runs.trainer_class()(
+        trainer = trainer_class()(
             model=model,
             args=TrainingArguments(
                 output_dir=str(run_dir),
@@ -108,16 +106,12 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             processing_class=tokenizer,
             compute_loss_func=objective,
-            callbacks=[
-                runs.jsonl_log_callback(run_dir / "train_log.jsonl"),
-                runs.ce_log_schedule(objective),
-                totals,
-            ],
+            callbacks=[jsonl_log_callback(run_dir / "train_log.jsonl"), ce_log_schedule(objective), totals],
         )
         resume = str(claim.resume_from) if claim.resume_from else None
-        result = trainer.train(resume_from_checkpoint=resume)
-        if head is not None:
-            model.set_output_embeddings(head)
+        # Fused: the forward returns hidden states + head weight; the modules (what is saved) stay as they are.
+        with fused_head(model) if loss_settings.fused else contextlib.nullcontext():
+            result = trainer.train(resume_from_checkpoint=resume)
         if cfg.model.get("eos_token_ids"):  # PAPER.md §3: generation stops at these after training
             model.generation_config.eos_token_id = list(cfg.model.eos_token_ids)
         if cfg.train.save_final_model:
@@ -144,6 +138,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if trainer.is_world_process_zero():
             (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         runs.update_status(run_dir, "finished", global_step=summary["global_step"])
+        # train.keep_checkpoints=false (paper experiments; ~128 GB each, ts2.plan): once the run is finished and
+        # its final model written, the checkpoints that made it resumable go, as the official recipe keeps none.
+        if (
+            cfg.train.save_final_model
+            and not cfg.train.get("keep_checkpoints", True)
+            and runs.is_main_process()
+        ):
+            for ckpt in run_dir.glob("checkpoint-*"):
+                shutil.rmtree(ckpt)
         log.info("done: %s", json.dumps({k: summary[k] for k in ("global_step", "first_loss", "last_loss")}))
         return summary
     except BaseException as err:  # a crash or Ctrl-C: the folder says so (a SIGKILL leaves "running")
@@ -157,82 +160,6 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if handler is not None:
             logging.getLogger().removeHandler(handler)
             handler.close()
-
-
-TOTALS_FILE = "ts2_totals.json"
-
-
-def run_totals(resume_from: Path | None) -> Any:
-    """A Trainer callback keeping the totals of the whole run across resumes, for ``train_summary.json``.
-
-    At every checkpoint it writes ``<checkpoint>/ts2_totals.json``: the step, the training loss summed over
-    the optimizer steps so far (each logged mean times the steps it covers) and the training wall time so far;
-    a resumed run starts from its checkpoint's file (``.before``; zeros for a fresh run or an older
-    checkpoint without it). It also logs every checkpoint step, so that the logged losses cover every step up
-    to it. Whole-run mean loss = (``before["loss_sum"]`` + this process's mean x its steps) / global step
-    (:meth:`whole_run`); the runtime counts each segment up to its last checkpoint (work redone after a kill
-    is not counted twice).
-    """
-    import time
-
-    from transformers import TrainerCallback
-
-    before = {"step": 0, "loss_sum": 0.0, "train_runtime_s": 0.0}
-    saved = resume_from / TOTALS_FILE if resume_from is not None else None
-    if saved is not None and saved.is_file():
-        before.update(runs.read_json(saved))
-    elif resume_from is not None:  # a checkpoint written before these totals: its losses from its own log
-        state = runs.read_json(resume_from / "trainer_state.json")
-        last = 0
-        for rec in state.get("log_history", []):
-            if "loss" in rec and "train_runtime" not in rec:
-                before["loss_sum"] += rec["loss"] * (rec["step"] - last)
-                last = rec["step"]
-        before["step"] = last
-        log.warning("%s has no %s: the summary's runtime covers this process only.", resume_from, TOTALS_FILE)
-
-    class RunTotals(TrainerCallback):
-        def __init__(self) -> None:
-            self.before = dict(before)
-            self.start = int(resume_from.name.split("-")[-1]) if resume_from is not None else 0
-            self.loss_sum, self.step, self.t0 = before["loss_sum"], int(before["step"]), time.time()
-
-        def whole_run(
-            self, global_step: int, mean_loss: float, metrics: dict[str, float]
-        ) -> dict[str, float]:
-            """``train_loss_mean`` and ``train_runtime_s`` of the whole run from this process's part."""
-            steps = global_step - self.start  # what this process trained (Trainer's own mean is over these)
-            return {
-                "train_runtime_s": round(
-                    self.before["train_runtime_s"] + metrics.get("train_runtime", 0.0), 2
-                ),
-                "train_loss_mean": (self.before["loss_sum"] + mean_loss * steps)
-                / max(self.before["step"] + steps, 1),
-            }
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.t0 = time.time()
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if control.should_save:
-                control.should_log = True  # a log record at each checkpoint step: its losses are all counted
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs and "train_runtime" not in logs:
-                self.loss_sum += float(logs["loss"]) * (state.global_step - self.step)
-                self.step = state.global_step
-
-        def on_save(self, args, state, control, **kwargs):
-            if state.is_world_process_zero:
-                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                totals = {
-                    "step": self.step,
-                    "loss_sum": self.loss_sum,
-                    "train_runtime_s": self.before["train_runtime_s"] + time.time() - self.t0,
-                }
-                (ckpt / TOTALS_FILE).write_text(json.dumps(totals))
-
-    return RunTotals()
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")

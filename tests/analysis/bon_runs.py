@@ -32,12 +32,12 @@ def rewards(
 
 
 def alpaca_metrics(r: np.ndarray, ref: np.ndarray, div_shift: float, seed: int, ids=None) -> dict:
-    from ts2.eval.best_of_n import best_of_n_grid, bootstrap_ci, per_prompt_win
+    from ts2.eval.best_of_n import best_of_n_grid, per_prompt_win
     from ts2.eval.stats import bootstrap_cis
 
     ns = best_of_n_grid(r.shape[1])
     per = {n: per_prompt_win(r, ref, n) for n in ns}
-    ci = bootstrap_ci(per, n_resamples=1000, seed=0)
+    ci = bootstrap_cis(per, n_resamples=1000, seed=0)
     rng = np.random.default_rng(seed + 100)
     div = {
         "ngram": rng.normal(40 + div_shift, 5, r.shape[0]),
@@ -50,7 +50,7 @@ def alpaca_metrics(r: np.ndarray, ref: np.ndarray, div_shift: float, seed: int, 
             **{f"win_rate@{n}": float(v.mean()) for n, v in per.items()},
             **{k: float(v.mean()) for k, v in div.items()},
         },
-        "ci": {**{f"win_rate@{n}": ci[n] for n in ns}, **{k: list(v) for k, v in dci.items()}},
+        "ci": {**{f"win_rate@{n}": list(ci[n]) for n in ns}, **{k: list(v) for k, v in dci.items()}},
         "per_prompt": {
             **{f"win_rate@{n}": [float(x) for x in v] for n, v in per.items()},
             **{k: [float(x) for x in v] for k, v in div.items()},

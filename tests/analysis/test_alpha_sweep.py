@@ -1,6 +1,7 @@
 """`ts2.analysis.alpha_sweep` and experiments/alpha_sweep/run.sh (issue #13 item 4): the figure from synthetic
-metrics files (a PNG; missing data refused or flagged), the cost estimate's arithmetic, and the sweep's Hydra
-multirun composing its 12 configs into 12 distinct run folders (in-process, nothing trained)."""
+run folders through `ts2.report ... figures=[alpha_sweep]` (a PNG and a CSV; missing data refused or flagged),
+the cost estimate's arithmetic, and the sweep's Hydra multirun composing its 12 configs into 12 distinct run
+folders (in-process, nothing trained)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from ts2.analysis import alpha_sweep as sw
+from ts2.runs import collect
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_SH = REPO / "experiments" / "alpha_sweep" / "run.sh"
@@ -42,7 +44,7 @@ def make_run(
     run = root / f"loss.alpha={alpha:g},loss.clamp={'null' if clamp is None else clamp},method=ts2"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(yaml.safe_dump({"loss": {"id": "ts2", "alpha": alpha, "clamp": clamp}}))
-    (run / "run.json").write_text(json.dumps({"status": status, "scale": "tiny"}))
+    (run / "run.json").write_text(json.dumps({"method": "ts2", "status": status, "scale": "tiny"}))
     (run / "train_log.jsonl").write_text(
         json.dumps({"step": 5, "loss": 1.0, "ce": 3.0, "entropy": 4.0, "support_size": 3.0})
         + "\n"
@@ -81,7 +83,9 @@ def sweep(tmp_path: Path) -> Path:
 
 
 def test_report_reads_every_run_and_draws_a_png(sweep: Path, tmp_path: Path) -> None:
-    points = sw.collect(sweep)
+    from ts2.report import report
+
+    points = sw.collect(collect(sweep))
     assert len(points) == 12 and not any(p.missing for p in points)
     assert [(p.alpha, p.clamp) for p in points] == [
         (a, c) for c in sw.DEFAULT_CLAMPS for a in sorted(sw.DEFAULT_ALPHAS)
@@ -92,11 +96,12 @@ def test_report_reads_every_run_and_draws_a_png(sweep: Path, tmp_path: Path) -> 
     assert p.train == {"entropy": 2.5, "support_size": 2.5}  # the last logged step
     assert "TINY SCALE" in sw.figure_title(points) and "FLAGGED" not in sw.figure_title(points)
 
-    out = sw.alpha_sweep_report(sweep, tmp_path / "results")
-    png = out["figure"]
+    out = report(sweep, "alpha_sweep_tiny", tmp_path / "results", figures=["alpha_sweep"])
+    png = out["figure:alpha_sweep.png"]
     assert png == tmp_path / "results" / "figures" / "alpha_sweep.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 20_000
-    rows = list(csv.DictReader(out["table"].open()))
+    assert out["figure:alpha_sweep.csv"] == tmp_path / "results" / "alpha_sweep.csv"
+    rows = list(csv.DictReader(out["figure:alpha_sweep.csv"].open()))
     assert len(rows) == 12
     r = next(r for r in rows if r["alpha"] == "2.0" and r["clamp"] == "0.99")
     assert (
@@ -116,19 +121,23 @@ def test_missing_results_are_refused_or_flagged(sweep: Path, tmp_path: Path) -> 
     make_run(root, 1.0, None, metrics=False)
     make_run(root, 0.1, 0.99, complete=False, drop_ci="sent_bert")
     with pytest.raises(ValueError, match=r"2 run\(s\) of the sweep lack results") as err:
-        sw.collect(root)
+        sw.collect(collect(root))
     msg = str(err.value)
     assert "loss.alpha=1,loss.clamp=null" in msg and "no metrics/alpaca_eval.json" in msg
     assert "incomplete (3 prompts missing)" in msg and "no CI for ['sent_bert']" in msg
-    points = sw.collect(root, allow_missing=True)
+    points = sw.collect(collect(root), allow_missing=True)
     flagged = [p for p in points if p.missing]
     assert {(p.alpha, p.clamp) for p in flagged} == {(1.0, None), (0.1, 0.99)}
     title = sw.figure_title(points)
     assert "FLAGGED" in title and "α=1/clamp off" in title and "α=0.1/clamp 0.99" in title
-    png = sw.alpha_sweep_figure(points, tmp_path / "flagged.png")
+    png = sw.sweep_figure(points, tmp_path / "flagged.png")
     assert png.read_bytes()[:8] == PNG_MAGIC
+    from ts2.analysis.figures import FigureOptions, alpha_sweep
+
     with pytest.raises(ValueError, match="lack results"):
-        sw.alpha_sweep_report(root, tmp_path / "r")
+        alpha_sweep(collect(root), tmp_path / "r", FigureOptions())
+    flagged_png, _ = alpha_sweep(collect(root), tmp_path / "r", FigureOptions(allow_missing=True))
+    assert flagged_png.read_bytes()[:8] == PNG_MAGIC
 
 
 def test_bad_sweeps_are_clear_errors(tmp_path: Path) -> None:
@@ -136,20 +145,21 @@ def test_bad_sweeps_are_clear_errors(tmp_path: Path) -> None:
     make_run(root / "a", 0.25, 0.99)
     make_run(root / "b", 0.25, 0.99)
     with pytest.raises(ValueError, match=r"two runs with alpha=0.25, clamp=0.99"):
-        sw.collect([*(root / "a").iterdir(), *(root / "b").iterdir()])
-    with pytest.raises(FileNotFoundError, match="is not a directory"):
-        sw.collect(tmp_path / "nowhere")
-    empty = tmp_path / "empty"
-    empty.mkdir()
+        sw.collect([*collect(root / "a"), *collect(root / "b")])
     with pytest.raises(ValueError, match="no run folders"):
-        sw.collect(empty)
+        sw.collect([])
     ce = tmp_path / "ce" / "method=ce"
     ce.mkdir(parents=True)
     (ce / "config.yaml").write_text(yaml.safe_dump({"loss": {"id": "ce"}}))
+    (ce / "run.json").write_text(json.dumps({"method": "ce", "status": "finished"}))
     with pytest.raises(ValueError, match=r"loss \('ce'\) has no alpha"):
-        sw.collect(tmp_path / "ce")
+        sw.collect(collect(tmp_path / "ce"))
     with pytest.raises(ValueError, match="no run has metric 'pass@1'"):
-        sw.alpha_sweep_figure(sw.collect(root / "a"), tmp_path / "x.png", metrics=["pass@1"])
+        sw.sweep_figure(sw.collect(collect(root / "a")), tmp_path / "x.png", metrics=["pass@1"])
+    from ts2.analysis.figures import FigureOptions, NoData, alpha_sweep
+
+    with pytest.raises(NoData, match="at least two α values"):  # one α is not a sweep: the figure is skipped
+        alpha_sweep(collect(root / "a"), tmp_path / "r", FigureOptions())
 
 
 def test_estimate_cost_arithmetic() -> None:
@@ -219,7 +229,7 @@ def test_micro_sweep_through_the_script(tmp_path: Path) -> None:
         "PY": sys.executable,
     }
     subprocess.run(["bash", str(RUN_SH)], env={**os.environ, **env}, check=True, timeout=900)
-    (run,) = sw.run_folders(tmp_path / "runs" / "micro")
+    (run,) = collect(tmp_path / "runs" / "micro")
     point = sw.read_point(run)
     assert (point.alpha, point.clamp, point.missing) == (0.25, 0.99, ())
     assert {"win_rate@1", "win_rate@2", "ngram", "self_bleu", "sent_bert"} <= set(point.ci)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ts2.analysis.bon import bon_curves, bon_differences, bootstrap_means, estimates, plane_points
+from ts2.analysis.bon import bon_curves, bon_differences, estimates, plane_points
+from ts2.eval.stats import bootstrap_means
 from ts2.runs import collect
 
 from .bon_runs import METHODS, alpaca_metrics, heldout_metrics, make_run, make_table, rewards
@@ -74,8 +75,8 @@ def test_differences_to_ce_are_paired_means(tmp_path):
     runs = collect(tmp_path)
     diffs = {d.method: d for d in bon_differences(runs)}
     assert set(diffs) == {"sparsemax", "ts2"}
-    ce = next(r for r in runs if r["method"].id == "ce")["metrics"]["alpaca_eval"]
-    ts2 = next(r for r in runs if r["method"].id == "ts2")["metrics"]["alpaca_eval"]
+    ce = next(r for r in runs if r.method.id == "ce").metrics["alpaca_eval"]
+    ts2 = next(r for r in runs if r.method.id == "ts2").metrics["alpaca_eval"]
     for i, n in enumerate(diffs["ts2"].ns):
         d = np.mean(ts2["per_prompt"][f"win_rate@{n}"]) - np.mean(ce["per_prompt"][f"win_rate@{n}"])
         assert diffs["ts2"].mean[i] == pytest.approx(d, abs=1e-9)
@@ -87,7 +88,7 @@ def test_plane_points_read_quality_and_diversity_with_their_cis(tmp_path):
     runs = collect(tmp_path)
     pts = {p[0]: p for p in plane_points(runs, "heldout_ce/heldout_ce", "alpaca_eval/ngram")}
     assert list(pts) == ["ce", "sparsemax", "ts2"]  # the table's method order
-    ce_file = runs[0]["metrics"]
+    ce_file = runs[0].metrics
     _, name, x, y = pts["ce"]
     assert name == METHODS["ce"]["name"]
     assert x.mean == pytest.approx(np.mean(ce_file["heldout_ce"]["per_prompt"]["heldout_ce"]))

@@ -1,4 +1,5 @@
-"""Tests for `ts2.analysis.figures.tspd_report`: table and figure from metrics files built from known values."""
+"""Tests for `ts2.analysis.figures`: every figure of the registry drawn from run records built from known values;
+a figure without data is skipped (or an error when named), a broken one fails."""
 
 from __future__ import annotations
 
@@ -8,7 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ts2.analysis.figures import FigureOptions
 from ts2.eval.tspd import quantity_names, summarize, tspd_table, write_metrics
+from ts2.runs import collect
+
+from .bon_runs import heldout_metrics, make_run, make_table
 
 
 def _metrics_file(tmp_path, method: str, shift: float):
@@ -21,14 +26,17 @@ def _metrics_file(tmp_path, method: str, shift: float):
     return write_metrics(res, None, tmp_path / method / "metrics" / "tspd.json"), values
 
 
-def test_tspd_report_table_and_figure(tmp_path, monkeypatch):
-    from ts2.analysis.figures import tspd_report
+def test_tspd_table_and_figure(tmp_path, monkeypatch):
+    from ts2.analysis.figures import tspd
 
     monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    (f_ce, v_ce), (f_ts2, _) = _metrics_file(tmp_path, "ce", 0.0), _metrics_file(tmp_path, "ts2", 0.3)
-    out = tspd_report([tmp_path / "ce", f_ts2], tmp_path / "results")
-    assert out["figure"].is_file() and out["figure"].stat().st_size > 20_000
-    table = out["table"].read_text()
+    runs = tmp_path / "runs"
+    for m in ("ce", "ts2"):
+        make_run(runs, m, m, {})
+    (f_ce, v_ce), _ = _metrics_file(runs, "ce", 0.0), _metrics_file(runs, "ts2", 0.3)
+    fig, table_md = tspd(collect(runs), tmp_path / "results", FigureOptions())
+    assert fig == tmp_path / "results" / "figures" / "tspd.png" and fig.stat().st_size > 20_000
+    table = table_md.read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ce") or line.startswith("| ts2")]
     assert len(rows) == 2 and "| tiny |" in rows[0]
     # The CE row's head@2 cell starts with the mean of the values it was built from.
@@ -69,11 +77,9 @@ def titles(monkeypatch, tmp_path):
         return save(fig, path)
 
     monkeypatch.setattr(F, "_save", spy)
-    # the testbeds' figures live with their data and save through the shared plotting module's `save`
-    import ts2.analysis.known_distribution as K
+    # the token-distribution panels are drawn by its module, through the shared plotting module's `save`
     import ts2.analysis.token_distribution as TD
 
-    monkeypatch.setattr(K, "save", spy)
     monkeypatch.setattr(TD, "save", spy)
     return seen
 
@@ -103,9 +109,6 @@ def _token_files(results, runs_dir, runs: dict[str, str]) -> None:
 
 def test_write_figures_draws_every_figure_with_data(tmp_path, titles, monkeypatch):
     import ts2.analysis.figures as F
-    from ts2.runs import collect
-
-    from .bon_runs import make_table
 
     runs_dir = make_table(tmp_path / "runs", seeds=2)
     results = tmp_path / "results"
@@ -118,7 +121,7 @@ def test_write_figures_draws_every_figure_with_data(tmp_path, titles, monkeypatc
         return real(rows, out, **kw)
 
     monkeypatch.setattr(F, "token_distribution_figure", spy)
-    paths = F.write_figures(collect(runs_dir), results / "figures", "Table 1 (t) — runs/x")
+    paths = F.write_figures(collect(runs_dir), results, options=FigureOptions("Table 1 (t) — runs/x"))
     names = sorted(p.name for p in paths)
     assert names == [
         "bon_curves.png",
@@ -142,79 +145,70 @@ def test_write_figures_draws_every_figure_with_data(tmp_path, titles, monkeypatc
     assert "TINY SCALE" in table and table.count("\n| ts2 #") == 2 and "ts2 #2 = run ts2_s1" in table
 
 
-def test_write_figures_skips_what_has_no_data(tmp_path, titles, caplog):
+def test_write_figures_skips_what_has_no_data_unless_named(tmp_path, titles, caplog):
     import logging
 
-    from ts2.analysis.figures import write_figures
-    from ts2.runs import collect
-
-    from .bon_runs import heldout_metrics, make_run
+    from ts2.analysis.figures import NoData, write_figures
 
     make_run(tmp_path / "runs", "ce", "ce", {"heldout_ce": heldout_metrics(2.0, 0)})
+    runs = collect(tmp_path / "runs")
     with caplog.at_level(logging.INFO, logger="ts2.analysis.figures"):
-        assert write_figures(collect(tmp_path / "runs"), tmp_path / "results" / "figures") == []
+        assert write_figures(runs, tmp_path / "results") == []
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(skipped) == 4 and not (tmp_path / "results" / "figures").exists()
+    assert len(skipped) == 5 and not (tmp_path / "results" / "figures").exists()
     assert any("bon_curves skipped: no run has win_rate@<n>" in s for s in skipped)
     assert any("tspd skipped: no run has metrics/tspd.json" in s for s in skipped)
+    assert any("alpha_sweep skipped: the α sweep needs runs whose loss has an alpha" in s for s in skipped)
+    with pytest.raises(NoData, match=r"figure bon_curves: no run has win_rate@<n>"):
+        write_figures(runs, tmp_path / "results", ["bon_curves"])
+    with pytest.raises(ValueError, match=r"no figure \['winrate'\]; known: \['bon_curves'"):
+        write_figures(runs, tmp_path / "results", ["winrate"])
 
 
-def test_bad_data_is_logged_and_the_other_figures_still_drawn(tmp_path, titles, caplog):
-    import logging
-
-    from ts2.analysis.figures import write_figures
-    from ts2.runs import collect
-
-    from .bon_runs import make_table
+def test_a_figure_that_fails_to_draw_fails(tmp_path, titles, monkeypatch):
+    """Bad data is an error naming what is wrong, not a log line: the report (and its test) fails."""
+    import ts2.analysis.figures as F
 
     runs_dir = make_table(tmp_path / "runs", seeds=2, tspd=False)
     f = runs_dir / "ts2_s1" / "metrics" / "alpaca_eval.json"
     m = json.loads(f.read_text())
     m["per_prompt"]["win_rate@1"] = m["per_prompt"]["win_rate@1"][:3]  # corrupted: 3 values for 40 prompts
     f.write_text(json.dumps(m))
-    with caplog.at_level(logging.INFO, logger="ts2.analysis.figures"):
-        paths = write_figures(collect(runs_dir), tmp_path / "results" / "figures")
-    assert [p.name for p in paths] == ["quality_diversity.png"]
-    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
-    assert (
-        len(errors) == 1
-        and "bon_curves failed" in errors[0]
-        and "3 values but prompt_ids has 40" in errors[0]
-    )
+    with pytest.raises(ValueError, match="3 values but prompt_ids has 40"):
+        F.write_figures(collect(runs_dir), tmp_path / "results")
+
+    def broken(runs, out_dir, options):  # a registered figure with a bug
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setitem(F.FIGURES, "broken", broken)
+    with pytest.raises(ZeroDivisionError, match="a bug"):
+        F.write_figures(collect(make_table(tmp_path / "ok", tspd=False)), tmp_path / "r2", ["broken"])
 
 
 def test_report_writes_the_figures_after_the_tables(tmp_path, titles):
     from ts2.report import report
-
-    from .bon_runs import make_table
 
     runs_dir = make_table(tmp_path / "runs", tspd=False)
     paths = report(runs_dir, "t", tmp_path / "results")
     assert paths["figure:bon_curves.png"] == tmp_path / "results" / "figures" / "bon_curves.png"
     assert paths["figure:quality_diversity.png"].is_file()
     assert "TINY" in titles["bon_curves.png"] and "Table 1 (t)" in titles["bon_curves.png"]
-
-
-def test_figures_cli_all(tmp_path, titles, capsys):
-    from ts2.analysis.figures import main
-
-    from .bon_runs import make_table
-
-    runs_dir = make_table(tmp_path / "runs", tspd=False)
-    main(["all", str(runs_dir), "--out", str(tmp_path / "res")])
-    out = capsys.readouterr().out.split()
-    assert out == [str(tmp_path / "res" / "figures" / n) for n in ("bon_curves.png", "quality_diversity.png")]
+    assert not (tmp_path / "results" / "t_winrate.png").exists()  # the win rate against n is bon_curves
+    only = report(runs_dir, "t2", tmp_path / "results2", figures=["quality_diversity"])
+    assert [k for k in only if k.startswith("figure:")] == ["figure:quality_diversity.png"]
 
 
 def test_scale_label_from_metrics_or_the_runs_model():
     from ts2.analysis.figures import scale_label
     from ts2.conf import method_info
+    from ts2.runs import RunRecord
 
-    def run(model, scales):
-        return {"method": method_info("ce"), "model": model, "scales": set(scales), "run": "r"}
+    def run(model, scale):
+        metrics = {"x": {"scale": scale}} if scale else {}
+        return RunRecord(
+            Path("r"), None, "finished", method_info("ce"), None, model, None, metrics, {}, {}, {}
+        )
 
-    assert scale_label([run("tiny", {"unspecified"})]) == "TINY SCALE (not comparable to the paper)"
-    assert scale_label([run(None, {"tiny-scale (random-init tiny model and tiny RM): ..."})]).startswith(
-        "TINY"
-    )
-    assert scale_label([run("llama31_8b", {"unspecified"})]) == "scale: paper"
+    assert scale_label([run("tiny", None)]) == "TINY SCALE (not comparable to the paper)"
+    assert scale_label([run(None, "tiny-scale (random-init tiny model and tiny RM): ...")]).startswith("TINY")
+    assert scale_label([run("llama31_8b", None)]) == "scale: paper"

@@ -115,13 +115,15 @@ def test_model_distribution_matches_forward_pass(tiny_cfg, monkeypatch):
         assert any(ch.isdigit() for ch in d["generated"][0])
 
 
-def test_cli_writes_figure_and_json(tiny_cfg, tmp_path, monkeypatch):
+def test_cli_writes_the_figures_data(tiny_cfg, tmp_path, monkeypatch):
+    """The CLI measures and writes the data; the figure is ts2.report's (tests/analysis/test_figures.py)."""
     from ts2.analysis.token_distribution import main
 
     cache, _ = tiny_cfg
     monkeypatch.setenv("TS2_CACHE_DIR", str(cache))
-    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mpl"))
-    png = main(["--model", "tiny", "--n", "2", "--out", str(tmp_path)])
-    assert png.is_file() and png.stat().st_size > 10_000
+    written = main(["--model", "tiny", "--n", "2", "--out", str(tmp_path)])
+    src = tmp_path / "token_distribution"
+    assert written == [src / "tiny_random_init.json", src / "official_8b.json"]
+    assert [p["method"] for p in json.loads(written[1].read_text())] == list(OFFICIAL_FILES)
     d = json.loads((tmp_path / "token_distribution" / "tiny_random_init.json").read_text())
     assert d["n"] == 2 and len(d["tokens"]) == 50 and not math.isnan(sum(d["probs"]))

@@ -501,3 +501,21 @@ def test_paper_encoder_offline_says_how_to_get_it(monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match="diversity=paper on a machine with hub access"):
         D.load_sentence_model(D.PAPER_SENT_BERT_MODEL + "-not-cached", allow_download=True)
+
+
+def test_paper_text_uses_the_policys_own_chatml_template(smollm2_tokenizer) -> None:
+    """SmolLM2 (ChatML): the same official procedure with its own headers ("user\\n", "assistant\\n") and its
+    end-of-turn token <|im_end|> removed; its default system line appears twice, as Llama's system block does."""
+    tok = smollm2_tokenizer
+    system = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    prompt = _prompt(tok, "Write a haiku about user\nrain.")
+    assert prompt == (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nWrite a haiku about user\nrain.<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    text = D.paper_text(tok, prompt, "Drops fall<|im_end|> softly.")
+    assert text == (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\nsystem\n{system}\nWrite a haiku about rain.\n"
+        "<|im_end|>\n<|im_start|>assistant\nDrops fall softly.<|im_end|>\n"
+    )
+    assert text.count(system) == 2 and "<|eot_id|>" not in text

@@ -76,3 +76,113 @@ def test_bad_inputs():
         stats.bootstrap_ci([1.0, 2.0], level=1.5)
     with pytest.raises(ValueError, match="n_resamples"):
         stats.bootstrap_ci([1.0], n_resamples=0)
+
+
+# Two-level bootstrap (seed runs, then prompts), hand-computed cases (moved here from tests/test_claims.py)
+
+
+def test_two_level_constant_shift_gives_a_degenerate_ci():
+    b = np.array([3.0, 1.0, 4.0, 1.0, 5.0])
+    d = stats.seeded_paired_bootstrap([(list("abcde"), b + 1.5)], [(list("abcde"), b)])
+    assert d.diff == pytest.approx(1.5)
+    assert d.ci == pytest.approx((1.5, 1.5))  # every resample of a constant difference is 1.5
+    assert d.num_prompts == 5 and d.seeds == (1, 1)
+
+
+def test_two_level_seed_runs_widen_the_ci_by_hand():
+    # a's two seeds differ from b by +4 and +2 on every prompt: a resample's difference is the mean of the two
+    # drawn seed shifts, i.e. 2, 3 or 4 (probabilities 1/4, 1/2, 1/4), so the 95% interval is [2, 4].
+    b = np.linspace(0.0, 1.0, 7)
+    ids = [str(i) for i in range(7)]
+    d = stats.seeded_paired_bootstrap([(ids, b + 4), (ids, b + 2)], [(ids, b)], n_resamples=2000)
+    assert d.diff == pytest.approx(3.0)
+    assert d.ci == pytest.approx((2.0, 4.0))
+    assert d.seeds == (2, 1) and d.text() == "+3.00 [+2.00, +4.00]"
+
+
+def test_two_level_pairs_by_prompt_id_not_position():
+    a = stats.seeded_paired_bootstrap(
+        [(["x", "y", "z"], np.array([10.0, 20.0, 30.0]))], [(["z", "x"], np.array([29.0, 9.0]))]
+    )
+    assert a.diff == pytest.approx(1.0, abs=1e-12) and a.num_prompts == 2
+    with pytest.raises(ValueError, match="share no scored prompt"):
+        stats.seeded_paired_bootstrap([(["x"], np.array([1.0]))], [(["y"], np.array([1.0]))])
+
+
+def test_several_metrics_share_one_set_of_resamples_and_match_the_normal_width():
+    """(moved from tests/eval/test_best_of_n.py: the per-n CI of the best-of-n win rate)"""
+    rng = np.random.default_rng(0)
+    per = {"1": rng.uniform(0, 100, size=805), "2": rng.uniform(20, 100, size=805)}
+    ci = stats.bootstrap_cis(per, n_resamples=1000, seed=7)
+    assert ci == stats.bootstrap_cis(per, n_resamples=1000, seed=7)
+    assert ci != stats.bootstrap_cis(per, n_resamples=1000, seed=8)
+    for n, v in per.items():
+        lo, hi = ci[n]
+        assert lo < v.mean() < hi
+        normal = 2 * 1.959964 * v.std(ddof=1) / math.sqrt(v.size)  # CLT width, independent of the bootstrap
+        assert (hi - lo) == pytest.approx(normal, rel=0.15)
+
+
+def test_ratio_ci_is_the_token_weighted_mean_bootstrap():
+    # Every prompt has the same per-token mean 2.0: every resampled ratio is 2.0, whatever the weights.
+    counts = np.array([1, 4, 2, 3])
+    assert stats.ratio_ci(2.0 * counts, counts, n_resamples=300) == pytest.approx((2.0, 2.0))
+    # Shared indices: the ratio of the resampled sums, by hand for two resamples.
+    sums, counts = np.array([3.0, 1.0]), np.array([1, 3])
+    idx = np.array([[0, 0], [1, 1]])  # ratios 6/2 = 3 and 2/6 = 1/3
+    assert stats.ratio_ci(sums, counts, indices=idx, level=0.5) == pytest.approx(
+        (1 / 3 + 0.25 * (3 - 1 / 3), 1 / 3 + 0.75 * (3 - 1 / 3))
+    )
+
+
+def test_wilson_interval_by_hand():
+    # 0 successes: the interval is [0, z²/(n + z²)] (Wilson 1927; the lower bound is exactly 0).
+    z = 1.959964
+    lo, hi = stats.wilson_interval(0, 8)
+    assert lo == pytest.approx(0.0, abs=1e-15) and hi == pytest.approx(z * z / (8 + z * z))
+    # symmetric around 1/2 for p = 1/2
+    lo, hi = stats.wilson_interval(10, 20)
+    assert lo + hi == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="n >= 1"):
+        stats.wilson_interval(0, 0)
+
+
+# Pinned outputs. These literals were computed with the code BEFORE issue #18's pass moved every bootstrap into
+# this module (stats.bootstrap_ci/cis and paired_bootstrap; claims.seeded_paired_bootstrap;
+# analysis.bon.bootstrap_means; eval.tspd._ratio_bootstrap_ci; models.tiny_rm.wilson_interval;
+# eval.best_of_n.bootstrap_ci) on the fixed input below: the move must not change a single draw.
+V = [0.5, 2.0, 3.5, 1.0, 7.25, 4.0, 0.0, 9.5, 2.5, 6.0]
+W = [1.5, 1.0, 4.5, 0.5, 6.0, 4.5, 1.0, 7.0, 3.5, 5.0]
+
+
+def test_outputs_pinned_to_the_code_before_the_move():
+    assert stats.bootstrap_ci(V, n_resamples=200, seed=3) == (1.8725000000000005, 5.150625000000001)
+    assert stats.bootstrap_cis({"v": V, "w": W}, n_resamples=200, seed=3) == {
+        "v": (1.8725000000000005, 5.150625000000001),
+        "w": (2.145000000000001, 4.652500000000001),
+    }
+    p = stats.paired_bootstrap(V, W, n_resamples=200, seed=1)
+    assert (p.diff, p.ci, p.num_prompts) == (0.175, (-0.55, 1.000625), 10)
+    ids = [str(i) for i in range(10)]
+    v, w = np.array(V), np.array(W)
+    d = stats.seeded_paired_bootstrap(
+        [(ids, v), (ids, v + 1.0)], [(ids, w), (ids, w * 0.5), (ids, w + 2.0)], n_resamples=200, seed=5
+    )
+    assert (d.diff, d.ci, d.num_prompts, d.seeds) == (
+        0.5833333333333335,
+        (-1.335, 2.7775000000000007),
+        10,
+        (2, 3),
+    )
+    m = stats.bootstrap_means(
+        {"v": np.stack([v, v + 1.0]), "w": np.stack([w, w * 0.5])}, n_resamples=200, seed=7
+    )
+    assert m["v"][:3].tolist() == [3.95, 4.35, 5.95] and m["w"][:3].tolist() == [1.7, 2.5125, 3.7875]
+    assert stats.percentile_interval(m["v"], 0.95) == (2.1, 6.3293750000000015)
+    assert stats.percentile_interval(m["w"], 0.95) == (1.2496875, 4.3012500000000005)
+    one = stats.bootstrap_means({"v": v[None, :]}, n_resamples=200, seed=7)["v"]
+    assert one[:2].tolist() == [2.95, 4.3]
+    sums, counts = np.array([3.0, 10.0, 1.5, 8.0, 0.25, 6.0]), np.array([2, 5, 1, 4, 1, 3])
+    assert stats.ratio_ci(sums, counts, n_resamples=200, seed=0) == (1.3888257575757574, 1.9772727272727273)
+    assert stats.wilson_interval(37, 50) == (0.6044684262151608, 0.8412847256991044)
+    assert stats.wilson_interval(0.0, 8) == (0.0, 0.3244075683414076)

@@ -248,3 +248,17 @@ def test_paper_detok_scorer_uses_the_prompt_for_samples_and_the_instruction_othe
     assert instr.encode("Hi there", "Yo", prompt) == bare.encode("Hi there", "Yo")
     # user_text and the detokenizer key the reward caches
     assert len({scorer.fingerprint, bare.fingerprint, instr.fingerprint}) == 3
+
+
+def test_paper_detok_user_text_with_the_policys_chatml_template(smollm2_tokenizer):
+    """With a SmolLM2 policy the RM's user turn drops SmolLM2's own headers ("user\\n", "assistant\\n"), not
+    Llama's; its default system line is the leftover at the front."""
+    tok = smollm2_tokenizer
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "How are you?\nassistant\nFine."}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    assert paper_detok_user_text(prompt, tok) == (
+        "system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face\nHow are you?\nFine.\n"
+    )

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from ts2.models.tiny import TinySpec
-from ts2.models.tiny_rm import TinyRMSpec, build_tiny_rm, init_rm_model, main
+from ts2.models.tiny import TinySpec, main
+from ts2.models.tiny_rm import TinyRMSpec, build_tiny_rm, init_rm_model
 from ts2.paths import data_dir
 
 # The small random-init backbone keeps these tests fast (the default RM starts from the pretrained base).
@@ -143,6 +143,6 @@ def test_spec_errors(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_default_build_prints_accuracy(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TS2_CACHE_DIR", str(tmp_path))
-    main([])
+    main(["rm"])
     out = capsys.readouterr().out
     assert "tiny-scale RM: held-out pairwise accuracy" in out and "199 UltraFeedback pairs" in out

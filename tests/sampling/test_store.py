@@ -193,3 +193,84 @@ def test_group_by_prompt_and_prefix_count():
     assert list(by) == [2, 1]  # first appearance
     assert [s.sample_idx for s in by[2]] == [0, 1, 3] and [s.sample_idx for s in by[1]] == [0, 1]
     assert prefix_count(by[2]) == 2 and prefix_count(by[1]) == 2 and prefix_count([]) == 0
+
+
+# Resuming a samples file (start_samples, check_resumable; moved here from ts2.runs)
+
+
+class _Backend:
+    name = "hf"
+
+    def info(self):
+        return {"backend": "hf", "dtype": "float32"}
+
+
+def _sampling_cfg(**sample):
+    from omegaconf import OmegaConf
+
+    base = {
+        "n": 2,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "max_new_tokens": 8,
+        "seed": 0,
+        "stop": None,
+    }
+    return OmegaConf.create(
+        {
+            "eval": {"id": "b", "prompts": {"_target_": "builder", "data_dir": "/data"}},
+            "sample": {**base, "limit": None, **sample},
+            "sampler": {"id": "hf"},
+            "overwrite": False,
+        }
+    )
+
+
+def test_start_samples_resumes_only_with_the_same_settings(tmp_path):
+    from ts2.models.source import ModelSource
+    from ts2.sampling.store import start_samples
+
+    src = ModelSource("m", {}, {"model_path": "/models/m"})
+    records, wanted = ["a", "b"], {(p, s) for p in ("a", "b") for s in range(2)}
+    path = tmp_path / "b.jsonl"
+    with SampleStore(path) as store:
+        meta = start_samples(store, _sampling_cfg(), _Backend(), src, records, wanted)
+        store.append([_row("a", 0)])
+    assert (meta["num_prompts"], meta["expected_samples"], meta["written_samples"]) == (2, 4, 0)
+    assert meta["fingerprint"] == {
+        "model_path": "/models/m",
+        "backend": "hf",
+        "dtype": "float32",
+        "sample": {
+            "temperature": 1.0,
+            "top_k": 0,
+            "top_p": 1.0,
+            "max_new_tokens": 8,
+            "seed": 0,
+            "stop": None,
+        },
+        "prompts": {"_target_": "builder"},  # where the data lives is not what the samples are
+    }
+    assert json.loads(path.with_suffix(".meta.json").read_text())["fingerprint"] == meta["fingerprint"]
+    with SampleStore(path) as store:  # the same settings: resumes, the finished pair counted
+        assert start_samples(store, _sampling_cfg(), _Backend(), src, records, wanted)["written_samples"] == 1
+    with SampleStore(path) as store:
+        with pytest.raises(
+            RuntimeError, match=r"sampled with other settings: \{'sample': .*'temperature': 1\.0"
+        ):
+            start_samples(store, _sampling_cfg(temperature=0.7), _Backend(), src, records, wanted)
+        with pytest.raises(RuntimeError, match=r"holds 1 \(prompt, sample\) pairs beyond sample.n=2"):
+            start_samples(store, _sampling_cfg(), _Backend(), src, records, {("b", 0)})
+        hot = _sampling_cfg(temperature=0.7)
+        hot.overwrite = True
+        assert start_samples(store, hot, _Backend(), src, records, wanted)["written_samples"] == 0
+    assert read_samples(path) == []
+
+
+def test_a_file_without_its_meta_is_not_extended(tmp_path):
+    from ts2.sampling.store import check_resumable
+
+    with pytest.raises(RuntimeError, match="has samples but no meta file"):
+        check_resumable(tmp_path / "b.jsonl", None, {"seed": 0})
+    check_resumable(tmp_path / "b.jsonl", {"fingerprint": {"seed": 0}}, {"seed": 0})  # same: accepted

@@ -223,7 +223,7 @@ def test_unsupported_models_are_refused_before_the_engine_starts(tmp_path, tiny)
 
 
 def _sample(cfg, backend):
-    from ts2.runs import model_source
+    from ts2.models.source import model_source
     from ts2.sample import sample_benchmark
 
     return sample_benchmark(cfg, backend, model_source(cfg))

@@ -1,2 +1,2 @@
-"""Analyses beyond Table 1 (issue #13): the known-distribution testbed, the token-distribution figure and
-the figure helpers that ``ts2.report`` can call (:mod:`ts2.analysis.figures`)."""
+"""Analyses beyond Table 1 (issue #13): the data of the figures (best-of-n, the α sweep, token distributions,
+the known-distribution testbed) and every figure ``ts2.report`` draws, in one registry (:mod:`ts2.analysis.figures`)."""

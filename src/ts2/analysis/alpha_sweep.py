@@ -6,32 +6,35 @@ the tail mass clamped at 0.99 before the log in the official code (``loss.clamp=
 α = 0.25; the paper's own sweep values are not public. ``make sweep-alpha`` (``experiments/alpha_sweep/run.sh``)
 trains one TS² run per (α, clamp) with a Hydra multirun, samples and scores each on AlpacaEval (best-of-n
 reward-model win rate and the three diversity metrics, each with its 95% bootstrap CI over prompts), then
-calls :func:`alpha_sweep_report`.
+draws the figure with ``python -m ts2.report runs_dir=runs/alpha_sweep_tiny name=alpha_sweep_tiny
+figures=[alpha_sweep]`` (:func:`ts2.analysis.figures.alpha_sweep`).
 
-- :func:`collect`: one :class:`SweepPoint` per run folder (α and clamp from its ``config.yaml``, the metrics
-  and CIs from ``metrics/<bench>.json``, the last logged softmax entropy and sparsemax support size from
-  ``train_log.jsonl``). Missing data is an error naming the folder and what is missing, unless
+- :func:`collect`: one :class:`SweepPoint` per run record (:class:`ts2.runs.RunRecord`: α and clamp from its
+  saved config, the metrics and CIs of ``metrics/<bench>.json``, the last logged softmax entropy and sparsemax
+  support size). Missing data is an error naming the folder and what is missing, unless
   ``allow_missing=True``, which keeps the point and flags it in the figure.
-- :func:`alpha_sweep_figure`: one panel per metric against α (symlog axis, so α = 0 is shown), clamp on and
+- :func:`sweep_figure`: one panel per metric against α (symlog axis, so α = 0 is shown), clamp on and
   off as two lines, 95% CIs as error bars, the paper's α = 0.25 marked, "TINY SCALE" in the title when the
-  runs are tiny.
+  runs are tiny; :func:`write_table`: the same numbers as CSV.
 - :func:`estimate_cost`: the sweep's cost, printed by run.sh before it starts, from per-unit costs measured
   at tiny scale (:data:`TINY_COSTS`).
 
-CLI: ``python -m ts2.analysis.alpha_sweep figure runs/alpha_sweep_tiny --out results`` and
-``python -m ts2.analysis.alpha_sweep estimate --runs 12 --prompts 24 --n 8 --max-new-tokens 64``.
+CLI: ``python -m ts2.analysis.alpha_sweep estimate --runs 12 --prompts 24 --n 8 --max-new-tokens 64``.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from omegaconf import OmegaConf
+
+from ts2.runs import RunRecord
 
 PAPER_ALPHA = 0.25
 """α of the official Llama-3.1-8B run script (PAPER.md §1)."""
@@ -77,86 +80,54 @@ class SweepPoint:
     missing: tuple[str, ...] = ()
 
 
-def _load_yaml(path: Path) -> dict[str, Any]:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-
-
-def _last_train_stats(run: Path) -> dict[str, float]:
-    """The last ``entropy`` / ``support_size`` logged in ``train_log.jsonl`` ({} when never logged)."""
-    path = run / "train_log.jsonl"
-    out: dict[str, float] = {}
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue  # a torn last line
-        for key in ("entropy", "support_size"):
-            if isinstance(rec.get(key), (int, float)):
-                out[key] = float(rec[key])
-    return out
-
-
-def read_point(run: str | Path, bench: str = "alpaca_eval") -> SweepPoint:
-    """A :class:`SweepPoint` from one run folder; ``missing`` lists what it lacks (nothing is guessed)."""
-    run = Path(run)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run}: no config.yaml, so not a training run folder (python -m ts2.train).")
-    loss = _load_yaml(cfg_path).get("loss") or {}
+def read_point(run: RunRecord, bench: str = "alpaca_eval") -> SweepPoint:
+    """A :class:`SweepPoint` from one run record; ``missing`` lists what it lacks (nothing is guessed)."""
+    if run.config is None:
+        raise FileNotFoundError(
+            f"{run.path}: no config.yaml, so not a training run folder (python -m ts2.train)."
+        )
+    loss = OmegaConf.to_container(run.config, resolve=False).get("loss") or {}
     if "alpha" not in loss:
         raise ValueError(
-            f"{run}: its loss ({loss.get('id')!r}) has no alpha; the α sweep needs method=ts2 runs."
+            f"{run.path}: its loss ({loss.get('id')!r}) has no alpha; the α sweep needs method=ts2 runs."
         )
     alpha, clamp = float(loss["alpha"]), loss.get("clamp")
     clamp = None if clamp is None else float(clamp)
-    run_meta = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     missing: list[str] = []
-    if run_meta.get("status") != "finished":
-        missing.append(f"training not finished (run.json status={run_meta.get('status')})")
-    mpath = run / "metrics" / f"{bench}.json"
+    if run.status != "finished":
+        missing.append(f"training not finished (run.json status={run.status})")
+    data = run.metrics.get(bench)
     metrics: dict[str, float] = {}
     ci: dict[str, tuple[float, float]] = {}
-    complete, scale = False, str(run_meta.get("scale") or "unknown")
-    if mpath.is_file():
-        data = json.loads(mpath.read_text(encoding="utf-8"))
+    complete, scale = False, str(run.scale or "unknown")
+    if data is not None:
         metrics = {k: float(v) for k, v in (data.get("metrics") or {}).items() if isinstance(v, (int, float))}
         ci = {k: (float(v[0]), float(v[1])) for k, v in (data.get("ci") or {}).items() if v and len(v) == 2}
         complete = bool(data.get("complete"))
         scale = str(data.get("scale") or scale)
         if not complete:
-            missing.append(f"{mpath.name} is incomplete ({data.get('note') or 'see the file'})")
+            missing.append(f"{bench}.json is incomplete ({data.get('note') or 'see the file'})")
         no_ci = sorted(k for k in metrics if k not in ci)
         if no_ci:
-            missing.append(f"no CI for {no_ci} in {mpath.name}")
+            missing.append(f"no CI for {no_ci} in {bench}.json")
     else:
-        missing.append(f"no {mpath.relative_to(run)} (run python -m ts2.evaluate on it)")
-    return SweepPoint(run, alpha, clamp, scale, complete, metrics, ci, _last_train_stats(run), tuple(missing))
-
-
-def run_folders(runs_dir: str | Path) -> list[Path]:
-    """The training run folders under ``runs_dir`` (those holding a ``config.yaml``), sorted."""
-    root = Path(runs_dir)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a directory (the sweep's runs/<name>/ folder).")
-    return sorted(p for p in root.iterdir() if (p / "config.yaml").is_file())
+        missing.append(f"no metrics/{bench}.json (run python -m ts2.evaluate on it)")
+    return SweepPoint(
+        run.path, alpha, clamp, scale, complete, metrics, ci, dict(run.last_logged), tuple(missing)
+    )
 
 
 def collect(
-    runs: str | Path | Iterable[str | Path], bench: str = "alpaca_eval", *, allow_missing: bool = False
+    runs: Sequence[RunRecord], bench: str = "alpaca_eval", *, allow_missing: bool = False
 ) -> list[SweepPoint]:
-    """Read every run of a sweep (a ``runs/<name>`` folder, or run folders) into sorted points.
+    """The sweep's points from its run records (:func:`ts2.runs.collect`), sorted by clamp, then α.
 
     Refuses (ValueError naming the folders) two runs with the same (α, clamp), and any run with missing
     or incomplete results unless ``allow_missing``; then the point is kept and flagged.
     """
-    folders = run_folders(runs) if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
-    if not folders:
-        raise ValueError(f"collect: no run folders (with config.yaml) in {runs}")
-    points = [read_point(f, bench) for f in folders]
+    if not runs:
+        raise ValueError("collect: no run folders")
+    points = [read_point(r, bench) for r in runs]
     seen: dict[tuple[float, float | None], Path] = {}
     for p in points:
         key = (p.alpha, p.clamp)
@@ -168,7 +139,7 @@ def collect(
         lines = "\n".join(f"  {p.run_dir}: {'; '.join(p.missing)}" for p in bad)
         raise ValueError(
             f"{len(bad)} run(s) of the sweep lack results:\n{lines}\n"
-            "Finish them (experiments/alpha_sweep/run.sh resumes), or pass allow_missing=True / --allow-missing "
+            "Finish them (experiments/alpha_sweep/run.sh resumes), or pass allow_missing=true "
             "to draw the rest with these flagged."
         )
     return sorted(points, key=lambda p: (p.clamp is None, p.clamp or 0.0, p.alpha))
@@ -202,7 +173,7 @@ def figure_title(points: Sequence[SweepPoint]) -> str:
     return title
 
 
-def alpha_sweep_figure(
+def sweep_figure(
     points: Sequence[SweepPoint], out: str | Path, *, metrics: Sequence[str] | None = None
 ) -> Path:
     """Draw the sweep: one panel per metric (best-of-1 and best-of-N win rate, the diversity metrics, the
@@ -218,15 +189,15 @@ def alpha_sweep_figure(
     import matplotlib.pyplot as plt
 
     if not points:
-        raise ValueError("alpha_sweep_figure: no points")
+        raise ValueError("sweep_figure: no points")
     if metrics is None:
         metrics = [*_win_rate_keys(points), *[m for m in DIVERSITY if any(m in p.metrics for p in points)]]
         metrics += [k for k in ("entropy", "support_size") if all(k in p.train for p in points)]
     if not metrics:
-        raise ValueError("alpha_sweep_figure: the runs hold no win rate or diversity metric to plot")
+        raise ValueError("sweep_figure: the runs hold no win rate or diversity metric to plot")
     for m in metrics:
         if not any(m in p.metrics or m in p.train for p in points):
-            raise ValueError(f"alpha_sweep_figure: no run has metric {m!r}")
+            raise ValueError(f"sweep_figure: no run has metric {m!r}")
     cols = min(4, len(metrics))
     rows = math.ceil(len(metrics) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 3.6 * rows), squeeze=False)
@@ -302,22 +273,6 @@ def write_table(points: Sequence[SweepPoint], path: str | Path) -> Path:
     return path
 
 
-def alpha_sweep_report(
-    runs_dir: str | Path,
-    out: str | Path = "results",
-    *,
-    bench: str = "alpaca_eval",
-    allow_missing: bool = False,
-) -> dict[str, Path]:
-    """``<out>/figures/alpha_sweep.png`` and ``<out>/alpha_sweep.csv`` from a sweep's run folders."""
-    points = collect(runs_dir, bench, allow_missing=allow_missing)
-    out = Path(out)
-    return {
-        "figure": alpha_sweep_figure(points, out / "figures" / "alpha_sweep.png"),
-        "table": write_table(points, out / "alpha_sweep.csv"),
-    }
-
-
 def estimate_cost(
     runs: int,
     *,
@@ -382,11 +337,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         prog="python -m ts2.analysis.alpha_sweep", description=__doc__.split("\n")[0]
     )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("figure", help="draw results/figures/alpha_sweep.png from runs/<name>/")
-    f.add_argument("runs_dir")
-    f.add_argument("--out", default="results")
-    f.add_argument("--bench", default="alpaca_eval")
-    f.add_argument("--allow-missing", action="store_true", help="draw what is there, flag the rest")
     e = sub.add_parser("estimate", help="print the sweep's estimated cost")
     e.add_argument("--runs", type=int, required=True)
     e.add_argument("--prompts", type=int, required=True)
@@ -396,11 +346,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         "overrides", nargs="*", help="after --: the training multirun's overrides (steps from them)"
     )
     a = ap.parse_args(argv)
-    if a.cmd == "figure":
-        paths = alpha_sweep_report(a.runs_dir, a.out, bench=a.bench, allow_missing=a.allow_missing)
-        for k, v in paths.items():
-            print(f"{k}: {v}")
-        return
     cfg = sweep_train_configs(a.overrides)[0]
     t = cfg.train
     steps = _train_steps(

@@ -10,10 +10,11 @@ mean. A method's curve is the mean over prompts (and over its seed runs, on the 
 95% percentile-bootstrap band (Efron & Tibshirani 1993, §13.3):
 
 * one run: the CI the scorer stored, which is this bootstrap: B resamples of the P prompts with replacement,
-  one set of resampled prompt sets for every n (:func:`ts2.eval.best_of_n.bootstrap_ci`, seed 0;
-  :func:`bootstrap_means` draws the same resamples, so it reproduces the stored CI from the per-prompt values);
-* several seed runs of one method: a two-level bootstrap as in :mod:`ts2.claims`: each resample draws the
-  seed runs with replacement, then the prompts, and takes the mean of the [seeds, prompts] block.
+  one set of resampled prompt sets for every n (:func:`ts2.eval.stats.bootstrap_cis`, seed 0;
+  :func:`ts2.eval.stats.bootstrap_means` draws the same resamples, so it reproduces the stored CI);
+* several seed runs of one method: a two-level bootstrap (:func:`ts2.eval.stats.bootstrap_means`): each
+  resample draws the seed runs with replacement, then the prompts, and takes the mean of the [seeds, prompts]
+  block.
 
 A file without per-prompt values falls back to its stored ``ci`` (one run) or to no band (several).
 
@@ -31,7 +32,17 @@ from typing import Any
 
 import numpy as np
 
-from ts2.eval.stats import LEVEL, N_RESAMPLES
+from ts2.conf import Method
+from ts2.eval.stats import (
+    LEVEL,
+    N_RESAMPLES,
+    bootstrap_means,
+    percentile_interval,
+    seeded_paired_bootstrap,
+    shared_ids,
+    stack,
+)
+from ts2.runs import RunRecord
 
 log = logging.getLogger("ts2.analysis.bon")
 
@@ -99,53 +110,10 @@ def _blocks(files: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> dict[
     per = [[_per_prompt(f, m) for m in metrics] for f in files]
     if any(x is None for row in per for x in row):
         return None
-    shared = set(per[0][0][0])
-    for row in per:
-        for ids, _ in row:
-            shared &= set(ids)
-    ids = [p for p in per[0][0][0] if p in shared]
+    ids = shared_ids([ids for row in per for ids, _ in row])
     if not ids:
         raise ValueError("the runs of one method share no scored prompt; score them on the same prompts.")
-    out = {}
-    for j, m in enumerate(metrics):
-        rows = []
-        for row in per:
-            pos = {p: i for i, p in enumerate(row[j][0])}
-            rows.append(row[j][1][[pos[p] for p in ids]])
-        out[m] = np.stack(rows)
-    return out
-
-
-def bootstrap_means(
-    blocks: Mapping[str, np.ndarray], *, n_resamples: int = N_RESAMPLES, seed: int = 0
-) -> dict[str, np.ndarray]:
-    """Bootstrap means of ``[runs, prompts]`` blocks, the same resamples for every metric.
-
-    One run: prompt indices from :func:`ts2.eval.stats.bootstrap_indices` (seed ``seed``), the scorer's own
-    draw. Several: per resample, runs with replacement, then prompts (two-level, as :mod:`ts2.claims`).
-    """
-    from ts2.eval.stats import bootstrap_indices
-
-    shapes = {b.shape for b in blocks.values()}
-    if len(shapes) != 1:
-        raise ValueError(f"bootstrap_means: blocks of different shapes {sorted(shapes)}.")
-    runs, prompts = shapes.pop()
-    if runs == 1:
-        idx = bootstrap_indices(prompts, n_resamples, seed)
-        return {m: b[0][idx].mean(axis=1) for m, b in blocks.items()}
-    rng = np.random.default_rng(seed)
-    out = {m: np.empty(n_resamples) for m in blocks}
-    for r in range(n_resamples):
-        si = rng.integers(0, runs, runs)
-        pi = rng.integers(0, prompts, prompts)
-        for m, b in blocks.items():
-            out[m][r] = b[si][:, pi].mean()
-    return out
-
-
-def _interval(means: np.ndarray, level: float) -> tuple[float, float]:
-    lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    return float(lo), float(hi)
+    return {m: stack([row[j] for row in per], ids) for j, m in enumerate(metrics)}
 
 
 def estimates(
@@ -175,22 +143,22 @@ def estimates(
         if m in stored:  # one run: the scorer's own CI (the same bootstrap, its n_bootstrap)
             ci: tuple[float, float] | None = (float(stored[m][0]), float(stored[m][1]))
         else:
-            ci = _interval(boot[m], level) if m in boot else None
+            ci = percentile_interval(boot[m], level) if m in boot else None
         out[m] = Estimate(mean, ci, len(files), prompts)
     return out
 
 
-def by_method(runs: Sequence[Mapping[str, Any]], bench: str) -> dict[str, tuple[Any, list[dict]]]:
-    """{method id: (method info, [metrics file of ``bench`` per run])} in run order, runs lacking it left out."""
-    out: dict[str, tuple[Any, list[dict]]] = {}
+def by_method(runs: Sequence[RunRecord], bench: str) -> dict[str, tuple[Method, list[dict]]]:
+    """{method id: (method, [metrics file of ``bench`` per run])} in run order, runs lacking it left out."""
+    out: dict[str, tuple[Method, list[dict]]] = {}
     for r in runs:
-        f = r["metrics"].get(bench)
+        f = r.metrics.get(bench)
         if f is not None:
-            out.setdefault(r["method"].id, (r["method"], []))[1].append(f)
+            out.setdefault(r.method.id, (r.method, []))[1].append(f)
     return out
 
 
-def bon_curves(runs: Sequence[Mapping[str, Any]], bench: str = "alpaca_eval", **kw: Any) -> list[Curve]:
+def bon_curves(runs: Sequence[RunRecord], bench: str = "alpaca_eval", **kw: Any) -> list[Curve]:
     """One :class:`Curve` per method from the runs' ``metrics/<bench>.json`` (n: those every run of it has)."""
     curves = []
     for mid, (info, files) in by_method(runs, bench).items():
@@ -216,7 +184,7 @@ def bon_curves(runs: Sequence[Mapping[str, Any]], bench: str = "alpaca_eval", **
 
 
 def plane_points(
-    runs: Sequence[Mapping[str, Any]], x: str, y: str, **kw: Any
+    runs: Sequence[RunRecord], x: str, y: str, **kw: Any
 ) -> list[tuple[str, str, Estimate, Estimate]]:
     """(method id, name, x estimate, y estimate) for each method having both ``<bench>/<metric>`` keys.
 
@@ -253,13 +221,11 @@ def plane_points(
 
 
 def bon_differences(
-    runs: Sequence[Mapping[str, Any]], ref: str = "ce", bench: str = "alpaca_eval", **kw: Any
+    runs: Sequence[RunRecord], ref: str = "ce", bench: str = "alpaca_eval", **kw: Any
 ) -> list[Curve]:
     """Each method's win rate minus ``ref``'s (percentage points) per n, with the paired 95% CI of
-    :func:`ts2.claims.seeded_paired_bootstrap` (prompts resampled jointly, seed runs too). Empty when ``ref``
-    has no curve or the files lack per-prompt values."""
-    from ts2.claims import seeded_paired_bootstrap
-
+    :func:`ts2.eval.stats.seeded_paired_bootstrap` (prompts resampled jointly, seed runs too). Empty when
+    ``ref`` has no curve or the files lack per-prompt values."""
     groups = by_method(runs, bench)
     if ref not in groups:
         return []

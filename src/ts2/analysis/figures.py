@@ -1,62 +1,60 @@
-"""Figures of issue #13, drawn from saved results only (for ``ts2.report`` and the notebooks).
+"""Every figure, in one place: each a function of run records (:class:`ts2.runs.RunRecord`) and options,
+listed in :data:`FIGURES` and drawn by ``python -m ts2.report`` after its tables (``figures:`` in
+``conf/report.yaml``: null draws every figure the runs have data for; a list draws those, or fails).
 
-- :func:`tspd_figure`: the TSPD quantities per method, as box plots built from the stored quantiles of
-  ``<run>/metrics/tspd.json`` (box 25–75%, line median, whiskers 5–95%, marker mean).
-- :func:`token_distribution_figure`: top-k next-token distributions, our models beside the official 8B ones
-  (:mod:`ts2.analysis.token_distribution`).
-- :func:`known_distribution_figure`: the known-distribution testbed's exact metrics along training, mean and
-  95% CI over seeds (:mod:`ts2.analysis.known_distribution`).
-- :func:`bon_figure`: best-of-n win rate against n per method with 95% bootstrap bands, and each method
-  minus CE with paired CIs (:mod:`ts2.analysis.bon`).
-- :func:`quality_diversity_figure`: the diversity–quality plane, one point per method with CIs both ways.
-- :func:`write_figures`: every figure the run folders have data for, into ``results/figures/`` (called by
-  ``ts2.report``; ``python -m ts2.analysis.figures all RUNS_DIR --out results`` draws them alone).
+- :func:`bon_curves`: best-of-n win rate against n per method with 95% bootstrap bands, and each method minus
+  CE with paired CIs (data: :mod:`ts2.analysis.bon`);
+- :func:`quality_diversity`: the diversity–quality plane, one point per method with CIs both ways;
+- :func:`tspd`: the TSPD quantities per method, as box plots built from the stored quantiles of
+  ``<run>/metrics/tspd.json`` (box 25–75%, line median, whiskers 5–95%, marker mean), and their table;
+- :func:`token_distribution`: top-k next-token distributions, our runs beside the official 8B ones (data:
+  ``<out>/token_distribution/*.json`` from ``python -m ts2.analysis.token_distribution``);
+- :func:`alpha_sweep`: win rate and diversity against TS²'s α (:mod:`ts2.analysis.alpha_sweep`).
 
-Every figure states its scale in its title or panel titles. Matplotlib runs headless (Agg).
+A figure whose data the runs do not hold raises :class:`NoData` (skipped, with a log line, unless it was asked
+for by name); any other error propagates. Every figure states its scale in its title or panel titles.
+Matplotlib runs headless (Agg).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import matplotlib.ticker
 import numpy as np
 
-# Each testbed's figure lives with its data (known_distribution, token_distribution); re-exported here.
-from ts2.analysis.known_distribution import known_distribution_figure  # noqa: F401
+from ts2.analysis import bon
 from ts2.analysis.plotting import COLORS, EXTRA_COLORS, NoData, plt
 from ts2.analysis.plotting import save as _save
 from ts2.analysis.token_distribution import token_distribution_figure
+from ts2.runs import RunRecord
+
+log = logging.getLogger("ts2.analysis.figures")
+
+
+@dataclass(frozen=True)
+class FigureOptions:
+    """What a figure may take besides the runs."""
+
+    title: str | None = None  # a line naming the runs (ts2.report: "Table 1 (<name>) — ...")
+    allow_missing: bool = False  # the α sweep: draw runs lacking results, flagged, instead of refusing
+
 
 # ----------------------------------------------------------------------------------------------------
 # TSPD
 
 
-def tspd_figure(
-    paths: Iterable[str | Path], out: str | Path, *, ms: Sequence[int] | None = None, note: str | None = None
-) -> Path:
-    """One figure of the TSPD meter over runs: a panel per quantity (head@m, tail@m, support, entropy), one
-    box per run built from the stored quantiles (5/25/50/75/95) and mean of ``tspd.json``."""
-    from ts2.eval.tspd import load_tspd
-
-    return tspd_rows_figure(load_tspd(paths), out, ms=ms, note=note)
-
-
-def tspd_rows_figure(
-    rows: Sequence[dict[str, Any]],
-    out: str | Path,
-    *,
-    ms: Sequence[int] | None = None,
-    note: str | None = None,
-) -> Path:
-    """:func:`tspd_figure` from TSPD metrics dicts already read (each with a ``_label``)."""
+def _tspd_boxes(rows: Sequence[dict[str, Any]], out: Path, note: str | None = None) -> Path:
+    """A panel per TSPD quantity (head@m, tail@m, support, entropy), one box per row (a TSPD metrics dict with
+    a ``_label``) built from its stored quantiles (5/25/50/75/95) and mean."""
     from ts2.eval.tspd import DEFAULT_MS, quantity_names
 
-    if not rows:
-        raise ValueError("tspd_figure: no runs given")
-    ms = list(ms or rows[0]["details"].get("ms", DEFAULT_MS))
+    ms = list(rows[0]["details"].get("ms", DEFAULT_MS))
     names = quantity_names(ms)
     ncol = 4
     nrow = -(-len(names) // ncol)
@@ -69,7 +67,7 @@ def tspd_rows_figure(
             for key in ("q05", "q25", "q50", "q75", "q95"):
                 if f"{name}/{key}" not in m:
                     raise ValueError(
-                        f"tspd_figure: {d['_label']} lacks {name}/{key} (rerun with the default quantiles)"
+                        f"tspd figure: {d['_label']} lacks {name}/{key} (rerun with the default quantiles)"
                     )
             stats.append(
                 {
@@ -111,40 +109,6 @@ def tspd_rows_figure(
 
 
 # ----------------------------------------------------------------------------------------------------
-# Token distributions
-
-
-# ----------------------------------------------------------------------------------------------------
-# Known-distribution testbed
-
-
-def tspd_report(
-    paths: Iterable[str | Path], out: str | Path = "results", *, note: str | None = None
-) -> dict[str, Path]:
-    """The TSPD table and figure over runs, for ``ts2.report`` and ``notebooks/tspd.ipynb``:
-    ``<out>/tspd/<method>.json`` (copies of each run's ``metrics/tspd.json``), ``<out>/tspd_table.md`` and
-    ``<out>/figures/tspd.png``."""
-    import json
-
-    from ts2.eval.tspd import load_tspd, tspd_table
-
-    paths = list(paths)
-    rows = load_tspd(paths)
-    out = Path(out)
-    (out / "tspd").mkdir(parents=True, exist_ok=True)
-    written = {}
-    for d in rows:
-        label = str(d.pop("_label")).replace("/", "_")
-        f = out / "tspd" / f"{label}.json"
-        f.write_text(json.dumps(d, indent=2))
-        written[label] = f
-    table = out / "tspd_table.md"
-    table.write_text((f"{note}\n\n" if note else "") + tspd_table(list(written.values())))
-    fig = tspd_figure(list(written.values()), out / "figures" / "tspd.png", note=note)
-    return {"table": table, "figure": fig, **{f"json:{k}": v for k, v in written.items()}}
-
-
-# ----------------------------------------------------------------------------------------------------
 # Best-of-n curves and the diversity–quality plane (issue #13 item 3; data: ts2.analysis.bon)
 
 
@@ -152,19 +116,19 @@ def _color(method: str, i: int) -> str:
     return COLORS.get(method) or EXTRA_COLORS[i % len(EXTRA_COLORS)]
 
 
-def scale_label(runs: Sequence[dict[str, Any]]) -> str:
+def scale_label(runs: Sequence[RunRecord]) -> str:
     """``TINY SCALE (not comparable to the paper)`` when any run's metrics are tiny scale, else the scales."""
     from ts2.conf import scale_of
 
-    scales = {str(s) for r in runs for s in r.get("scales", ())}
-    scales |= {scale_of(str(r["model"])) for r in runs if r.get("model")}  # the run's model (conf/model/)
+    scales = {str(s) for r in runs for s in r.scales}
+    scales |= {scale_of(str(r.model)) for r in runs if r.model}  # the run's model (conf/model/)
     scales = sorted(scales - {"unspecified"}) or sorted(scales)
     if any("tiny" in s for s in scales):
         return "TINY SCALE (not comparable to the paper)"
     return "scale: " + (", ".join(scales) or "unspecified")
 
 
-def _titled(what: str, title: str | None, runs: Sequence[dict[str, Any]]) -> str:
+def _titled(what: str, title: str | None, runs: Sequence[RunRecord]) -> str:
     scale = scale_label(runs)
     lines = [what, *([title] if title else [])]
     if "TINY" in scale and not any("TINY" in x.upper().replace("-", " ") for x in lines):
@@ -183,15 +147,14 @@ def _sizes(curves: Sequence[Any]) -> str:
     )
 
 
-def bon_figure(runs: Sequence[dict[str, Any]], out: str | Path, title: str | None = None) -> Path:
-    """Best-of-n win rate (%) against n (log2 axis) per method with 95% bands (:func:`ts2.analysis.bon.bon_curves`);
-    beside it, each method minus CE with the paired 95% CI when CE and per-prompt values are there."""
-    from ts2.analysis.bon import bon_curves, bon_differences
-
-    curves = bon_curves(runs)
+def bon_curves(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
+    """``figures/bon_curves.png``: best-of-n win rate (%) against n (log2 axis) per method with 95% bands
+    (:func:`ts2.analysis.bon.bon_curves`); beside it, each method minus CE with the paired 95% CI when CE and
+    per-prompt values are there."""
+    curves = bon.bon_curves(runs)
     if not curves:
         raise NoData("no run has win_rate@<n> in metrics/alpaca_eval.json")
-    diffs = bon_differences(runs)
+    diffs = bon.bon_differences(runs)
     ncol = 2 if diffs else 1
     fig, axes = plt.subplots(1, ncol, figsize=(6.2 * ncol, 4.4), squeeze=False)
     panels = [(axes[0, 0], curves, "win rate vs the AlpacaEval-2 reference (%)")]
@@ -223,9 +186,9 @@ def bon_figure(runs: Sequence[dict[str, Any]], out: str | Path, title: str | Non
         axes[0, 1].set_title("paired difference to CE (95% CI)", fontsize=9)
     axes[0, 0].set_title(_sizes(curves), fontsize=8)
     axes[0, 0].legend(fontsize=7, ncol=2)
-    fig.suptitle(_titled("Best-of-n win rate (AlpacaEval, RM judge)", title, runs), fontsize=10)
+    fig.suptitle(_titled("Best-of-n win rate (AlpacaEval, RM judge)", options.title, runs), fontsize=10)
     fig.tight_layout()
-    return _save(fig, out)
+    return [_save(fig, out_dir / "figures" / "bon_curves.png")]
 
 
 QUALITY_AXES = {
@@ -234,23 +197,22 @@ QUALITY_AXES = {
 }
 
 
-def quality_diversity_figure(
-    runs: Sequence[dict[str, Any]],
-    out: str | Path,
-    title: str | None = None,
+def quality_diversity(
+    runs: Sequence[RunRecord],
+    out_dir: Path,
+    options: FigureOptions,
     *,
     bench: str = "alpaca_eval",
     diversity: Sequence[str] = ("ngram", "self_bleu", "sent_bert"),
-) -> Path:
-    """The diversity–quality plane: one point per method with 95% CIs in both directions; a row per quality
-    axis present (held-out CE, best-of-N win rate), a column per diversity metric of ``bench``."""
-    from ts2.analysis.bon import DIVERSITY_LABELS, plane_points
-
+) -> list[Path]:
+    """``figures/quality_diversity.png``: the diversity–quality plane, one point per method with 95% CIs in
+    both directions; a row per quality axis present (held-out CE, best-of-N win rate), a column per diversity
+    metric of ``bench``."""
     rows = []
     for qx, qlabel in QUALITY_AXES.items():
         cols = []
         for d in diversity:
-            pts = plane_points(runs, qx, f"{bench}/{d}")
+            pts = bon.plane_points(runs, qx, f"{bench}/{d}")
             if pts:
                 cols.append((d, pts))
         if cols:
@@ -262,7 +224,7 @@ def quality_diversity_figure(
         )
     ncol = max(len(c) for _, _, c in rows)
     fig, axes = plt.subplots(len(rows), ncol, figsize=(4.3 * ncol, 3.7 * len(rows)), squeeze=False)
-    methods = [r["method"].id for r in runs]
+    methods = [r.method.id for r in runs]
     order = {m: i for i, m in enumerate(dict.fromkeys(methods))}
     n_max = None
     for i, (qx, qlabel, cols) in enumerate(rows):
@@ -296,13 +258,15 @@ def quality_diversity_figure(
                     name, (ex.mean, ey.mean), textcoords="offset points", xytext=(4, 4), fontsize=7, color=col
                 )
             if qx.endswith("win_rate@max"):
-                from ts2.analysis.bon import by_method, win_rate_ns
-
-                ns = [max(win_rate_ns(f)) for _, fs in by_method(runs, "alpaca_eval").values() for f in fs]
+                ns = [
+                    max(bon.win_rate_ns(f))
+                    for _, fs in bon.by_method(runs, "alpaca_eval").values()
+                    for f in fs
+                ]
                 n_max = min(ns) if ns else None
             xl = qlabel.replace("best-of-N", f"best-of-{n_max}") if n_max else qlabel
             ax.set_xlabel(xl, fontsize=8)
-            ax.set_ylabel(f"{bench}: {DIVERSITY_LABELS.get(d, d)}", fontsize=8)
+            ax.set_ylabel(f"{bench}: {bon.DIVERSITY_LABELS.get(d, d)}", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.margins(0.15)  # room for the method labels
             ax.grid(alpha=0.3)
@@ -311,54 +275,53 @@ def quality_diversity_figure(
         _titled(
             "Diversity vs quality, one point per method; bars: 95% CI (percentile bootstrap over prompts, "
             "and seed runs)",
-            title,
+            options.title,
             runs,
         ),
         fontsize=10,
     )
     fig.tight_layout()
-    return _save(fig, out)
+    return [_save(fig, out_dir / "figures" / "quality_diversity.png")]
 
 
-def _tspd_of_runs(
-    runs: Sequence[dict[str, Any]], out_dir: Path, fig_dir: Path, title: str | None
-) -> list[Path]:
-    """TSPD table (``<out_dir>/tspd_table.md``, rows from ``<out_dir>/tspd/<label>.json``) and figure."""
-    import json
+# ----------------------------------------------------------------------------------------------------
+# TSPD, token distributions, the α sweep
 
+
+def tspd(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
+    """``figures/tspd.png`` (:func:`_tspd_boxes`) and ``tspd_table.md``, rows from ``tspd/<label>.json``
+    (copies of the runs' ``metrics/tspd.json``, seed runs labelled ``ts2 #1``, ``ts2 #2``)."""
     from ts2.eval.tspd import tspd_table
 
-    have = [r for r in runs if "tspd" in r["metrics"]]
+    have = [r for r in runs if "tspd" in r.metrics]
     if not have:
         raise NoData("no run has metrics/tspd.json (python -m ts2.evaluate run_dir=... eval=tspd)")
-    count = {m: sum(x["method"].id == m for x in have) for m in (r["method"].id for r in have)}
+    count = {m: sum(x.method.id == m for x in have) for m in (r.method.id for r in have)}
     (out_dir / "tspd").mkdir(parents=True, exist_ok=True)
     rows, files, seen, legend = [], [], {}, []
     for r in have:
-        mid = r["method"].id
+        mid = r.method.id
         seen[mid] = seen.get(mid, 0) + 1
         label = mid + (f" #{seen[mid]}" if count[mid] > 1 else "")  # seed runs: "ts2 #1", "ts2 #2"
         if count[mid] > 1:
-            legend.append(f"{label} = run {r['run']}")
-        d = dict(r["metrics"]["tspd"])
+            legend.append(f"{label} = run {r.name}")
+        d = dict(r.metrics["tspd"])
         details = dict(d.get("details") or {})  # the copy names its row: the table labels rows by method
         d["details"] = {**details, "model": {**(details.get("model") or {}), "method": label}}
         f = out_dir / "tspd" / (label.replace("/", "_").replace(" #", "_") + ".json")
         f.write_text(json.dumps(d, indent=2, default=str))
         files.append(f)
         rows.append({**d, "_label": label})
-    note = _titled("", title, runs).strip()
+    note = _titled("", options.title, runs).strip()
     table = out_dir / "tspd_table.md"
     table.write_text(f"{note}\n\n" + tspd_table(files) + ("\n" + "; ".join(legend) + ".\n" if legend else ""))
-    return [tspd_rows_figure(rows, fig_dir / "tspd.png", note=note), table]
+    return [_tspd_boxes(rows, out_dir / "figures" / "tspd.png", note=note), table]
 
 
-def _token_distribution_of_runs(
-    runs: Sequence[dict[str, Any]], out_dir: Path, fig_dir: Path, title: str | None
-) -> list[Path]:
-    """The token-distribution figure from ``<out_dir>/token_distribution/*.json`` (written by
+def token_distribution(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
+    """``figures/token_distribution.png`` from ``<out_dir>/token_distribution/*.json`` (written by
     ``python -m ts2.analysis.token_distribution <run folders> --out <out_dir>``), panels of these runs only."""
-    import json
+    from ts2.analysis.token_distribution import PROMPT, our_panel
 
     src = out_dir / "token_distribution"
     official = src / "official_8b.json"
@@ -366,7 +329,7 @@ def _token_distribution_of_runs(
         raise NoData(
             f"no {official} (python -m ts2.analysis.token_distribution <run folders> --out {out_dir})"
         )
-    names = {r["run"]: r for r in runs}
+    names = {r.name: r for r in runs}
     ours = []
     for f in sorted(src.glob("*.json")):
         if f == official:
@@ -380,12 +343,10 @@ def _token_distribution_of_runs(
             f"{src} holds no distribution of these runs ({', '.join(list(names)[:3])}, ...): run "
             f"python -m ts2.analysis.token_distribution <run folders> --out {out_dir}"
         )
-    from ts2.analysis.token_distribution import PROMPT, our_panel
-
-    ours.sort(key=lambda x: (x[0]["method"].order, x[0]["run"]))
-    dup = {r["method"].id for r, _ in ours if sum(x["method"].id == r["method"].id for x, _ in ours) > 1}
+    ours.sort(key=lambda x: (x[0].method.order, x[0].name))
+    dup = {r.method.id for r, _ in ours if sum(x.method.id == r.method.id for x, _ in ours) > 1}
     panels = [
-        our_panel(d, r["method"].name + (f" ({r['run']})" if r["method"].id in dup else ""), r["method"].id)
+        our_panel(d, r.method.name + (f" ({r.name})" if r.method.id in dup else ""), r.method.id)
         for r, d in ours
     ]
     what = (
@@ -394,89 +355,65 @@ def _token_distribution_of_runs(
     )
     fig = token_distribution_figure(
         [panels, json.loads(official.read_text())],
-        fig_dir / "token_distribution.png",
-        title=_titled(what, title, runs),
+        out_dir / "figures" / "token_distribution.png",
+        title=_titled(what, options.title, runs),
     )
     return [fig]
 
 
+def alpha_sweep(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
+    """``figures/alpha_sweep.png`` and ``alpha_sweep.csv`` (:mod:`ts2.analysis.alpha_sweep`): the runs must all
+    be TS² runs (a loss with ``alpha``) of at least two α values; runs lacking results are refused unless
+    ``options.allow_missing``."""
+    import ts2.analysis.alpha_sweep as sweep
+
+    no_alpha = [r.name for r in runs if r.config is None or "alpha" not in (r.config.get("loss") or {})]
+    if no_alpha:
+        raise NoData(f"the α sweep needs runs whose loss has an alpha (method=ts2); {no_alpha[:3]} have none")
+    if len({float(r.config.loss.alpha) for r in runs}) < 2:
+        raise NoData("the α sweep needs runs of at least two α values")
+    points = sweep.collect(runs, allow_missing=options.allow_missing)
+    return [
+        sweep.sweep_figure(points, out_dir / "figures" / "alpha_sweep.png"),
+        sweep.write_table(points, out_dir / "alpha_sweep.csv"),
+    ]
+
+
+Figure = Callable[[Sequence[RunRecord], Path, FigureOptions], list[Path]]
+FIGURES: dict[str, Figure] = {
+    f.__name__: f for f in (bon_curves, quality_diversity, tspd, token_distribution, alpha_sweep)
+}
+"""Every figure: name -> function of (runs, results folder, options) returning the files it wrote."""
+
+
+def figure_names(names: Sequence[str] | None) -> list[str]:
+    """The figures to draw: every one of :data:`FIGURES` (``names`` None), else ``names``, checked."""
+    unknown = sorted(set(names or ()) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"figures={list(names or ())}: no figure {unknown}; known: {list(FIGURES)}.")
+    return list(FIGURES if names is None else names)
+
+
 def write_figures(
-    runs: Sequence[dict[str, Any]], fig_dir: str | Path, title: str | None = None
+    runs: Sequence[RunRecord],
+    out_dir: str | Path,
+    names: Sequence[str] | None = None,
+    options: FigureOptions | None = None,
 ) -> list[Path]:
-    """Every figure whose data the runs (records of :func:`ts2.runs.collect`) hold, into ``fig_dir``:
-
-    ``bon_curves.png`` (metrics/alpaca_eval.json), ``quality_diversity.png`` (alpaca_eval diversity with
-    heldout_ce and/or the best-of-N win rate), ``tspd.png`` + ``../tspd_table.md`` (metrics/tspd.json) and
-    ``token_distribution.png`` (``../token_distribution/*.json`` of these runs). A figure whose data is
-    missing is skipped with an INFO line; an error while drawing one (bad data) is logged as an ERROR naming
-    it, and the others are still drawn.
-    Returns the paths written. Called by ``ts2.report`` after the tables.
-    """
-    import logging
-
-    log = logging.getLogger("ts2.analysis.figures")
-    fig_dir = Path(fig_dir)
-    out_dir = fig_dir.parent
-    jobs = {
-        "bon_curves": lambda: [bon_figure(runs, fig_dir / "bon_curves.png", title)],
-        "quality_diversity": lambda: [
-            quality_diversity_figure(runs, fig_dir / "quality_diversity.png", title)
-        ],
-        "tspd": lambda: _tspd_of_runs(runs, out_dir, fig_dir, title),
-        "token_distribution": lambda: _token_distribution_of_runs(runs, out_dir, fig_dir, title),
-    }
+    """Draw the figures ``names`` (None: every figure of :data:`FIGURES` whose data the runs hold) into
+    ``<out_dir>/figures/`` (tables beside them in ``out_dir``). A figure without data (:class:`NoData`) is
+    skipped with a log line when ``names`` is None, an error when it was named; any other error propagates.
+    Returns the paths written. Called by ``ts2.report`` after its tables."""
+    options = options or FigureOptions()
     written: list[Path] = []
-    for name, job in jobs.items():
+    for name in figure_names(names):
         try:
-            paths = job()
+            paths = FIGURES[name](runs, Path(out_dir), options)
         except NoData as err:  # its data is not there
+            if names is not None:
+                raise NoData(f"figure {name}: {err}") from err
             log.info("figure %s skipped: %s", name, err)
-            continue
-        except Exception as err:  # bad data or a bug: never let one figure stop the report
-            log.error(
-                "figure %s failed (%s: %s); the other figures are still drawn", name, type(err).__name__, err
-            )
             continue
         log.info("figure %s: %s", name, ", ".join(str(p) for p in paths))
         written += paths
     return written
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m ts2.analysis.figures tspd RUN_OR_JSON... [--out results]``: the TSPD table and figure;
-    ``python -m ts2.analysis.figures all RUNS_DIR [--out results]``: every figure of :func:`write_figures`
-    for the run folders under RUNS_DIR (what ``ts2.report`` draws after its tables)."""
-    import argparse
-
-    p = argparse.ArgumentParser(description=main.__doc__)
-    p.add_argument("what", choices=["tspd", "all"])
-    p.add_argument(
-        "paths",
-        nargs="+",
-        help="tspd: run folders (with metrics/tspd.json) or tspd.json files; all: RUNS_DIR",
-    )
-    p.add_argument("--out", default="results")
-    p.add_argument(
-        "--note", default=None, help="a line stating what the runs are (table header, figure title)"
-    )
-    a = p.parse_args(argv)
-    if a.what == "all":
-        import logging
-
-        from ts2.runs import collect
-
-        logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-        if len(a.paths) != 1:
-            p.error("all takes one RUNS_DIR (the folder holding the run folders)")
-        runs = collect(Path(a.paths[0]))
-        for f in write_figures(runs, Path(a.out) / "figures", a.note or f"runs: {a.paths[0]}"):
-            print(f)
-        return
-    for k, v in tspd_report(a.paths, a.out, note=a.note).items():
-        print(f"{k}: {v}")
-
-
-if __name__ == "__main__":
-    from ts2 import cli
-
-    cli.run(main, interrupted=cli.RERUN)

@@ -23,7 +23,7 @@ COLORS = {
 
 
 class NoData(LookupError):
-    """A figure's data is not in the runs (:func:`write_figures` skips that figure with a log line)."""
+    """A figure's data is not in the runs (``ts2.analysis.figures.write_figures`` skips it with a log line)."""
 
 
 EXTRA_COLORS = ("#e377c2", "#000000", "#9edae5", "#c49c94", "#dbdb8d", "#393b79")

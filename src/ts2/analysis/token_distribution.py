@@ -20,11 +20,11 @@ generated token is used instead (noted in the panel). Whether the official scrip
 is not recorded; its raw continuations read like plain completions, so the raw prompt is the default
 (``chat_template=True`` renders it as a user turn).
 
-Command::
+Command (the data; the figure is drawn by ``python -m ts2.report``, :mod:`ts2.analysis.figures`)::
 
     python -m ts2.analysis.token_distribution runs/train/method=ce runs/train/method=ts2 \
         [--model tiny] [--n 10] [--out results]
-    # -> results/token_distribution/<label>.json and results/figures/token_distribution.png
+    # -> results/token_distribution/<label>.json and official_8b.json
 """
 
 from __future__ import annotations
@@ -165,23 +165,11 @@ def model_distribution(
     "with_digit", "n", "generated", ...}``, top 50 each.
     """
     import torch
-    from omegaconf import OmegaConf
 
     from ts2.models import load_model, load_tokenizer
-    from ts2.sample import resolve_model
+    from ts2.models.source import model_source_of
 
-    run_dir = model_path = None
-    if source is not None:
-        p = Path(source)
-        if (p / "model" / "config.json").is_file():
-            run_dir = str(p)
-        else:
-            model_path = str(source)
-    src = resolve_model(
-        OmegaConf.create(
-            {"run_dir": run_dir, "model_path": model_path, "model": None if run_dir else model_cfg}
-        )
-    )
+    src = model_source_of(source, {"model": model_cfg})
     tok = load_tokenizer(src.model_cfg, src.path)
     model = load_model(src.model_cfg, src.path).eval()
     text = (
@@ -272,57 +260,41 @@ def our_panel(dist: dict[str, Any], label: str, method: str | None = None) -> di
     }
 
 
-def main(argv: Sequence[str] | None = None) -> Path:
-    p = argparse.ArgumentParser(
-        description="Token-distribution figure: our models beside the official 8B data."
-    )
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    """Measure the models and write ``<out>/token_distribution/<label>.json`` and ``official_8b.json``: the
+    data of the ``token_distribution`` figure, which ``python -m ts2.report figures=[token_distribution]``
+    draws for the run folders of its ``runs_dir``."""
+    p = argparse.ArgumentParser(description="Token distributions of our models and of the official 8B data.")
     p.add_argument("sources", nargs="*", help="run folders (or model folders) to measure")
     p.add_argument("--model", default=None, help="a conf/model id to measure as is (e.g. tiny: random init)")
     p.add_argument("--n", type=int, default=10, help="sampled continuations per model (official: 10)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--chat-template", action="store_true", help="render the prompt as a user turn")
     p.add_argument("--out", default="results", help="output root")
-    p.add_argument("--name", default="token_distribution", help="figure name (results/figures/<name>.png)")
-    p.add_argument("--note", default=None, help="a line stating what our runs are (figure title)")
     a = p.parse_args(argv)
     from omegaconf import OmegaConf
 
     from ts2.conf import CONF_DIR
 
-    out = Path(a.out)
-    (out / "token_distribution").mkdir(parents=True, exist_ok=True)
-    ours = []
+    out = Path(a.out) / "token_distribution"
+    out.mkdir(parents=True, exist_ok=True)
     todo: list[tuple[str, Any, dict | None]] = [(str(s), s, None) for s in a.sources]
     if a.model:
-        todo.append(
-            (
-                a.model,
-                None,
-                OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / f"{a.model}.yaml")),
-            )
-        )
+        mcfg = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "model" / f"{a.model}.yaml"))
+        todo.append((a.model, None, mcfg))
+    written = []
     for name, src, mcfg in todo:
         d = model_distribution(src, model_cfg=mcfg, n=a.n, seed=a.seed, chat_template=a.chat_template)
-        info = d["model"]
-        label = info.get("method") or (
-            f"{a.model} (random init)" if mcfg and src is None else Path(name).name
-        )
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(label)).strip("_")
+        label = d["model"].get("method") or (f"{a.model} (random init)" if src is None else Path(name).name)
         d["label"] = str(label)
-        (out / "token_distribution" / f"{slug}.json").write_text(json.dumps(d, indent=2))
-        ours.append(our_panel(d, str(label), info.get("method")))
-    official = official_panels()
-    (out / "token_distribution" / "official_8b.json").write_text(json.dumps(official, indent=2))
-    panels = [ours, official] if ours else [official]
-    title = (
-        f"Next-token distribution at the first generated digit; prompt {PROMPT!r}\nT=0.6, top-p 0.9 "
-        "(mean over samples). Top row: ours (scale in each title); bottom row: the official 8B data."
-    )
-    if a.note:
-        title += f"\n{a.note}"
-    fig = token_distribution_figure(panels, out / "figures" / f"{a.name}.png", title=title)
-    print(fig)
-    return fig
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(label)).strip("_")
+        written.append(out / f"{slug}.json")
+        written[-1].write_text(json.dumps(d, indent=2))
+    written.append(out / "official_8b.json")
+    written[-1].write_text(json.dumps(official_panels(), indent=2))
+    for f in written:
+        print(f)
+    return written
 
 
 def token_distribution_figure(

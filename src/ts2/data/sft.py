@@ -4,9 +4,10 @@ Paper scale: ``HuggingFaceH4/ultrafeedback_binarized``, split ``train_sft``, fie
 with seed 42. Offline: ``<data_dir>/ultrafeedback/*.jsonl`` rows ``{prompt, chosen}`` become
 ``[user: prompt, assistant: chosen]``.
 
-Each conversation is rendered with the tokenizer's chat template; labels are ``-100`` everywhere except
-the tokens of assistant turns (content and end-of-turn token), found from the character spans of each
-assistant turn in the rendered text. Sequences are truncated to ``max_length``.
+Each conversation is rendered with the tokenizer's (the model's own) chat template; labels are ``-100``
+everywhere except the tokens of assistant turns (content and end-of-turn token, not the whitespace a template
+writes after that token, e.g. ChatML's newline), found from the character spans of each assistant turn in the
+rendered text. Sequences are truncated to ``max_length``.
 
 Bad rows (a line that is not UTF-8 or not JSON, no or empty assistant turn, wrong types) and rows whose whole
 answer is truncated away are
@@ -93,23 +94,32 @@ def _local_rows(cfg: Any) -> list[tuple[str, Any]]:
 def _hub_rows(cfg: Any) -> list[tuple[str, Any]]:
     import datasets
 
-    ds = datasets.load_dataset(cfg.hub_name, split=cfg.split)
+    ds = datasets.load_dataset(cfg.hub_name, split=cfg.split, revision=cfg.get("revision"))
+    if (
+        cfg.get("shuffle_seed") is not None
+    ):  # the official order: datasets' own shuffle (numpy PCG64 permutation)
+        ds = ds.shuffle(seed=cfg.shuffle_seed)
     ids = ds[cfg.id_field] if cfg.get("id_field") and cfg.id_field in ds.column_names else range(len(ds))
     return [(f"{cfg.split}/{i}", m) for i, m in zip(ids, ds[cfg.messages_field], strict=True)]
 
 
 def load_conversations(cfg: Any) -> list[tuple[str, Any]]:
-    """(row id, messages) pairs from the configured source, shuffled with ``cfg.shuffle_seed``."""
+    """(row id, messages) pairs from the configured source, shuffled with ``cfg.shuffle_seed``.
+
+    Hub data is shuffled as the official code does, ``Dataset.shuffle(seed=42)`` (a numpy PCG64 permutation), so
+    the rows come in the official order; the local subset keeps Python's ``random.Random(seed).shuffle`` (the
+    order every tiny-scale result was made with).
+    """
     if cfg.source == "local":
         rows = _local_rows(cfg)
+        if cfg.get("shuffle_seed") is not None:
+            import random
+
+            random.Random(cfg.shuffle_seed).shuffle(rows)
     elif cfg.source == "hub":
         rows = _hub_rows(cfg)
     else:
         raise ValueError(f"data.source must be 'local' or 'hub', got {cfg.source!r}.")
-    if cfg.get("shuffle_seed") is not None:
-        import random
-
-        random.Random(cfg.shuffle_seed).shuffle(rows)
     if cfg.get("limit"):
         rows = rows[: cfg.limit]
     return rows
@@ -136,6 +146,21 @@ def _check_messages(messages: Any) -> None:
         raise BadRow("no_answer: no assistant turn")
 
 
+def _turn_end(tokenizer: Any, upto: str, start: int) -> int:
+    """End of an assistant turn's labelled text: the template's text up to its end-of-turn token.
+
+    Whitespace a template writes *after* the end-of-turn special token (ChatML: ``<|im_end|>\\n``) separates
+    turns; the model never generates it (sampling stops at the end-of-turn token), so it is not a target.
+    Llama-3.1's turn ends with ``<|eot_id|>`` itself, so nothing changes there.
+    """
+    stripped = upto.rstrip()
+    if len(stripped) < len(upto) and len(stripped) > start:
+        specials = [t for t in getattr(tokenizer, "all_special_tokens", []) if t]
+        if any(stripped.endswith(t) for t in specials):
+            return len(stripped)
+    return len(upto)
+
+
 def tokenize_conversation(
     messages: list[dict[str, str]], tokenizer: Any, max_length: int
 ) -> dict[str, list[int]]:
@@ -153,7 +178,7 @@ def tokenize_conversation(
                 "The chat template does not render conversations prefix-consistently, so assistant spans "
                 "cannot be located; use a template in which each turn only appends text."
             )
-        spans.append((len(head), len(upto)))
+        spans.append((len(head), _turn_end(tokenizer, upto, len(head))))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     labels = [IGNORE_INDEX] * len(ids)

@@ -27,9 +27,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ts2.eval.alpaca_data import NUM_PROMPTS, alpaca_instructions, alpaca_samples
-from ts2.eval.best_of_n import best_of_n_grid, bootstrap_ci, per_prompt_win
+from ts2.eval.best_of_n import best_of_n_grid, per_prompt_win
 from ts2.eval.result import ScoreResult
 from ts2.eval.reward_cache import as_scorer, default_scores_path, reference_rewards, score_cached
+from ts2.eval.stats import bootstrap_cis
 from ts2.sampling.store import Sample, group_by_prompt, prefix_count, read_samples
 
 
@@ -132,7 +133,7 @@ def evaluate_alpaca_eval(
         note += f"; win rate reported only for n <= {n_eval}, the sample count every evaluated prompt has"
     return {
         "win_rate": {n: float(v.mean()) for n, v in per.items()},
-        "ci95": bootstrap_ci(per, n_resamples=n_bootstrap, seed=seed),
+        "ci95": {n: list(ci) for n, ci in bootstrap_cis(per, n_resamples=n_bootstrap, seed=seed).items()},
         "mean_best_reward": {n: float(r[:, :n].max(axis=1).mean()) for n in ns},
         "mean_ref_reward": float(ref.mean()),
         "num_prompts": len(ids),
@@ -194,7 +195,6 @@ def score(samples: list[Sample], cfg: DictConfig) -> ScoreResult:
         policy_tokenizer,
         sample_groups,
     )
-    from ts2.eval.stats import bootstrap_cis
 
     m = cfg.eval.metrics
     path = Path(cfg.samples_dir) / f"{cfg.eval.id}.jsonl"

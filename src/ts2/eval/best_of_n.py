@@ -9,17 +9,14 @@ r_i,ref (the same RM's score of the GPT-4-Turbo AlpacaEval-2 answer):
 for n = 1, 2, 4, …, N (powers of two ≤ N, plus N itself if it is not one). σ(a − b) = e^a / (e^a + e^b) is the
 Bradley–Terry probability that the sample beats the reference, as in the official ``calculate_winrate.py``.
 The 95% CI is a seeded percentile bootstrap over prompts with the same resampled prompt sets for every n
-(:mod:`ts2.eval.stats`).
+(:func:`ts2.eval.stats.bootstrap_cis`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-
-from ts2.eval.stats import bootstrap_ci as _ci
-from ts2.eval.stats import bootstrap_indices
 
 
 def best_of_n_grid(n_max: int) -> list[int]:
@@ -48,16 +45,3 @@ def per_prompt_win(rewards: np.ndarray, ref: np.ndarray, n: int) -> np.ndarray:
 def win_rates(rewards: np.ndarray, ref: np.ndarray, ns: Sequence[int]) -> dict[int, float]:
     """Best-of-n win rate (×100) for each n."""
     return {int(n): float(per_prompt_win(rewards, ref, n).mean()) for n in ns}
-
-
-def bootstrap_ci(
-    per_prompt: Mapping[int, np.ndarray], *, n_resamples: int = 1000, seed: int = 0, level: float = 0.95
-) -> dict[int, list[float]]:
-    """Percentile-bootstrap CI of the mean over prompts, per n, with one set of resampled prompt sets for all n."""
-    if n_resamples < 1 or not 0 < level < 1:
-        raise ValueError("bootstrap needs n_resamples >= 1 and 0 < level < 1.")
-    sizes = {len(v) for v in per_prompt.values()}
-    if len(sizes) != 1:
-        raise ValueError("bootstrap_ci: every n needs the same prompts.")
-    idx = bootstrap_indices(sizes.pop(), n_resamples, seed)
-    return {n: list(_ci(v, level=level, indices=idx)) for n, v in per_prompt.items()}

@@ -22,11 +22,13 @@ Which strings are scored (``diversity.text``, :func:`sample_groups`):
 
 - ``paper`` (default): the official string (GEM's ``evaluation_diversity.py`` with ``--detokenizer_path``), built
   with the *policy model's* tokenizer by :func:`paper_text`: the sample's chat-templated prompt is round-tripped
-  (``decode(encode(prompt), skip_special_tokens=True)``) with every ``"user\\n\\n"`` and ``"assistant\\n\\n"``
-  removed, the completion has ``<|eot_id|>`` removed, and the pair [user, assistant] is templated again
+  (``decode(encode(prompt), skip_special_tokens=True)``) with every user and assistant turn header removed
+  (Llama-3.1: ``"user\\n\\n"`` and ``"assistant\\n\\n"``, the official literals; other templates: their own
+  headers, :func:`ts2.models.chat.role_header`), the completion has the template's end-of-turn token removed
+  (Llama-3.1 ``<|eot_id|>``, ChatML ``<|im_end|>``), and the pair [user, assistant] is templated again
   (``apply_chat_template(..., tokenize=False)``). So the system block appears twice (the template's own and the
-  leftover ``"system\\n\\nCutting Knowledge Date: ..."`` text in the user turn) and the string ends with the
-  assistant turn's end-of-turn token.
+  leftover ``"system\\n\\nCutting Knowledge Date: ..."`` text in the user turn; SmolLM2: its default system
+  line) and the string ends with the assistant turn's end-of-turn token.
 - ``templated``: the sample's prompt as sent + the completion (one system block, no re-templating).
 - ``response``: the completion alone (the correct choice: diversity of what the model wrote).
 
@@ -258,12 +260,14 @@ def default_sentence_model_path() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_model(name_or_path: str, allow_download: bool = False) -> SentenceTransformer:
+def _load_model(
+    name_or_path: str, allow_download: bool = False, revision: str | None = None
+) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     try:
         # local_files_only unless allowed (conf/diversity/paper.yaml): HF_HUB_OFFLINE=1 still forbids it.
-        return SentenceTransformer(name_or_path, local_files_only=not allow_download)
+        return SentenceTransformer(name_or_path, local_files_only=not allow_download, revision=revision)
     except Exception as err:  # hub/transformers raise several types (OSError, ValueError, HF errors)
         where = "the hub or local files" if allow_download else "local files (allow_download=false)"
         raise OSError(
@@ -276,7 +280,10 @@ def _load_model(name_or_path: str, allow_download: bool = False) -> SentenceTran
 
 
 def load_sentence_model(
-    model: SentenceTransformer | str | os.PathLike[str] | None = None, *, allow_download: bool = False
+    model: SentenceTransformer | str | os.PathLike[str] | None = None,
+    *,
+    allow_download: bool = False,
+    revision: str | None = None,
 ) -> SentenceTransformer:
     """A SentenceTransformer from an instance, a hub name or a folder; None = MiniLM default.
 
@@ -286,7 +293,7 @@ def load_sentence_model(
     if model is None:
         return _load_model(default_sentence_model_path())
     if isinstance(model, (str, os.PathLike)):
-        return _load_model(os.fspath(model), bool(allow_download))
+        return _load_model(os.fspath(model), bool(allow_download), revision)
     return model
 
 
@@ -356,6 +363,7 @@ def sentence_embeddings(
     show_progress: bool | None = None,
     max_seq_length: int | None = None,
     allow_download: bool = False,
+    revision: str | None = None,
 ) -> np.ndarray:
     """L2-normalised sentence embeddings ``[len(texts), dim]`` (float32), encoded ``chunk_size`` texts at a time.
 
@@ -375,7 +383,7 @@ def sentence_embeddings(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    st = load_sentence_model(model, allow_download=allow_download)
+    st = load_sentence_model(model, allow_download=allow_download, revision=revision)
     if max_seq_length is not None and max_seq_length != st.max_seq_length:
         if not isinstance(max_seq_length, int) or max_seq_length < 2:
             raise ValueError(f"max_seq_length must be an int >= 2 (word pieces), got {max_seq_length!r}.")
@@ -485,6 +493,7 @@ def sent_bert_similarities(
     show_progress: bool | None = None,
     max_seq_length: int | None = None,
     allow_download: bool = False,
+    revision: str | None = None,
 ) -> list[float]:
     """Per prompt, the mean cosine similarity over its unordered sample pairs (Sent-BERT diversity is
     ``100 · mean_prompts (1 − similarity)``); arguments as :func:`sent_bert_diversity`."""
@@ -498,6 +507,7 @@ def sent_bert_similarities(
         show_progress=show_progress,
         max_seq_length=max_seq_length,
         allow_download=allow_download,
+        revision=revision,
     )
     return _pairwise_cosine_means(emb, [len(g) for g in groups])
 
@@ -519,6 +529,7 @@ class DiversityConfig:
     text: TextMode = "paper"
     model: SentenceTransformer | str | os.PathLike[str] | None = None
     allow_download: bool = False
+    revision: str | None = None  # pinned hub commit of the encoder (conf/diversity/paper.yaml)
     max_seq_length: int | None = None
     batch_size: int = 64
     num_workers: int = 1
@@ -585,6 +596,7 @@ def diversity_scores(
         show_progress=c.show_progress,
         max_seq_length=c.max_seq_length,
         allow_download=c.allow_download,
+        revision=c.revision,
     )
     return DiversityScores(
         metrics={
@@ -614,16 +626,20 @@ def paper_text(tokenizer: Any, prompt: str, completion: str, *, user: str | None
 
     ``apply_chat_template([user: U, assistant: A], tokenize=False)`` with the policy's ``tokenizer``, where
     U = :func:`ts2.models.reward_model.paper_detok_user_text` of the chat-templated ``prompt`` (round trip through
-    the tokenizer, every ``"user\\n\\n"`` / ``"assistant\\n\\n"`` removed) and A = ``completion`` with every
-    ``<|eot_id|>`` removed. ``user``: U already computed (it is the same for all samples of a prompt).
+    the tokenizer, the template's user/assistant headers removed) and A = ``completion`` with every end-of-turn
+    token of the template removed (:func:`ts2.models.chat.end_of_turn_token`; Llama-3.1 ``<|eot_id|>``).
+    ``user``: U already computed (it is the same for all samples of a prompt).
     """
+    from ts2.models.chat import end_of_turn_token
+
     if user is None:
         from ts2.models.reward_model import paper_detok_user_text
 
         user = paper_detok_user_text(prompt, tokenizer)
+    eot = end_of_turn_token(tokenizer)
     chat = [
         {"role": "user", "content": user},
-        {"role": "assistant", "content": completion.replace("<|eot_id|>", "")},
+        {"role": "assistant", "content": completion.replace(eot, "") if eot else completion},
     ]
     return tokenizer.apply_chat_template(chat, tokenize=False)
 

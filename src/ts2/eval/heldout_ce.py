@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ts2.eval.result import ScoreResult
-from ts2.runs import cfg_get, model_source_of
+from ts2.models.source import cfg_get, model_source_of
 
 IGNORE_INDEX = -100
 
@@ -96,7 +96,7 @@ def summarize(
     sums: np.ndarray, counts: np.ndarray, ids: Sequence[Any], *, n_bootstrap: int = 1000, seed: int = 0
 ) -> ScoreResult:
     """The metrics of the module docstring from per-row NLL sums and token counts."""
-    from ts2.eval.stats import bootstrap_ci, bootstrap_indices
+    from ts2.eval.stats import bootstrap_ci, bootstrap_indices, ratio_ci
 
     if len(sums) != len(counts) or len(sums) != len(ids):
         raise ValueError(f"summarize: {len(sums)} sums, {len(counts)} counts and {len(ids)} ids differ.")
@@ -113,9 +113,7 @@ def summarize(
     if len(sums) >= 2 and n_bootstrap >= 1:
         idx = bootstrap_indices(len(sums), n_bootstrap, seed)
         ci["heldout_ce"] = bootstrap_ci(row_ce, indices=idx)
-        ratio = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
-        lo, hi = np.percentile(ratio, [2.5, 97.5])
-        ci["heldout_ce_token"] = (float(lo), float(hi))
+        lo, hi = ci["heldout_ce_token"] = ratio_ci(sums, counts, indices=idx)
         ci["heldout_ppl_token"] = (math.exp(lo), math.exp(hi))
     return ScoreResult(
         metrics=metrics,

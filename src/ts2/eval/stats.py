@@ -1,21 +1,27 @@
-"""Uncertainty over prompts: percentile-bootstrap confidence intervals (issue #15 item 4).
+"""Every bootstrap of the project, and the Wilson interval (issue #15 item 4, issue #18 item 3).
 
 Every benchmark metric here is a mean over prompts of a per-prompt value v_i (win rate, distinct-n,
 100 − Self-BLEU, Sent-BERT, pass@k). Its 95% CI is the percentile bootstrap (Efron & Tibshirani 1993, §13.3):
 draw B resamples of the P prompts with replacement, take the mean of each, and report the 2.5th and 97.5th
 percentiles of those B means (numpy's default linear interpolation). Resampling is seeded, so a CI is
 reproducible, and :func:`bootstrap_indices` is shared, so metrics of one result use the same resampled prompt
-sets.
+sets. The kinds:
 
-Between two methods scored on the same prompts, :func:`paired_bootstrap` resamples prompts jointly: the
-difference of means d = mean(a) − mean(b) with the percentile CI of d over the same resamples. That removes
-the between-prompt variance both methods share (a prompt that is easy for one is easy for the other).
+- percentile (:func:`bootstrap_ci`, :func:`bootstrap_cis`): the mean of per-prompt values;
+- paired (:func:`paired_bootstrap`): d = mean(a) − mean(b) over the same prompts, resampled jointly, which
+  removes the between-prompt variance both methods share;
+- two-level, seed runs then prompts (:func:`seeded_paired_bootstrap`, :func:`bootstrap_means`): when a method
+  was trained with several seeds, each resample draws its seed runs with replacement, then the prompts, so
+  the CI covers both sources of variation;
+- ratio (:func:`ratio_ci`): sum(x)/sum(n) of per-prompt sums (a token-weighted mean), prompts resampled;
+- :func:`wilson_interval`: a proportion's score interval (Wilson 1927), no resampling.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +38,8 @@ def bootstrap_indices(num: int, n_resamples: int = N_RESAMPLES, seed: int = 0) -
     return np.random.default_rng(seed).integers(0, num, size=(n_resamples, num))
 
 
-def _percentiles(means: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(means: np.ndarray, level: float) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap statistics (numpy's linear percentiles)."""
     if not 0 < level < 1:
         raise ValueError(f"level must be in (0, 1), got {level}.")
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
@@ -69,7 +76,7 @@ def bootstrap_ci(
     idx = bootstrap_indices(v.size, n_resamples, seed) if indices is None else indices
     if idx.ndim != 2 or idx.shape[1] != v.size:
         raise ValueError(f"indices of shape {idx.shape} do not resample {v.size} prompts.")
-    return _percentiles(v[idx].mean(axis=1), level)
+    return percentile_interval(v[idx].mean(axis=1), level)
 
 
 def bootstrap_cis(
@@ -91,16 +98,20 @@ def bootstrap_cis(
 
 @dataclass(frozen=True)
 class PairedDifference:
-    """mean(a) − mean(b) over paired prompts and its percentile-bootstrap CI."""
+    """d = mean(a) − mean(b) over paired prompts, its percentile-bootstrap CI, and the data behind it."""
 
     diff: float
     ci: tuple[float, float]
     num_prompts: int
+    seeds: tuple[int, int] = (1, 1)  # seed runs of a, of b
 
     @property
     def significant(self) -> bool:
         """True when the CI excludes 0 (a difference at the CI's level)."""
         return self.ci[0] > 0 or self.ci[1] < 0
+
+    def text(self, unit: str = "") -> str:
+        return f"{self.diff:+.2f}{unit} [{self.ci[0]:+.2f}, {self.ci[1]:+.2f}]"
 
 
 def paired_bootstrap(
@@ -137,3 +148,108 @@ def align(
         np.asarray([a[pos_a[p]] for p in common], dtype=np.float64),
         np.asarray([b[pos_b[p]] for p in common], dtype=np.float64),
     )
+
+
+def shared_ids(id_lists: Sequence[Sequence[Any]]) -> list[Any]:
+    """The prompt ids every list holds, in the first list's order."""
+    shared = set(id_lists[0])
+    for ids in id_lists[1:]:
+        shared &= set(ids)
+    return [p for p in id_lists[0] if p in shared]
+
+
+def stack(runs: Sequence[tuple[Sequence[Any], np.ndarray]], ids: Sequence[Any]) -> np.ndarray:
+    """[runs, prompts] values of the prompts ``ids`` from (prompt ids, values) per run."""
+    out = []
+    for run_ids, values in runs:
+        pos = {pid: i for i, pid in enumerate(run_ids)}
+        out.append(values[[pos[p] for p in ids]])
+    return np.stack(out)
+
+
+def seeded_paired_bootstrap(
+    a_runs: Sequence[tuple[Sequence[Any], np.ndarray]],
+    b_runs: Sequence[tuple[Sequence[Any], np.ndarray]],
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> PairedDifference:
+    """Two-level paired bootstrap of mean(a) − mean(b): seed runs, then prompts.
+
+    ``a_runs`` / ``b_runs``: per training seed, (prompt ids, per-prompt values). Prompts are those every run
+    shares. Each resample draws the seeds of a and of b with replacement, then one set of prompts (shared by
+    a and b), and takes the difference of the means; the CI is the percentile interval of those differences.
+    With one seed per method it is a paired bootstrap over prompts (other draws than :func:`paired_bootstrap`).
+    """
+    if not a_runs or not b_runs:
+        raise ValueError("seeded_paired_bootstrap needs at least one run of each method.")
+    ids = shared_ids([run_ids for run_ids, _ in [*a_runs, *b_runs]])
+    if not ids:
+        raise ValueError("the two methods share no scored prompt; pair them on the same prompts.")
+    a, b = stack(a_runs, ids), stack(b_runs, ids)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_resamples)
+    for r in range(n_resamples):
+        sa = rng.integers(0, a.shape[0], a.shape[0])
+        sb = rng.integers(0, b.shape[0], b.shape[0])
+        pi = rng.integers(0, len(ids), len(ids))
+        diffs[r] = a[sa][:, pi].mean() - b[sb][:, pi].mean()
+    return PairedDifference(
+        float(a.mean() - b.mean()), percentile_interval(diffs, level), len(ids), (a.shape[0], b.shape[0])
+    )
+
+
+def bootstrap_means(
+    blocks: Mapping[str, np.ndarray], *, n_resamples: int = N_RESAMPLES, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Bootstrap means of ``[runs, prompts]`` blocks (one per metric), the same resamples for every metric.
+
+    One run: prompt indices from :func:`bootstrap_indices` (seed ``seed``), the scorer's own draw, so the
+    percentile interval of these means is the CI the scorer stored. Several: per resample, runs with
+    replacement, then prompts (two-level, as :func:`seeded_paired_bootstrap`).
+    """
+    shapes = {b.shape for b in blocks.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"bootstrap_means: blocks of different shapes {sorted(shapes)}.")
+    runs, prompts = shapes.pop()
+    if runs == 1:
+        idx = bootstrap_indices(prompts, n_resamples, seed)
+        return {m: b[0][idx].mean(axis=1) for m, b in blocks.items()}
+    rng = np.random.default_rng(seed)
+    out = {m: np.empty(n_resamples) for m in blocks}
+    for r in range(n_resamples):
+        si = rng.integers(0, runs, runs)
+        pi = rng.integers(0, prompts, prompts)
+        for m, b in blocks.items():
+            out[m][r] = b[si][:, pi].mean()
+    return out
+
+
+def ratio_ci(
+    sums: np.ndarray,
+    counts: np.ndarray,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+    indices: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Percentile-bootstrap CI of sum(sums) / sum(counts), resampling prompts (clusters of tokens).
+
+    ``sums[i]``: a prompt's total (e.g. its tokens' NLL), ``counts[i]`` its tokens; the ratio is the
+    token-weighted mean. ``indices`` (from :func:`bootstrap_indices`) reuses resampled prompt sets.
+    """
+    idx = bootstrap_indices(len(sums), n_resamples, seed) if indices is None else indices
+    return percentile_interval(sums[idx].sum(axis=1) / np.maximum(counts[idx].sum(axis=1), 1), level)
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (Wilson 1927): (p + z²/2n ± z√(p(1−p)/n + z²/4n²)) / (1 + z²/n)."""
+    if n < 1:
+        raise ValueError("wilson_interval needs n >= 1.")
+    p = successes / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / den
+    return (mid - half, mid + half)

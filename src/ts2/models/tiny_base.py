@@ -21,36 +21,43 @@ Where the weights come from (:func:`build_tiny_base`):
 2. else the committed copy under ``assets/tiny_base/`` when its ``manifest.json`` names the same spec fingerprint
    and the weights' sha256 matches (the pretraining takes about an hour of one core, too long for a fresh-clone
    run, so the repo ships its result; fp16 safetensors);
-3. else a fresh build (``make tiny-base`` / ``python -m ts2.models.tiny_base --force``).
+3. else a fresh build (``make tiny-base`` / ``python -m ts2.models.tiny base --force``).
 
-Commands::
+The folder also keeps ``corpus.json`` (:func:`ts2.models.corpus.corpus_record`): every document's sha256 and the
+held-out documents' text, so that the corpus fingerprint and the held-out perplexity of a committed base can be
+checked on a machine whose stdlib differs from the build's.
 
-    python -m ts2.models.tiny_base              # find or build; print the folder
-    python -m ts2.models.tiny_base --force      # rebuild into the cache (resumes from a checkpoint)
-    python -m ts2.models.tiny_base --commit     # rebuild if needed and copy the result to assets/tiny_base/
+Pretraining runs through :func:`ts2.models.tiny.train_loop`, not ``transformers.Trainer`` (why: that docstring).
+
+Commands (:func:`ts2.models.tiny.main`)::
+
+    python -m ts2.models.tiny base              # find or build; print the folder
+    python -m ts2.models.tiny base --force      # rebuild into the cache (resumes from a checkpoint)
+    python -m ts2.models.tiny base --commit     # rebuild if needed and copy the result to assets/tiny_base/
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ts2.models.chat import CHAT_TEMPLATE, SPECIAL_TOKENS
-from ts2.models.corpus import Document, corpus_fingerprint, load_corpus
+from ts2.models.corpus import Document, corpus_fingerprint, corpus_record, load_corpus
+from ts2.models.tiny import chat_ids, init_llama, spec_from_dict, spec_hash, train_bpe, train_loop
 from ts2.paths import atomic_dir, cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ASSETS_DIR = REPO_ROOT / "assets" / "tiny_base"
 WEIGHTS_FILE = "model.safetensors"
+CORPUS_FILE = "corpus.json"  # ts2.models.corpus.corpus_record of the build's corpus
 SAMPLE_PROMPTS = ("def fibonacci(n):\n", "The quick", "Python is a")
 
 
@@ -106,12 +113,7 @@ class TinyBaseSpec:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> TinyBaseSpec:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown tiny base spec key(s) {unknown}; known: {sorted(known)}.")
-        return cls(**d)
+        return spec_from_dict(cls, d, "tiny base")
 
     def fingerprint(self, corpus_fp: str) -> str:
         blob = json.dumps({"spec": asdict(self), "corpus": corpus_fp}, sort_keys=True)
@@ -125,39 +127,7 @@ class TinyBaseSpec:
         return v * h * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * layer + h
 
 
-def _spec_fp_only(spec: TinyBaseSpec) -> str:
-    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:10]
-
-
-# ---------------------------------------------------------------- tokenizer + data
-
-
-def train_tokenizer(spec: TinyBaseSpec, docs: list[Document], out: Path) -> Any:
-    """Byte-level BPE with ``spec.vocab_size`` tokens on the training documents; saved to ``out``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator([d.text for d in docs if not d.heldout], trainer=trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<|begin_of_text|>",
-        eos_token="<|eot_id|>",
-        pad_token="<|pad|>",
-        model_max_length=1_000_000,
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    fast.save_pretrained(out)
-    return fast
+# ---------------------------------------------------------------- data
 
 
 def pack(tok: Any, docs: list[Document], seq_len: int) -> Any:
@@ -178,29 +148,8 @@ def pack(tok: Any, docs: list[Document], seq_len: int) -> Any:
 
 
 def init_model(spec: TinyBaseSpec, tok: Any) -> Any:
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
-
-    eos_ids = [tok.convert_tokens_to_ids(t) for t in ("<|end_of_text|>", "<|eot_id|>")]
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=spec.hidden_size,
-        intermediate_size=spec.intermediate_size,
-        num_hidden_layers=spec.num_hidden_layers,
-        num_attention_heads=spec.num_attention_heads,
-        num_key_value_heads=spec.num_key_value_heads,
-        max_position_embeddings=spec.max_position_embeddings,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=eos_ids,
-        pad_token_id=tok.pad_token_id,
-        tie_word_embeddings=spec.tie_word_embeddings,
-    )
-    torch.manual_seed(spec.seed)
-    model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, eos_token_id=eos_ids, pad_token_id=tok.pad_token_id
-    )
-    return model
+    """The seeded, untrained base (:func:`ts2.models.tiny.init_llama` with the spec's sizes and tying)."""
+    return init_llama(spec, seed=spec.seed, tie_word_embeddings=spec.tie_word_embeddings, **chat_ids(tok))
 
 
 def lr_at(spec: TinyBaseSpec, step: int) -> float:
@@ -282,31 +231,32 @@ def pretrain(
         start, log = state["step"], state["log"]
         print_fn(f"resumed from {ckpt} at step {start}")
     end = spec.steps if stop_after is None else min(spec.steps, stop_after)
-    model.train()
     t0 = time.perf_counter()
     tokens_per_step = spec.batch_size * spec.seq_len
-    for step in range(start, end):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(spec, step)
-        x = train_chunks[batch_indices(spec, len(train_chunks), step)]
-        out = model(input_ids=x, labels=x, use_cache=False)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-        opt.step()
-        log.append({"step": step + 1, "loss": float(out.loss.detach()), "grad_norm": float(gnorm)})
-        done = step + 1 - start
+
+    def after_step(step: int, loss: Any, grad_norm: Any) -> None:
+        log.append({"step": step + 1, "loss": float(loss), "grad_norm": float(grad_norm)})
         if (step + 1) % log_every == 0 or step + 1 == end:
             el = time.perf_counter() - t0
-            tps = done * tokens_per_step / el
-            eta = (end - step - 1) * tokens_per_step / tps
+            tps = (step + 1 - start) * tokens_per_step / el
             print_fn(
                 f"step {step + 1}/{spec.steps} loss {log[-1]['loss']:.4f} lr {lr_at(spec, step):.2e} "
-                f"{tps:.0f} tok/s elapsed {el:.0f}s eta {eta:.0f}s",
+                f"{tps:.0f} tok/s elapsed {el:.0f}s eta {(end - step - 1) * tokens_per_step / tps:.0f}s",
             )
         if ckpt is not None and ((step + 1) % spec.checkpoint_every == 0 or step + 1 == end):
             _save_ckpt(ckpt, model, opt, step + 1, log)
-    model.eval()
+
+    batches = (train_chunks[batch_indices(spec, len(train_chunks), s)] for s in range(start, end))
+    train_loop(
+        model,
+        opt,
+        batches,
+        lambda m, x: m(input_ids=x, labels=x, use_cache=False).loss,
+        max_grad_norm=spec.max_grad_norm,
+        lr_at=lambda step: lr_at(spec, step),
+        start=start,
+        after_step=after_step,
+    )
     return log
 
 
@@ -344,7 +294,7 @@ def _committed(spec: TinyBaseSpec) -> Path | None:
     if not man.is_file():
         return None
     m = json.loads(man.read_text())
-    if m.get("spec_fingerprint") != _spec_fp_only(spec):
+    if m.get("spec_fingerprint") != spec_hash(spec):
         return None
     w = ASSETS_DIR / WEIGHTS_FILE
     if not w.is_file() or sha256_file(w) != m.get("weights_sha256"):
@@ -392,7 +342,7 @@ def build_tiny_base(
     t0 = time.time()
     try:
         with atomic_dir(target) as tmp:
-            tok = train_tokenizer(spec, docs, tmp)
+            tok = train_bpe((d.text for d in docs if not d.heldout), spec.vocab_size, tmp)
             train_docs = [d for d in docs if not d.heldout]
             held_docs = [d for d in docs if d.heldout]
             train_chunks = pack(tok, train_docs, spec.seq_len)
@@ -412,7 +362,7 @@ def build_tiny_base(
             model.to(torch.float16).save_pretrained(tmp)
             man = {
                 "spec": asdict(spec),
-                "spec_fingerprint": _spec_fp_only(spec),
+                "spec_fingerprint": spec_hash(spec),
                 "fingerprint": spec.fingerprint(corpus_fp),
                 "corpus_fingerprint": corpus_fp,
                 "corpus_files": {"train": len(train_docs), "heldout": len(held_docs)},
@@ -428,11 +378,12 @@ def build_tiny_base(
                 "weights_sha256": sha256_file(tmp / WEIGHTS_FILE),
                 "build_seconds_this_session": round(time.time() - t0, 1),
                 "torch_threads": 1,
-                "python": __import__("sys").version.split()[0],
+                "python": sys.version.split()[0],
                 "torch": torch.__version__,
-                "command": "python -m ts2.models.tiny_base --force",
+                "command": "python -m ts2.models.tiny base --force",
             }
             (tmp / "build_log.json").write_text(json.dumps(log))
+            (tmp / CORPUS_FILE).write_text(json.dumps(corpus_record(docs)))
             (tmp / "manifest.json").write_text(json.dumps(man, indent=2))
     finally:
         torch.set_num_threads(threads)
@@ -451,25 +402,10 @@ def commit(src: Path) -> Path:
     return ASSETS_DIR
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--force", action="store_true", help="rebuild into the cache even if a copy exists")
-    p.add_argument("--commit", action="store_true", help="copy the result to assets/tiny_base/")
-    p.add_argument("--steps", type=int, default=None, help="override TinyBaseSpec.steps")
-    args = p.parse_args(argv)
-    spec = TinyBaseSpec() if args.steps is None else TinyBaseSpec(steps=args.steps)
-    path = build_tiny_base(spec, force=args.force, use_committed=not args.commit)
-    if args.commit:
-        path = commit(path)
-    man = json.loads((path / "manifest.json").read_text())
-    print(path)
-    print(
-        f"tiny base: {man['num_params'] / 1e6:.2f}M params, {man['tokens_seen']:,} tokens seen, held-out "
-        f"perplexity {man['heldout_perplexity']:.2f} ({man['heldout_tokens']:,} tokens)"
-    )
-
-
-if __name__ == "__main__":
+if (
+    __name__ == "__main__"
+):  # the old command; experiments/table1/run.sh calls it (= python -m ts2.models.tiny base)
     from ts2 import cli
+    from ts2.models.tiny import main
 
-    cli.run(main, interrupted=cli.RESUME)
+    cli.run(lambda: main(["base", *sys.argv[1:]]), interrupted=cli.RESUME)

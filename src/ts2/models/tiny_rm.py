@@ -23,24 +23,27 @@ seeded random init.
 Deterministic for a given spec and machine (``torch.manual_seed``; a seeded shuffle). Cached under
 ``<cache_dir>/models/tiny-rm-<fingerprint>``, written to a temporary sibling folder and renamed into place.
 
-Command::
+Training runs through :func:`ts2.models.tiny.train_loop` (why not ``transformers.Trainer``: that docstring); the
+weights are the same, bit for bit, as those of the loop this module had before (same operation order and RNG use).
 
-    python -m ts2.models.tiny_rm           # trains (or finds) the default tiny RM, prints folder and accuracy
+Command: ``python -m ts2.models.tiny rm [--set KEY=VALUE ...]`` trains (or finds) the tiny RM, prints its folder and
+accuracy.
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ts2.models.tiny import TinySpec, build_tiny_model
+from ts2.eval.stats import wilson_interval  # the statistics live in one module
+from ts2.models.tiny import TinySpec, build_tiny_model, init_llama, spec_from_dict, train_loop
 from ts2.paths import atomic_dir, cache_dir, data_dir
 
 
@@ -75,12 +78,7 @@ class TinyRMSpec:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> TinyRMSpec:
         """From a config mapping (``conf/rm/tiny.yaml``'s ``tiny`` block), rejecting unknown keys."""
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"Unknown tiny RM spec key(s) {unknown}; known: {sorted(known)}.")
-        return cls(**d)
+        return spec_from_dict(cls, d, "tiny RM")
 
     def fingerprint(self) -> str:
         """Hash of the spec, and of the base's weights when it starts from the pretrained base (a rebuilt base
@@ -143,7 +141,7 @@ def init_rm_model(spec: TinyRMSpec, tokenizer: Any) -> Any:
     From the pretrained base (its backbone; a zero score head) when ``spec.base.pretrained``, else seeded init.
     """
     import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     b = spec.base
     if b.pretrained:
@@ -153,22 +151,16 @@ def init_rm_model(spec: TinyRMSpec, tokenizer: Any) -> Any:
         )
         torch.nn.init.zeros_(model.score.weight)
         return model
-    config = LlamaConfig(
+    return init_llama(
+        b,
+        seed=spec.seed,
         vocab_size=len(tokenizer),
-        hidden_size=b.hidden_size,
-        intermediate_size=b.intermediate_size,
-        num_hidden_layers=b.num_hidden_layers,
-        num_attention_heads=b.num_attention_heads,
-        num_key_value_heads=b.num_key_value_heads,
-        max_position_embeddings=max(b.max_position_embeddings, spec.max_length),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         num_labels=1,
-        tie_word_embeddings=False,
+        max_position_embeddings=max(b.max_position_embeddings, spec.max_length),
     )
-    torch.manual_seed(spec.seed)
-    return LlamaForSequenceClassification(config)
 
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
@@ -196,24 +188,27 @@ def bt_loss(model: Any, batch: Sequence[tuple[list[int], list[int]]], pad_id: in
 def train_rm(
     model: Any, data: Sequence[tuple[list[int], list[int]]], spec: TinyRMSpec, pad_id: int
 ) -> list[float]:
-    """AdamW on the Bradley–Terry loss; returns the loss of every step."""
+    """AdamW on the Bradley–Terry loss (:func:`ts2.models.tiny.train_loop`); returns the loss of every step."""
     import torch
 
     gen = torch.Generator().manual_seed(spec.seed)
+
+    def batches() -> Any:
+        for _ in range(spec.epochs):
+            perm = torch.randperm(len(data), generator=gen).tolist()
+            for start in range(0, len(perm), spec.batch_size):
+                yield [data[i] for i in perm[start : start + spec.batch_size]]
+
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
-    model.train()
     losses: list[float] = []
-    for _ in range(spec.epochs):
-        perm = torch.randperm(len(data), generator=gen).tolist()
-        for start in range(0, len(perm), spec.batch_size):
-            batch = [data[i] for i in perm[start : start + spec.batch_size]]
-            loss = bt_loss(model, batch, pad_id)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
-            opt.step()
-            losses.append(float(loss.detach()))
-    model.eval()
+    train_loop(
+        model,
+        opt,
+        batches(),
+        lambda m, batch: bt_loss(m, batch, pad_id),
+        max_grad_norm=spec.max_grad_norm,
+        after_step=lambda step, loss, grad_norm: losses.append(float(loss)),
+    )
     return losses
 
 
@@ -269,17 +264,6 @@ def rm_folder(spec: TinyRMSpec) -> Path:
     return cache_dir() / "models" / f"{spec.name}-{spec.fingerprint()}"
 
 
-def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion (Wilson 1927): (p + z²/2n ± z√(p(1−p)/n + z²/4n²)) / (1 + z²/n)."""
-    if n < 1:
-        raise ValueError("wilson_interval needs n >= 1.")
-    p = successes / n
-    den = 1 + z * z / n
-    mid = (p + z * z / (2 * n)) / den
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / den
-    return (mid - half, mid + half)
-
-
 def build_tiny_rm(spec: TinyRMSpec | None = None, *, force: bool = False, progress: bool = False) -> Path:
     """Train (or find in the cache) the tiny RM and return its folder (model, tokenizer, rm_build/rm_eval.json)."""
     import torch
@@ -293,7 +277,7 @@ def build_tiny_rm(spec: TinyRMSpec | None = None, *, force: bool = False, progre
     tok = AutoTokenizer.from_pretrained(build_tiny_model(spec.base))
     if tok.pad_token_id is None:
         raise ValueError(
-            "The tiny tokenizer has no pad token; rebuild it with `python -m ts2.models.tiny --force`."
+            "The tiny tokenizer has no pad token; rebuild it with `python -m ts2.models.tiny model --force`."
         )
     threads = torch.get_num_threads()
     torch.set_num_threads(
@@ -327,29 +311,10 @@ def spec_from_args(items: Sequence[str]) -> TinyRMSpec:
     return TinyRMSpec.from_dict(d)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--force", action="store_true", help="retrain even if cached")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a TinyRMSpec field (JSON value, e.g. quirk=false epochs=6), as conf/rm/tiny.yaml's `tiny:` block",
-    )
-    args = p.parse_args(argv)
-    path = build_tiny_rm(spec_from_args(args.set), force=args.force, progress=True)
-    ev = json.loads((path / "rm_eval.json").read_text())
-    print(path)
-    print(
-        f"tiny-scale RM: held-out pairwise accuracy {100 * ev['pairwise_accuracy']:.1f}% "
-        f"(95% CI {100 * ev['pairwise_accuracy_ci95'][0]:.1f}-{100 * ev['pairwise_accuracy_ci95'][1]:.1f}) on "
-        f"{ev['num_eval_pairs']} UltraFeedback pairs ({ev['eval_glob']}); train loss per epoch "
-        f"{[round(x, 4) for x in ev['train_loss_epoch_means']]}"
-    )
-
-
-if __name__ == "__main__":
+if (
+    __name__ == "__main__"
+):  # the old command; experiments/table1/run.sh calls it (= python -m ts2.models.tiny rm)
     from ts2 import cli
+    from ts2.models.tiny import main
 
-    cli.run(main, interrupted=cli.RERUN)
+    cli.run(lambda: main(["rm", *sys.argv[1:]]), interrupted=cli.RERUN)

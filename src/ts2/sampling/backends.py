@@ -130,7 +130,10 @@ def model_context(model_path: str, max_model_len: int | None = None) -> int | No
 
     try:
         cfg = AutoConfig.from_pretrained(model_path)
-    except (OSError, ValueError) as err:  # a layout AutoConfig cannot read (e.g. a GGUF file): the backend will
+    except (
+        OSError,
+        ValueError,
+    ) as err:  # a layout AutoConfig cannot read (e.g. a GGUF file): the backend will
         log.warning("%s: no config to read the context length from (%s); not checked.", model_path, err)
         return None
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg

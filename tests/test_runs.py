@@ -1,0 +1,130 @@
+"""`ts2.runs`: a run folder read back into a RunRecord (every number from the files written by hand here), the
+collector's order and errors, and the log rules a resume relies on. Claiming and starting a folder are
+exercised end to end in tests/test_train.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from ts2.runs import Sizes, collect, load_run, read_json, run_meta, trim_log
+
+
+def _folder(
+    root: Path,
+    name: str,
+    meta: dict,
+    config: dict | None = None,
+    log: str = "",
+    summary: dict | None = None,
+    metrics: dict[str, dict] | None = None,
+) -> Path:
+    run = root / name
+    (run / "metrics").mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps(meta))
+    if config is not None:
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(config))
+    if log:
+        (run / "train_log.jsonl").write_text(log)
+    if summary is not None:
+        (run / "train_summary.json").write_text(json.dumps(summary))
+    for bench, m in (metrics or {}).items():
+        (run / "metrics" / f"{bench}.json").write_text(json.dumps({"benchmark": bench, **m}))
+    return run
+
+
+LOG = (
+    '{"step": 1, "loss": 5.0, "ce": 4.5, "entropy": 3.0, "support_size": 7.0}\n'
+    '{"step": 2, "loss": 4.0}\n'
+    '{"step": 3, "loss": 3.0, "ce": 2.25, "entropy": 1.5}\n'
+    '{"step": 4, "loss": 2.'  # torn: the run was killed while writing
+)
+
+
+def test_a_run_folder_read_back(tmp_path):
+    run = _folder(
+        tmp_path,
+        "r",
+        {"method": "ts2", "model": "tiny", "scale": "tiny", "status": "finished"},
+        config={"seed": 7, "method": {"id": "ts2", "name": "Sparsemax+", "order": 0}, "loss": {"alpha": 0.5}},
+        log=LOG,
+        summary={"first_loss": 5.0, "last_loss": 3.0, "global_step": 3},
+        metrics={
+            "alpaca_eval": {"num_prompts": 6, "num_samples": 24, "complete": True, "scale": "tiny-scale"},
+            "heldout_ce": {"num_prompts": 20, "num_samples": 0},  # no `complete`: not complete
+        },
+    )
+    r = load_run(run)
+    assert (r.path, r.name, r.status, r.finished, r.seed, r.model, r.scale) == (
+        run,
+        "r",
+        "finished",
+        True,
+        7,
+        "tiny",
+        "tiny",
+    )
+    # the saved method config names the row (not conf/method/ts2.yaml's "TS²", order 8)
+    assert (r.method.id, r.method.name, r.method.order) == ("ts2", "Sparsemax+", 0)
+    assert r.config.loss.alpha == 0.5
+    assert r.train == {"first_loss": 5.0, "last_loss": 3.0, "steps": 3, "first_ce": 4.5, "last_ce": 2.25}
+    assert r.last_logged == {"entropy": 1.5, "support_size": 7.0}  # each the last step that logged it
+    assert r.sizes == {"alpaca_eval": Sizes(6, 24, True), "heldout_ce": Sizes(20, 0, False)}
+    assert r.metrics["alpaca_eval"]["num_prompts"] == 6
+    assert r.scales == {"tiny-scale", "unspecified"}  # the metrics files' labels (heldout_ce has none)
+
+
+def test_fallbacks_of_a_sparse_folder(tmp_path):
+    """No config.yaml: the method comes from conf/method/ by id; no status: finished iff it has a summary."""
+    bare = load_run(_folder(tmp_path, "bare", {"method": "gem"}))
+    assert (bare.method.name, bare.method.order) == ("GEM", 4)
+    assert (bare.status, bare.finished, bare.seed, bare.config, bare.train) == (
+        "unknown",
+        False,
+        None,
+        None,
+        {},
+    )
+    assert bare.scales == {"unspecified"}
+    done = load_run(_folder(tmp_path, "done", {"method": "ce", "scale": "paper"}, summary={"global_step": 2}))
+    assert done.status == "finished" and done.train["steps"] == 2 and done.scales == {"paper"}
+    with pytest.raises(ValueError, match="names its method"):
+        load_run(_folder(tmp_path, "nomethod", {"status": "finished"}))
+
+
+def test_collect_orders_rows_and_names_its_errors(tmp_path):
+    ts2 = {"id": "ts2", "name": "TS²", "order": 8}
+    _folder(tmp_path, "b_ts2", {"method": "ts2", "model": "tiny"}, config={"method": ts2})
+    _folder(tmp_path, "a_ts2", {"method": "ts2", "model": "tiny"}, config={"method": ts2})
+    _folder(tmp_path, "z_ce", {"method": "ce", "model": "tiny"})
+    _folder(tmp_path, "big_ce", {"method": "ce", "model": "llama31_8b"})
+    (tmp_path / "notes").mkdir()  # no run.json: not a run folder
+    order = [r.name for r in collect(tmp_path)]
+    assert order == ["big_ce", "z_ce", "a_ts2", "b_ts2"]  # model, then method order, then folder name
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        collect(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match=r"No run folders \(sub-folders with run.json\)"):
+        collect(tmp_path / "notes")
+
+
+def test_run_json_reading_and_the_resume_log_rule(tmp_path):
+    assert run_meta(tmp_path) == {}
+    (tmp_path / "run.json").write_text('{"status": "runn')
+    with pytest.raises(ValueError, match=r"run.json is not valid JSON .*interrupted or foreign process"):
+        run_meta(tmp_path)
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_json(tmp_path / "run.json")
+    log = tmp_path / "train_log.jsonl"
+    log.write_text(LOG)
+    trim_log(log, 2)  # a resume from checkpoint-2: steps 3+ are trained again, the torn line goes
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [1, 2]
+    assert json.loads(log.read_text().splitlines()[0]) == {
+        "step": 1,
+        "loss": 5.0,
+        "ce": 4.5,
+        "entropy": 3.0,
+        "support_size": 7.0,
+    }
