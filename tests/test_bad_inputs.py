@@ -692,6 +692,8 @@ def test_unresolvable_judge_host_fails_at_once_with_the_cause(monkeypatch):
     """A `.invalid` name never resolves (RFC 6761): no retries, no quiet six minutes."""
     from ts2.eval.judge import Judge, JudgeConfigError, JudgeSettings
 
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)  # the name itself must be looked up (a proxy would answer 502)
     monkeypatch.setenv("OPENAI_BASE_URL", "http://ts2-judge.invalid/v1")
     monkeypatch.setenv("OPENAI_API_KEY", "x")
     judge = Judge(JudgeSettings(model="m", concurrency=2))
