@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from ts2 import cli
@@ -55,9 +56,17 @@ def load_prompts(cfg: DictConfig) -> list[PromptRecord]:
 
 def make_backend(cfg: DictConfig, source: ModelSource) -> Any:
     """Build ``cfg.sampler`` (``_target_``: a backend class) for the model; its own errors propagate unwrapped."""
-    kwargs = {k: v for k, v in _container(cfg.sampler).items() if k != "id"}
-    cls = hydra.utils.get_class(kwargs.pop("_target_"))
-    return cls(model_path=source.path, model_cfg=source.model_cfg, **kwargs)
+    try:
+        return hydra.utils.instantiate(
+            cfg.sampler, model_path=source.path, model_cfg=source.model_cfg, _convert_="all"
+        )
+    except InstantiationException as err:  # Hydra wraps the backend's error: raise the backend's own
+        raise (err.__cause__ or err) from None
+
+
+def backend_name(cfg: DictConfig) -> str | None:
+    """The ``name`` of the ``sampler._target_`` class (``hf``, ``vllm``), read without building it."""
+    return getattr(hydra.utils.get_class(cfg.sampler._target_), "name", None)
 
 
 def render(tokenizer: Any, record: PromptRecord) -> str:
@@ -70,8 +79,10 @@ def sample_benchmark(cfg: DictConfig, backend: Any, source: ModelSource, records
     """Sample one benchmark into ``<out_dir>/<bench>.jsonl`` (resuming), and write its meta file."""
     from tqdm.auto import tqdm
 
-    bench, params = cfg.eval.id, SamplingParams.from_cfg(_container(cfg.sample), cfg.sampler.get("id"))
+    bench, params = cfg.eval.id, SamplingParams.from_cfg(_container(cfg.sample), backend_name(cfg))
     records = load_prompts(cfg) if records is None else records
+    if hasattr(backend, "use_prompts"):  # a backend answering from the prompt records (sampler=control)
+        backend.use_prompts(records)
     # shard=i/k: every k-th batch of the full plan, same batches and seeds as one run (ts2.sampling.shards)
     shard = parse_shard(cfg.get("shard"))
     plan = shard_batches(backend.plan(len(records), params.n), shard)
@@ -134,6 +145,8 @@ def check_contexts(cfgs: Sequence[DictConfig], source: ModelSource, prompts: Seq
     run past the model's context (:func:`ts2.sampling.backends.check_context`)."""
     from ts2.models import load_tokenizer
 
+    if not getattr(hydra.utils.get_class(cfgs[0].sampler._target_), "generates", False):
+        return  # e.g. sampler=control writes answers made from the references, not generated
     context = model_context(source.path, cfgs[0].sampler.get("max_model_len"))
     if not context:
         return
@@ -153,7 +166,7 @@ def run(cfgs: Sequence[DictConfig]) -> list[Path]:
     check_output_dir(cfgs[0].out_dir, "out_dir")
     prompts = []
     for c in cfgs:
-        SamplingParams.from_cfg(_container(c.sample), c.sampler.get("id"))  # vLLM: T <= 2
+        SamplingParams.from_cfg(_container(c.sample), backend_name(c))  # vLLM: T <= 2
         parse_shard(c.get("shard"))
         prompts.append(load_prompts(c))
     check_contexts(cfgs, source, prompts)

@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ts2 import cli, runs
-from ts2.conf import CONF_DIR, check_config, check_model_source, scale_of, training_kwargs
+from ts2.conf import CONF_DIR, check_config, check_model_source, scale_of, training_config, training_kwargs
 from ts2.paths import check_output_dir
 from ts2.provenance import git_sha, versions
 from ts2.tracking import init_wandb
@@ -167,6 +167,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    cfg = training_config(cfg)  # an experiment's pipeline: block sizes run.sh, not the SFT (ts2.conf)
     check_config(cfg, "train")  # every typed setting, before the run folder is touched
     train(cfg, runs.default_run_dir(cfg, HydraConfig.get().job.override_dirname))
 

@@ -31,7 +31,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 log = logging.getLogger("ts2.sampling")
 
@@ -294,6 +294,7 @@ class HFBackend:
     eos_tokens: Sequence[str] = ()
     eos_from_chat_template: bool = True
     name: str = field(default="hf", init=False)
+    generates: ClassVar[bool] = True  # a model's generation: its context bounds prompt + max_new_tokens
 
     def __post_init__(self) -> None:
         import torch
@@ -505,6 +506,7 @@ class VLLMBackend:
     eos_from_chat_template: bool = True
     extra_args: Mapping[str, Any] = field(default_factory=dict)
     name: str = field(default="vllm", init=False)
+    generates: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         import os
