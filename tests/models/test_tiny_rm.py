@@ -141,8 +141,8 @@ def test_a_build_says_what_it_builds_where_and_shows_its_progress(built, monkeyp
     path = build_tiny_rm(spec)
     report = json.loads((path / "rm_eval.json").read_text())
     assert caplog.messages == [
-        "building the tiny reward model once (Bradley-Terry, 1 epochs on <data_dir>/ultrafeedback/*train*.jsonl, "
-        "from the random-init base; about 2.5 min of one CPU core for the default spec), cached in "
+        "building the tiny reward model once (Bradley-Terry, 1 epoch(s) on <data_dir>/ultrafeedback/*train*.jsonl, "
+        "from the random-init backbone; about 2.5 min of one CPU core for the default spec), cached in "
         f"{path} for every later run",
         f"tiny reward model built in {report['train_seconds']:.0f} s: held-out pairwise accuracy "
         f"{report['pairwise_accuracy']:.3f} -> {path}",

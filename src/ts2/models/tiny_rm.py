@@ -286,7 +286,7 @@ def build_tiny_rm(spec: TinyRMSpec | None = None, *, force: bool = False, progre
     if (target / "rm_eval.json").is_file() and not force:
         return target
     log.info(
-        "building the tiny reward model once (Bradley-Terry, %d epochs on <data_dir>/%s, from the %s base; "
+        "building the tiny reward model once (Bradley-Terry, %d epoch(s) on <data_dir>/%s, from the %s backbone; "
         "about 2.5 min of one CPU core for the default spec), cached in %s for every later run",
         spec.epochs,
         spec.train_glob,
