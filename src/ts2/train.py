@@ -39,12 +39,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from ts2.data import build_sft_dataset
     from ts2.distributed import check_launch, export_submitit_env
     from ts2.models import load_model, load_tokenizer, resolve_model_path
+    from ts2.models.freeze import apply_trainable, trainable_of
     from ts2.objective import CausalLMObjective, HiddenPassthrough, make_loss
 
     # Nothing is written until the config, the folder, the model and the data have all been accepted.
     export_submitit_env()  # a task of a hydra/launcher=slurm job becomes one torch.distributed rank
     launch = check_launch(cfg.train)  # batch vs world size, NCCL, deepspeed (ts2.distributed)
     loss, loss_settings = make_loss(cfg.loss)
+    trainable = trainable_of(cfg.model)  # model.trainable_layers / train_embeddings (ts2.models.freeze)
     args = {**training_kwargs(cfg), **launch.training_args()}
     claim = runs.claim(run_dir, cfg)
     if claim.finished:
@@ -61,6 +63,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "scale": scale_of(cfg.model),
         "model_path": model_path,
         **({"weights": cfg.model.provenance} if cfg.model.get("provenance") else {}),  # e.g. GGUF-dequantized
+        **trainable.settings(),  # what SFT trains (null layers + embeddings: full fine-tuning)
         "examples": len(data.examples),
         "skipped_rows": len(data.skipped),
         "response_tokens": n_tokens,
@@ -81,6 +84,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         model = load_model(cfg.model, model_path)
         model.config.use_cache = False
+        # Before the fused head is set up (it keeps the same weight Parameter, so its flag carries over).
+        trained = apply_trainable(model, trainable)
+        log.info("trains %s: %d of %d parameters", trained["describe"], trained["trainable_params"],
+                 trained["total_params"])  # fmt: skip
         head = None
         if cfg.loss.fused:
             head = model.get_output_embeddings()
@@ -124,6 +131,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary = {
             **meta,
             "global_step": trainer.state.global_step,
+            "trainable": trained,
             "resumed_from": claim.resume_from.name if claim.resume_from else None,
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,
