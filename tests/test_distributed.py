@@ -15,6 +15,7 @@ different loss: that variant is run too and must differ.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -117,6 +118,24 @@ def test_two_ddp_ranks_equal_one_process(reference, tmp_path, fused):
     assert summary["global_step"] == STEPS and summary["world_size"] == 2
 
 
+def test_fused_trainer_run_saves_the_trained_head(reference, compose):
+    """``loss.fused=true`` through the real Trainer path (``ts2.train.train``: its callbacks, its save): the
+    model reloaded from ``model/`` has a trained LM head (not the initial one) equal to the unfused run's, and
+    it computes logits again (the patched forward is not part of the model)."""
+    from transformers import AutoModelForCausalLM
+
+    from ts2.models import load_model, resolve_model_path
+
+    cfg = compose([*COMMON, "train.per_device_train_batch_size=4"]).model
+    head0 = load_model(cfg, resolve_model_path(cfg)).lm_head.weight.detach()
+    saved = {f: AutoModelForCausalLM.from_pretrained(reference[f] / "model") for f in (False, True)}
+    head = {f: m.lm_head.weight.detach() for f, m in saved.items()}
+    assert float((head[True] - head0).abs().max()) > 1e-3
+    torch.testing.assert_close(head[True], head[False], rtol=0, atol=1e-5)
+    assert _max_diff(_weights(reference[True]), _weights(reference[False])) < 1e-5
+    assert saved[True](input_ids=torch.tensor([[1, 2, 3]])).logits.shape[-1] == head0.shape[0]
+
+
 def test_per_rank_mean_would_differ(reference, tmp_path):
     """Each rank dividing by its own token count (Trainer's average_tokens_across_devices=false) is not the
     paper's loss: the ranks hold different numbers of response tokens, so losses and weights move away."""
@@ -153,8 +172,73 @@ def test_zero2_two_ranks_equal_one_process(reference, tmp_path):
     assert _max_diff(_weights(reference[False]), _weights(run)) < 1e-5
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("deepspeed") is None,
+    reason="deepspeed not installed (pip install 'ts2[gpu]')",
+)
+def test_zero2_fused_head_saves_and_resumes(compose, tmp_path):
+    """The paper's ZeRO-2 JSON with the fused head, one CPU process under torchrun (the launch that works on
+    CPU, ENVIRONMENT.md), through ts2.train: the saved head is trained, and a run killed after its step-3
+    checkpoint and resumed with train.resume=true ends with the uninterrupted run's weights and step losses."""
+    import shutil
+
+    from ts2.models import load_model, resolve_model_path
+
+    args = [
+        *COMMON,
+        "train.per_device_train_batch_size=4",
+        "loss.fused=true",
+        "train.deepspeed=experiments/table1/ds_zero2.json",
+        "train.save_steps=3",
+    ]
+
+    def run(root: Path, extra: list[str]) -> Path:
+        _torchrun(1, ["-m", "ts2.train", *args, *extra, f"paths.runs_dir={root}", "name=zero2"], timeout=900)
+        (folder,) = [p.parent for p in root.glob("zero2/*/run.json")]
+        return folder
+
+    full = run(tmp_path / "full", [])
+    assert (full / "checkpoint-3" / "global_step3" / "zero_pp_rank_0_mp_rank_00_optim_states.pt").is_file()
+    # What a SIGKILL after the step-3 checkpoint leaves: the same folder without what came later.
+    cut = tmp_path / "cut" / full.relative_to(tmp_path / "full")
+    shutil.copytree(full, cut)
+    for later in ("checkpoint-6", "model", "train_summary.json"):
+        shutil.rmtree(cut / later) if (cut / later).is_dir() else (cut / later).unlink()
+    status = json.loads((cut / "run.json").read_text())
+    (cut / "run.json").write_text(json.dumps({**status, "status": "running"}))
+    assert run(tmp_path / "cut", ["train.resume=true"]) == cut
+    assert json.loads((cut / "train_summary.json").read_text())["resumed_from"] == "checkpoint-3"
+    assert [r["step"] for r in _log(cut)] == list(range(1, STEPS + 1))
+    for a, b in zip(_log(full), _log(cut), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6), (a, b)
+    assert _max_diff(_weights(full), _weights(cut)) < 1e-6
+    cfg = compose(args).model
+    head0 = load_model(cfg, resolve_model_path(cfg)).lm_head.weight.detach()
+    assert float((_weights(full)["lm_head.weight"] - head0).abs().max()) > 1e-3
+
+
 # ------------------------------------------------------------------------------------------ FSDP2
 FSDP_STEPS, FSDP_GLOBAL = 4, 4
+FSDP_YAML = REPO / "conf" / "accelerate" / "fsdp2.yaml"
+
+
+def _fsdp2_plugin():
+    """accelerate's FSDP plugin built from conf/accelerate/fsdp2.yaml, as ``accelerate launch --config_file``
+    builds it (the ``fsdp_`` prefix dropped; mixed precision off: fp32 on CPU)."""
+    import yaml
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    c = yaml.safe_load(FSDP_YAML.read_text())["fsdp_config"]
+    return FullyShardedDataParallelPlugin(
+        fsdp_version=c["fsdp_version"],
+        auto_wrap_policy=c["fsdp_auto_wrap_policy"].lower(),
+        cpu_ram_efficient_loading=c["fsdp_cpu_ram_efficient_loading"],
+        cpu_offload=c["fsdp_offload_params"],
+        reshard_after_forward=c["fsdp_reshard_after_forward"],
+        state_dict_type=c["fsdp_state_dict_type"],
+        activation_checkpointing=c["fsdp_activation_checkpointing"],
+    )
 
 
 def fsdp2_worker(
@@ -162,8 +246,20 @@ def fsdp2_worker(
 ) -> dict[str, dict]:
     """Train the tiny model FSDP_STEPS AdamW steps on global batches of FSDP_GLOBAL sequences split over the
     ranks, once per mode: "global" (the paper's normalisation, done as Trainer does it), "global_fused" (the
-    same with the fused LM head + loss) or "per_rank" (each rank's own mean). Returns (and rank 0 saves to ``out``) per mode: per-step losses, per-rank response-token
-    counts and the full final weights."""
+    same with the fused LM head + loss) or "per_rank" (each rank's own mean).
+
+    With 2 ranks the model goes through what ``Trainer`` + ``accelerate launch --config_file
+    conf/accelerate/fsdp2.yaml`` do to it on GPUs, driven by hand because accelerate does not shard on CPU:
+    transformers' rank-0-only loading (``fsdp_cpu_ram_efficient_loading``: the other ranks get empty weights),
+    accelerate's own ``fsdp2_apply_ac`` and ``fsdp2_prepare_model`` (to ``meta``, ``fully_shard``, rank 0's
+    weights broadcast), `ts2.objective.fused_head` around training as in ``ts2.train``, and the Trainer's
+    FULL_STATE_DICT save (``get_model_state_dict`` as ``Accelerator.get_state_dict``, then
+    ``save_pretrained(state_dict=...)`` as ``Trainer._save``) into ``<out>.<mode>/``.
+
+    Returns (and rank 0 saves to ``out``) per mode: per-step losses, per-rank response-token counts and the
+    full final weights."""
+    from types import SimpleNamespace
+
     import torch.distributed as dist
     from hydra import compose, initialize_config_dir
     from transformers import DataCollatorForSeq2Seq
@@ -171,7 +267,7 @@ def fsdp2_worker(
     from ts2.conf import CONF_DIR
     from ts2.data import build_sft_dataset
     from ts2.models import load_model, load_tokenizer, resolve_model_path
-    from ts2.objective import CausalLMObjective, HiddenPassthrough, make_loss
+    from ts2.objective import CausalLMObjective, fused_head, make_loss
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -188,58 +284,73 @@ def fsdp2_worker(
     results: dict[str, dict] = {}
     for mode in modes:
         torch.manual_seed(1234)
+        if world > 1:
+            plugin = _fsdp2_plugin()  # sets FSDP_CPU_RAM_EFFICIENT_LOADING; accelerate launch sets the other
+            os.environ["ACCELERATE_USE_FSDP"] = "true"
         model = load_model(cfg.model, path)
         model.config.use_cache = False
         fused = mode == "global_fused"
-        if fused:  # as ts2.train does for loss.fused=true: the head's weight is applied by the loss
-            model.set_output_embeddings(HiddenPassthrough(model.get_output_embeddings()))
         if world > 1:
-            from torch.distributed.device_mesh import init_device_mesh
-            from torch.distributed.fsdp import fully_shard
+            from accelerate.utils.fsdp_utils import fsdp2_apply_ac, fsdp2_prepare_model
 
-            mesh = init_device_mesh("cpu", (world,))
-            for layer in model.model.layers:
-                fully_shard(layer, mesh=mesh)
-            fully_shard(model, mesh=mesh)
-        objective = CausalLMObjective(
-            loss, fused=fused, head=model.get_output_embeddings() if fused else None
-        )
+            if rank > 0:  # transformers left this rank's copy empty for rank 0 to fill
+                assert all(float(p.abs().max()) == 0 for p in model.parameters())
+            acc = SimpleNamespace(
+                state=SimpleNamespace(fsdp_plugin=plugin),
+                mixed_precision="no",
+                is_main_process=rank == 0,
+                device=torch.device("cpu"),
+            )
+            if plugin.activation_checkpointing:
+                model = fsdp2_apply_ac(acc, model)
+            model = fsdp2_prepare_model(acc, model)
+        objective = CausalLMObjective(loss, fused=fused)
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
         losses, counts = [], []
-        for step in range(FSDP_STEPS):
-            first = step * FSDP_GLOBAL + rank * per
-            batch = collate(
-                [
-                    {k: ex[k] for k in ("input_ids", "attention_mask", "labels")}
-                    for ex in examples[first : first + per]
-                ]
-            )
-            labels = batch.pop("labels")
-            local = labels[:, 1:].ne(-100).sum()
-            total, all_counts = local.clone(), [int(local)]
-            if world > 1:
-                dist.all_reduce(total)
-                gathered = [torch.zeros_like(local) for _ in range(world)]
-                dist.all_gather(gathered, local)
-                all_counts = [int(c) for c in gathered]
-            outputs = model(**batch)
-            if mode != "per_rank":  # as Trainer: sum / global count, times world size (FSDP averages grads)
-                step_loss = objective(outputs, labels, num_items_in_batch=total) * world
-            else:  # each rank's mean, then averaged over the ranks by FSDP
-                step_loss = objective(outputs, labels, num_items_in_batch=local)
-            step_loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad()
-            logged = step_loss.detach() / world
-            if world > 1:
-                dist.all_reduce(logged)
-            losses.append(float(logged))
-            counts.append(all_counts)
-        state = {
-            k: (v.full_tensor() if hasattr(v, "full_tensor") else v) for k, v in model.state_dict().items()
-        }
+        with fused_head(model) if fused else contextlib.nullcontext():
+            for step in range(FSDP_STEPS):
+                first = step * FSDP_GLOBAL + rank * per
+                batch = collate(
+                    [
+                        {k: ex[k] for k in ("input_ids", "attention_mask", "labels")}
+                        for ex in examples[first : first + per]
+                    ]
+                )
+                labels = batch.pop("labels")
+                local = labels[:, 1:].ne(-100).sum()
+                total, all_counts = local.clone(), [int(local)]
+                if world > 1:
+                    dist.all_reduce(total)
+                    gathered = [torch.zeros_like(local) for _ in range(world)]
+                    dist.all_gather(gathered, local)
+                    all_counts = [int(c) for c in gathered]
+                outputs = model(**batch)
+                if (
+                    mode != "per_rank"
+                ):  # as Trainer: sum / global count, times world size (FSDP averages grads)
+                    step_loss = objective(outputs, labels, num_items_in_batch=total) * world
+                else:  # each rank's mean, then averaged over the ranks by FSDP
+                    step_loss = objective(outputs, labels, num_items_in_batch=local)
+                step_loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad()
+                logged = step_loss.detach() / world
+                if world > 1:
+                    dist.all_reduce(logged)
+                losses.append(float(logged))
+                counts.append(all_counts)
+        if world > 1:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
+            state = get_model_state_dict(model, options=options)
+        else:
+            state = model.state_dict()
+        assert not [k for k in state if "_checkpoint_wrapped_module" in k]  # DCP names them as the model does
+        if rank == 0 and out is not None:
+            model.save_pretrained(f"{out}.{mode}", state_dict=state)
         results[mode] = {"losses": losses, "counts": counts, "state": state}
     if rank == 0 and out is not None:
         torch.save(results, out)
@@ -260,14 +371,18 @@ def _fsdp2_supported() -> str | None:
 
 
 @pytest.mark.skipif(_fsdp2_supported() is not None, reason=str(_fsdp2_supported()))
-def test_fsdp2_two_ranks_equal_one_process(tmp_path, monkeypatch):
+def test_fsdp2_two_ranks_equal_one_process(compose, tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from ts2.models import load_model, resolve_model_path
+
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    ref = fsdp2_worker(None, modes=("global", "global_fused"))  # one process, no sharding
+    ref = fsdp2_worker(tmp_path / "one.pt", modes=("global", "global_fused"))  # one process, no sharding
     one = ref["global"]
     _torchrun(2, [__file__, str(tmp_path / "two.pt")])
     two = torch.load(tmp_path / "two.pt", weights_only=False)
     glob, per_rank = two["global"], two["per_rank"]
-    # The fused head + loss under FSDP2 (the head weight is read by the loss, outside the module's forward).
+    # The fused head + loss under FSDP2, the model prepared and saved as the Trainer path does it.
     fused_one, fused_two = ref["global_fused"], two["global_fused"]
     torch.testing.assert_close(
         torch.tensor(fused_two["losses"]), torch.tensor(fused_one["losses"]), rtol=1e-5, atol=1e-6
@@ -276,6 +391,17 @@ def test_fsdp2_two_ranks_equal_one_process(tmp_path, monkeypatch):
     torch.testing.assert_close(
         torch.tensor(fused_one["losses"]), torch.tensor(one["losses"]), rtol=1e-4, atol=1e-6
     )
+    # The saved model, reloaded: its LM head is the trained one (not the initial, pre-shard head), and equals
+    # the one-process run's.
+    model_cfg = compose(["method=ts2", "debug=cpu"]).model
+    head0 = load_model(model_cfg, resolve_model_path(model_cfg)).lm_head.weight.detach()
+    heads = {
+        n: AutoModelForCausalLM.from_pretrained(tmp_path / f"{n}.pt.global_fused").lm_head.weight.detach()
+        for n in ("one", "two")
+    }
+    assert float((heads["two"] - head0).abs().max()) > 1e-3
+    torch.testing.assert_close(heads["two"], heads["one"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(heads["two"], fused_two["state"]["lm_head.weight"], rtol=0, atol=0)
     # The ranks' halves of each global batch hold different numbers of response tokens.
     assert all(len(set(cs)) == 2 for cs in glob["counts"]), glob["counts"]
     assert [sum(cs) for cs in glob["counts"]] == [cs[0] for cs in one["counts"]]
@@ -357,6 +483,54 @@ def test_cpu_launch_uses_gloo_and_gpu_launch_checks_devices_and_nccl():
     assert gloo.training_args() == {"ddp_backend": "gloo", "ddp_find_unused_parameters": False}
     with pytest.raises(LaunchError, match="RANK=3, WORLD_SIZE=2"):
         check_launch(_train_cfg(), env={"WORLD_SIZE": "2", "RANK": "3"})
+
+
+def test_paper_scale_without_cuda_stops_before_loading_anything(tmp_path):
+    """The paper command on this CPU machine: refused in seconds (before tokenizer, data or weights), with
+    the GPU requirement in its last lines, and nothing written (the run folder would be under cwd/runs)."""
+    env = {**_env(), "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "ts2.train", "experiment=paper_llama31_8b", "method=ts2"]
+    res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert res.returncode != 0
+    tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-3:])
+    assert "model=llama31_8b is a paper-scale model (scale: paper) and needs CUDA GPUs" in tail, tail
+    assert "no CUDA GPU is visible here" in tail and "Loading weights" not in res.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_device_refuses_only_paper_models_without_cuda():
+    from ts2.distributed import LaunchError, check_device
+
+    paper = {"id": "qwen2_7b", "scale": "paper"}
+    with pytest.raises(LaunchError, match=r"model=qwen2_7b is a paper-scale model .*needs CUDA GPUs"):
+        check_device(paper, cuda_available=False)
+    check_device(paper, cuda_available=True)
+    check_device({"id": "tiny", "scale": "tiny"}, cuda_available=False)
+    check_device({"id": "tiny_base", "tiny": {"pretrained": "tiny_base"}}, cuda_available=False)
+
+
+def test_one_gpu_per_slurm_task_uses_the_visible_gpu():
+    """Task 13 (node-local 5) of 2 nodes x 8 that bind one GPU per task sees only cuda:0: LOCAL_RANK becomes 0 (DeepSpeed
+    takes cuda:<LOCAL_RANK>), LOCAL_WORLD_SIZE 1 (check_launch then accepts 1 GPU); torchrun's children
+    inside one SLURM task, and tasks that see all 8 GPUs, are left alone."""
+    from ts2.distributed import bind_visible_gpu, check_launch
+
+    task = {**_env8(rank=13, size=16), "SLURM_LOCALID": "5", "CUDA_VISIBLE_DEVICES": "5"}
+    env = dict(task)
+    assert bind_visible_gpu(env, cuda_available=True, device_count=1)
+    assert (env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"], env["TS2_SLURM_LOCALID"], env["RANK"]) == (
+        "0",
+        "1",
+        "5",
+        "13",
+    )
+    launch = check_launch(_train_cfg(), env=env, cuda_available=True, device_count=1, nccl_available=True)
+    assert launch.world.world_size == 16 and launch.global_batch_size == 256
+    for other, count in (({**task, "SLURM_LOCALID": "0"}, 1), (task, 8)):  # torchrun inside a task; all GPUs
+        env = dict(other)
+        assert not bind_visible_gpu(env, cuda_available=True, device_count=count) and env == other
+    assert not bind_visible_gpu(dict(task), cuda_available=False)
+    assert not bind_visible_gpu({"SLURM_LOCALID": "0"}, cuda_available=True, device_count=1)  # one process
 
 
 def test_missing_deepspeed_and_missing_config_file(tmp_path):

@@ -220,3 +220,28 @@ def test_paper_configs_pin_the_global_batch():
             == t["per_device_train_batch_size"] * t["gradient_accumulation_steps"] * 8
             == 128
         )
+
+
+def test_slurm_memory_comes_from_the_plan_and_one_gpu_per_task_composes(clean_env):
+    """mem_gb: the plan's host-RAM peak at load for a paper model (every task reads the bf16 weights), the
+    environment's when set, none (the partition's default) at the tiny scale; slurm_gpu_per_task binds 1 GPU
+    to each of 8 tasks."""
+    pytest.importorskip(
+        "hydra_plugins.hydra_submitit_launcher", reason="optional extra: pip install 'ts2[slurm]'"
+    )
+    from ts2.plan import slurm_mem_gb
+
+    paper = ["experiment=paper_llama31_8b", "method=ts2"]
+    assert (
+        _launcher(_compose(["hydra/launcher=slurm", *paper]))["mem_gb"] == slurm_mem_gb("llama31_8b", 8) == 80
+    )
+    assert _launcher(_compose(["hydra/launcher=slurm", "method=ts2"]))["mem_gb"] is None
+    clean_env.setenv("TS2_SLURM_GPUS_PER_NODE", "4")
+    assert _launcher(_compose(["hydra/launcher=slurm", *paper]))["mem_gb"] == slurm_mem_gb("llama31_8b", 4)
+    clean_env.setenv("TS2_SLURM_MEM_GB", "500")
+    assert _launcher(_compose(["hydra/launcher=slurm", *paper]))["mem_gb"] == 500
+    clean_env.delenv("TS2_SLURM_MEM_GB")
+    clean_env.delenv("TS2_SLURM_GPUS_PER_NODE")
+    p = _launcher(_compose(["hydra/launcher=slurm_gpu_per_task", *paper]))
+    assert (p["gpus_per_task"], p["gpus_per_node"], p["tasks_per_node"], p["mem_gb"]) == (1, None, 8, 80)
+    assert p["partition"] == "gpu" and p["_target_"].endswith("SlurmLauncher")

@@ -19,7 +19,7 @@ from ts2.losses import CrossEntropyLoss, TS2Loss, cross_entropy_loss, ts2_loss
 from ts2.objective import (
     STAT_KEYS,
     CausalLMObjective,
-    HiddenPassthrough,
+    HeadWeight,
     ObjectiveSettings,
     fused_token_stats,
     make_loss,
@@ -44,6 +44,11 @@ def _batch(seed: int = 0, b: int = 3, t: int = 7, d: int = 8, v: int = 40):
     labels[0, :3] = -100  # prompt tokens
     labels[2, 5:] = -100
     return hidden, head, labels
+
+
+def _fused_out(hidden, head):
+    """What a model inside `ts2.objective.fused_head` returns."""
+    return {"hidden": hidden, "head_weight": HeadWeight(head.weight)}
 
 
 def _expected(loss_fn, hidden, head, labels):
@@ -83,10 +88,10 @@ def test_the_configured_target_is_what_trains(fused: bool) -> None:
     )
     hidden, head, labels = _batch()
     if fused:
-        objective = CausalLMObjective(loss, fused=True, chunk_size=5, head=HiddenPassthrough(head))
-        value = objective({"logits": hidden}, labels)
+        objective = CausalLMObjective(loss, fused=True, chunk_size=5)
+        value = objective(_fused_out(hidden, head), labels)
     else:
-        objective = CausalLMObjective(loss, head=head)
+        objective = CausalLMObjective(loss)
         value = objective({"logits": head(hidden)}, labels)
     expected = 3.0 * _expected(cross_entropy_loss, hidden, head, labels)
     torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6)
@@ -100,10 +105,10 @@ def test_ts2_objective_value_gradient_and_logged_ce(fused: bool) -> None:
     loss = TS2Loss(alpha=0.5, clamp=None)
     h = hidden.clone().requires_grad_()
     if fused:
-        objective = CausalLMObjective(loss, fused=True, chunk_size=4, head=HiddenPassthrough(head))
-        value = objective({"logits": h}, labels, num_items_in_batch=torch.tensor(10))
+        objective = CausalLMObjective(loss, fused=True, chunk_size=4)
+        value = objective(_fused_out(h, head), labels, num_items_in_batch=torch.tensor(10))
     else:
-        objective = CausalLMObjective(loss, head=head)
+        objective = CausalLMObjective(loss)
         value = objective({"logits": head(h)}, labels, num_items_in_batch=torch.tensor(10))
     value.backward()
     h_ref = hidden.clone().requires_grad_()
@@ -118,11 +123,65 @@ def test_ts2_objective_value_gradient_and_logged_ce(fused: bool) -> None:
     assert objective.pop_ce() is None
 
 
-def test_objective_needs_a_loss_object_and_a_head_when_fused() -> None:
+def test_objective_needs_a_loss_object_and_the_matching_model_output() -> None:
     with pytest.raises(TypeError, match="TokenLoss"):
         CausalLMObjective(cross_entropy_loss)
-    with pytest.raises(ValueError, match="needs the LM head"):
-        CausalLMObjective(CrossEntropyLoss(), fused=True)
+    hidden, head, labels = _batch()
+    with pytest.raises(ValueError, match=r"needs the model's hidden states.*fused_head"):
+        CausalLMObjective(CrossEntropyLoss(), fused=True)({"logits": head(hidden)}, labels)
+    with pytest.raises(ValueError, match=r"built with fused=False.*loss.fused=true"):
+        CausalLMObjective(CrossEntropyLoss())(_fused_out(hidden, head), labels)
+
+
+def _tiny_lm(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False,
+    )  # fmt: skip
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_fused_head_patches_the_forward_not_the_modules() -> None:
+    """Inside `fused_head` the model returns its last hidden state and its own head weight (read in the
+    forward); the loss and every gradient equal the unfused model's; the modules never change, and the
+    class's forward (logits) is back afterwards."""
+    from ts2.objective import fused_head
+
+    model = _tiny_lm()
+    head = model.lm_head
+    modules = dict(model.named_modules())
+    ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(3))
+    labels = ids.clone()
+    labels[0, :4] = -100
+    loss = TS2Loss(alpha=0.5)
+
+    unfused = CausalLMObjective(loss)(model(input_ids=ids), labels)
+    grads_ref = torch.autograd.grad(unfused, list(model.parameters()))
+    with fused_head(model) as same:
+        assert same is model
+        out = model(input_ids=ids, num_items_in_batch=torch.tensor(7))  # Trainer may pass it: dropped
+        assert set(out) == {"hidden", "head_weight"} and out["head_weight"].weight is head.weight
+        assert out["hidden"].shape == (2, 9, 16)
+        fused = CausalLMObjective(loss, fused=True, chunk_size=4)(out, labels)
+        grads = torch.autograd.grad(fused, list(model.parameters()))
+    torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+    for g, r in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    assert dict(model.named_modules()) == modules and model.lm_head is head
+    assert "forward" not in model.__dict__ and model(input_ids=ids).logits.shape == (2, 9, 50)
+
+
+def test_fused_head_refuses_heads_it_cannot_fuse() -> None:
+    from ts2.objective import fused_head
+
+    model = _tiny_lm()
+    model.lm_head = nn.Linear(16, 50, bias=True)
+    with pytest.raises(ValueError, match="bias-free LM heads only"), fused_head(model):
+        pass
+    assert "forward" not in model.__dict__
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -231,10 +290,10 @@ def test_fused_stats_equal_unfused_and_never_hold_more_than_a_chunk(monkeypatch)
     logs = {}
     for fused in (False, True):
         if fused:
-            obj = CausalLMObjective(TS2Loss(), fused=True, chunk_size=5, head=HiddenPassthrough(head))
-            obj({"logits": hidden}, labels)
+            obj = CausalLMObjective(TS2Loss(), fused=True, chunk_size=5)
+            obj(_fused_out(hidden, head), labels)
         else:
-            obj = CausalLMObjective(TS2Loss(), head=head)
+            obj = CausalLMObjective(TS2Loss())
             obj({"logits": head(hidden)}, labels)
         logs[fused] = obj.pop_logs()
     assert set(logs[True]) == {"ce", "entropy", "support_size"} == set(STAT_KEYS)
@@ -264,10 +323,10 @@ def test_stats_are_computed_only_on_logging_steps(monkeypatch, fused: bool) -> N
         monkeypatch.setattr(objective_module, name, lambda *a, _r=real, **k: calls.append(1) or _r(*a, **k))
     hidden, head, labels = _batch(seed=2)
     if fused:
-        obj = CausalLMObjective(TS2Loss(), fused=True, chunk_size=4, head=HiddenPassthrough(head))
-        inputs = {"logits": hidden}
+        obj = CausalLMObjective(TS2Loss(), fused=True, chunk_size=4)
+        inputs = _fused_out(hidden, head)
     else:
-        obj = CausalLMObjective(TS2Loss(), head=head)
+        obj = CausalLMObjective(TS2Loss())
         inputs = {"logits": head(hidden)}
     obj.log_ce_now = False
     obj(inputs, labels)
@@ -376,8 +435,8 @@ def _pop_logs_worker(rank: int, tmp: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=2)
     try:
         hidden, head, labels = _batch(seed=10 + rank, b=3 + rank)  # ranks see different batches and sizes
-        obj = CausalLMObjective(TS2Loss(), fused=True, chunk_size=4, head=HiddenPassthrough(head))
-        obj({"logits": hidden}, labels)
+        obj = CausalLMObjective(TS2Loss(), fused=True, chunk_size=4)
+        obj(_fused_out(hidden, head), labels)
         (Path(tmp) / f"rank{rank}.json").write_text(json.dumps(obj.pop_logs()))
     finally:
         dist.destroy_process_group()

@@ -100,3 +100,91 @@ def test_paper_plan_end_to_end(capsys):
 def test_bad_arguments_are_named(capsys, argv, message):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ disk and host RAM (issue 21)
+def test_checkpoint_disk_of_an_8b_run():
+    from ts2.plan import checkpoint_bytes, disk_plan, final_model_bytes
+
+    P = LLAMA.params()
+    # ZeRO-2: HF bf16 copy 2P + DeepSpeed bf16 module states 2P + fp32 master, Adam m, v 12P = 16P
+    assert sum(checkpoint_bytes(P).values()) == 16 * P == 128_484_179_968
+    assert sum(checkpoint_bytes(P, "fsdp2").values()) == 16 * P  # fp32 weights twice (8P) + m, v (8P)
+    assert final_model_bytes(P) == 2 * P and final_model_bytes(P, "fsdp2") == 4 * P
+    with pytest.raises(ValueError, match="backend='ddp'"):
+        checkpoint_bytes(P, "ddp")
+    # 1,434 steps; the old default: every 500 steps, 2 kept -> 2 checkpoints + the model per run, 16 runs
+    old = disk_plan(P, total_steps=1434, save_steps=500, save_total_limit=2, runs=16)
+    assert old["checkpoints_written"] == 2 and old["per_run_after"] == 16 * P * 2 + 2 * P
+    assert old["table_after"] == pytest.approx(16 * 34 * P) and old["table_after"] / 1e9 == pytest.approx(
+        4368.5, rel=1e-4
+    )
+    # the paper default now: one rolling checkpoint per epoch (478 steps), deleted once the model is written
+    new = disk_plan(P, total_steps=1434, save_steps=478, save_total_limit=1, keep_checkpoints=False, runs=16)
+    assert new["checkpoints_written"] == 3
+    assert new["peak_per_run"] == 2 * 16 * P + 2 * P  # the next one is written before the last is deleted
+    assert new["per_run_after"] == 2 * P and new["table_after"] == 32 * P
+
+
+def test_host_ram_at_load_and_slurm_memory():
+    from ts2.plan import GB, host_ram_at_load, slurm_mem_gb
+
+    P = LLAMA.params()
+    every = host_ram_at_load(P, 8)  # bf16 file loaded as bf16: mapped once, no per-rank copy
+    assert every["page_cache"] == 2 * P and every["anonymous_weights"] == 0
+    assert every["peak_node"] == 2 * P + 8 * 6 * GB  # 64.06 GB
+    rank0 = host_ram_at_load(P, 8, rank0_only=True)  # FSDP cpu_ram_efficient_loading: 7 zero-filled copies
+    assert rank0["weights_read_from_disk"] == 2 * P and rank0["anonymous_weights"] == 7 * 2 * P
+    assert rank0["peak_node"] == 8 * 2 * P + 8 * 6 * GB  # 176.5 GB
+    assert host_ram_at_load(P, 8, same_dtype=False)["anonymous_weights"] == 8 * 2 * P
+    # (16.06 + 48) GB x 1.15 = 73.7 GB -> 80 (multiple of 8)
+    assert slurm_mem_gb("llama31_8b", 8) == 80
+    assert slurm_mem_gb("qwen2_7b", 1) == 32  # (15.23 + 6) x 1.15 = 24.4 -> 32
+    assert slurm_mem_gb("tiny", 8) is None
+
+
+def test_resources_notes_name_the_settings():
+    from ts2.plan import resources_notes
+
+    text = "\n".join(resources_notes("llama31_8b"))
+    assert "128 GB per checkpoint, 3 written (train.save_steps=478, save_total_limit=1)" in text
+    assert "train.keep_checkpoints=False" in text and "SLURM mem_gb=80" in text
+    assert "fsdp_cpu_ram_efficient_loading" in text
+
+
+def test_hub_precheck_lists_every_paper_artefact_and_reads_the_cache(tmp_path):
+    """Every hub repository of a paper run, with its revision; cached or not is read from the HF cache layout
+    (models--org--name/snapshots/<commit>, refs/main), offline."""
+    from ts2.plan import format_hub_precheck, hub_artefacts, hub_precheck
+
+    arts = {a.role: a for a in hub_artefacts()}
+    assert arts["model llama31_8b"].repo_id == "meta-llama/Llama-3.1-8B" and arts["model llama31_8b"].pinned
+    assert arts["chat template of llama31_8b"].repo_id == "meta-llama/Llama-3.1-8B-Instruct"
+    assert arts["data ultrafeedback"].repo_type == "dataset" and arts["data ultrafeedback"].pinned
+    assert arts["reward model fsfairx"].repo_id == "sfairXC/FsfairX-LLaMA3-RM-v0.1"
+    assert arts["Sent-BERT paper"].repo_id == "sentence-transformers/bert-large-nli-stsb-mean-tokens"
+    assert arts["model ts2_released"].repo_id == "xzybit/llama3.1-8b-ts2"
+    assert {a.role for a in arts.values() if not a.pinned} == {
+        "chat template of qwen2_7b", "Sent-BERT paper", "model ts2_released"
+    }  # fmt: skip
+    # a fake cache: Llama at its pinned commit, the encoder at main
+    llama = arts["model llama31_8b"]
+    snap = tmp_path / "models--meta-llama--Llama-3.1-8B" / "snapshots" / llama.revision
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "models--meta-llama--Llama-3.1-8B" / "refs").mkdir()
+    enc = tmp_path / "models--sentence-transformers--bert-large-nli-stsb-mean-tokens"
+    (enc / "snapshots" / ("a" * 40)).mkdir(parents=True)
+    (enc / "snapshots" / ("a" * 40) / "config.json").write_text("{}")
+    (enc / "refs").mkdir()
+    (enc / "refs" / "main").write_text("a" * 40)
+    records = {r["role"]: r for r in hub_precheck(cache_dir=str(tmp_path))}
+    assert records["model llama31_8b"]["cached"] and records["model llama31_8b"]["fix"] == ""
+    assert records["Sent-BERT paper"]["cached"] and "pin a commit" in records["Sent-BERT paper"]["fix"]
+    rm = records["reward model fsfairx"]
+    assert not rm["cached"] and rm["fix"] == (
+        "huggingface-cli download sfairXC/FsfairX-LLaMA3-RM-v0.1 --revision 94fad49f1b3227aa8b566f415a335adb68ec544c"
+    )
+    assert records["data ultrafeedback"]["fix"].endswith("--repo-type dataset")
+    text = format_hub_precheck(list(records.values()))
+    assert "MISSING" in text and "UNPINNED" in text and "3 unpinned" in text

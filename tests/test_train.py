@@ -49,7 +49,9 @@ def test_fused_head_trains_like_the_unfused_one(compose, tmp_path):
     logs = {}
     for fused in (False, True):
         run = tmp_path / str(fused)
-        train(compose([*args, f"loss.fused={fused}", "loss.chunk_size=64"]), run)
+        # the fused run also drops its checkpoints once finished (+train.keep_checkpoints=false, paper scale)
+        keep = [] if not fused else ["+train.keep_checkpoints=false"]
+        train(compose([*args, f"loss.fused={fused}", "loss.chunk_size=64", "train.save_steps=2", *keep]), run)
         logs[fused] = [
             json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if '"loss"' in x
         ]
@@ -57,7 +59,11 @@ def test_fused_head_trains_like_the_unfused_one(compose, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4) and a["ce"] == pytest.approx(b["ce"], rel=1e-4)
     wa = load_file(tmp_path / "False" / "model" / "model.safetensors")
     wb = load_file(tmp_path / "True" / "model" / "model.safetensors")
-    assert set(wa) == set(wb) and "lm_head.weight" in wb  # the head is restored before saving
+    assert set(wa) == set(wb) and "lm_head.weight" in wb  # the head module is never swapped out
+    assert (tmp_path / "False" / "checkpoint-2").is_dir() and not list(
+        (tmp_path / "True").glob("checkpoint-*")
+    )
+    assert json.loads((tmp_path / "True" / "run.json").read_text())["status"] == "finished"
     for k in wa:
         torch.testing.assert_close(wb[k], wa[k], rtol=1e-3, atol=1e-5, msg=k)
 
@@ -245,7 +251,8 @@ def test_empty_dataset_after_filtering_is_a_clear_error(compose, tmp_path):
         train(compose(["debug=cpu", "data.limit=5", "model.max_length=8"]), tmp_path)
 
 
-def test_missing_model_says_how_to_get_it(compose, tmp_path):
+def test_missing_model_says_how_to_get_it(compose, tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)  # as on a GPU node (else: refused, no CUDA)
     with pytest.raises(FileNotFoundError, match="not in the hub cache while offline .*download it once"):
         train(compose(["model=llama31_8b", "data.limit=2"]), tmp_path / "run")
     assert not (tmp_path / "run").exists()

@@ -91,7 +91,8 @@ def scale_label(scale: str) -> str:
     return SCALE_LABELS.get(scale, f"scale: {scale}")
 
 
-TS2_TRAIN_KEYS = ("resume", "save_final_model", "extra_args", "global_batch_size")  # not TrainingArguments
+# not TrainingArguments; keep_checkpoints (false: delete checkpoint-* once finished) is set by paper experiments only
+TS2_TRAIN_KEYS = ("resume", "save_final_model", "keep_checkpoints", "extra_args", "global_batch_size")
 _RENAMED = {"warmup_ratio": "warmup_steps", "gradient_checkpointing": "activation_checkpointing"}
 
 
@@ -172,10 +173,11 @@ def check_model_source(model: Mapping[str, Any] | None, key: str = "model.name_o
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on"):
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        if not isinstance(try_to_load_from_cache(name, "config.json", revision=model.get("revision")), str):
             raise FileNotFoundError(
-                f"{key}={name!r} is not a local folder, and as a hub id it is not in the hub cache while "
-                "offline (HF_HUB_OFFLINE=1): download it once with network access, or point it at a local folder."
+                f"{key}={name!r} is not a local folder, and as a hub id it is not in the hub cache while offline "
+                f"(HF_HUB_OFFLINE=1, revision {model.get('revision') or 'main'}): download it once with network "
+                "access (python -m ts2.plan hub lists every artefact), or point it at a local folder."
             )
 
 
@@ -196,8 +198,27 @@ def _subdir(parent: str | None, name: str) -> str | None:
     return str(Path(parent) / name) if parent else None
 
 
+def _slurm_mem_gb(model_id: Any, tasks_per_node: Any) -> int | None:
+    """``hydra.launcher.mem_gb``: TS2_SLURM_MEM_GB, else the plan's host-RAM peak for a paper model
+    (`ts2.plan.slurm_mem_gb`), else None (the partition's default)."""
+    import os
+
+    env = os.environ.get("TS2_SLURM_MEM_GB", "")
+    if env not in ("", "null"):
+        return int(env)
+    from ts2.plan import slurm_mem_gb
+
+    return slurm_mem_gb(str(model_id), int(tasks_per_node)) if model_id and tasks_per_node else None
+
+
 def register_resolvers() -> None:
-    for name, fn in (("ts2_data_dir", _data_dir), ("ts2_dirname", _dirname), ("ts2_subdir", _subdir)):
+    resolvers = (
+        ("ts2_data_dir", _data_dir),
+        ("ts2_dirname", _dirname),
+        ("ts2_subdir", _subdir),
+        ("ts2_slurm_mem_gb", _slurm_mem_gb),
+    )
+    for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

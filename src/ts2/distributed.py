@@ -18,7 +18,10 @@ message, on launches that would go wrong later or silently:
 - ``train.deepspeed`` set without the ``deepspeed`` package, or naming a missing file.
 
 It also turns off DDP's search for unused parameters (every parameter is used; the fused loss applies the LM
-head outside the model's forward, which that search mistakes for unused).
+head weight after the model's forward has returned it, which that search mistakes for unused).
+
+:func:`check_device` refuses a paper-scale model (``scale: paper``) where torch sees no CUDA GPU, before
+anything is loaded or written.
 
 :func:`resolve_attn_implementation` turns ``flash_attention_2`` into ``sdpa`` with a warning where flash-attn
 cannot run (``TS2_REQUIRE_FLASH_ATTN=1`` makes that an error instead).
@@ -116,6 +119,31 @@ class LaunchPlan:
         if self.find_unused_parameters is not None:
             out["ddp_find_unused_parameters"] = self.find_unused_parameters
         return out
+
+
+def check_device(model_cfg: Mapping[str, Any], *, cuda_available: bool | None = None) -> None:
+    """Refuse a paper-scale model (``scale: paper`` in ``conf/model/``) where torch sees no CUDA GPU.
+
+    Called first by ``ts2.train``, before any weight, tokenizer or data loads and before the run folder is
+    taken: an 8B model in bf16 on CPUs would need hours per step (and > 100 GB of RAM with Adam), and
+    ``use_cpu=True`` would otherwise let it start. ``cuda_available`` overrides the probe (tests).
+    """
+    from ts2.conf import scale_of
+
+    if scale_of(model_cfg) != "paper":
+        return
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if cuda:
+        return
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    raise LaunchError(
+        f"model={model_cfg.get('id')} is a paper-scale model (scale: paper) and needs CUDA GPUs (the recipe: "
+        f"8 x 80 GB, PAPER.md §3), but no CUDA GPU is visible here (torch {torch.__version__}, {build}; "
+        f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}). Run it on a GPU node (`make "
+        "install VLLM_FLAVOR=cuda` and `make install-gpu` there), or train model=tiny_base on this machine."
+    )
 
 
 def _positive_int(value: Any, key: str) -> int:
@@ -278,7 +306,8 @@ def export_submitit_env(env: Mapping[str, str] | None = None) -> World | None:
     ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``) that torchrun would set, so each task is one rank of the training.
 
     Does nothing (returns None) outside such a job or when a launcher already set ``WORLD_SIZE``.
-    Every task sees all the node's GPUs and picks its own by ``LOCAL_RANK``, as under torchrun.
+    Every task sees all the node's GPUs and picks its own by ``LOCAL_RANK``, as under torchrun, unless SLURM
+    binds one GPU to each task (`bind_visible_gpu`).
     """
     env_ = os.environ if env is None else env
     if env_.get("SUBMITIT_EXECUTOR") != "slurm" or env_.get("WORLD_SIZE"):
@@ -297,6 +326,45 @@ def export_submitit_env(env: Mapping[str, str] | None = None) -> World | None:
         dist_env.master_port,
     )
     return World(dist_env.world_size, dist_env.rank, dist_env.local_rank, dist_env.local_world_size)
+
+
+def bind_visible_gpu(
+    env: dict[str, str] | None = None, *, cuda_available: bool | None = None, device_count: int | None = None
+) -> bool:
+    """One GPU bound to each SLURM task (``--gpus-per-task=1``, hydra/launcher=slurm_gpu_per_task): make the
+    process use the one GPU it sees.
+
+    Each task then sees a single device, cuda:0, while its node-local rank (``LOCAL_RANK``, from
+    ``SLURM_LOCALID``) runs 0..7; DeepSpeed picks ``cuda:<LOCAL_RANK>`` ("invalid device ordinal") and
+    `check_launch` would count 8 processes for 1 GPU. When this is a SLURM task (``SLURM_LOCALID`` equals
+    ``LOCAL_RANK``: not torchrun's children inside one task) of a distributed launch that sees exactly one GPU,
+    ``LOCAL_RANK`` becomes 0 and ``LOCAL_WORLD_SIZE`` 1 (the node-local rank is kept in
+    ``TS2_SLURM_LOCALID``), so torch, accelerate and DeepSpeed all choose the visible device. Returns whether
+    it did. Under torchrun every process sees the same GPUs and nothing changes.
+    """
+    env = os.environ if env is None else env
+    w = world(env)
+    if (
+        not w.distributed
+        or env.get("SLURM_LOCALID") in (None, "")
+        or env["SLURM_LOCALID"] != str(w.local_rank)
+    ):
+        return False
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    count = (torch.cuda.device_count() if cuda else 0) if device_count is None else device_count
+    if not cuda or count != 1 or (w.local_rank == 0 and w.local_world_size <= 1):
+        return False
+    env["TS2_SLURM_LOCALID"] = str(w.local_rank)
+    env["LOCAL_RANK"], env["LOCAL_WORLD_SIZE"] = "0", "1"
+    log.info(
+        "SLURM task %d (node-local %d) sees one GPU (CUDA_VISIBLE_DEVICES=%r): using cuda:0, LOCAL_RANK=0.",
+        w.rank,
+        w.local_rank,
+        env.get("CUDA_VISIBLE_DEVICES"),
+    )
+    return True
 
 
 def all_reduce_sum(values: list[float]) -> list[float]:

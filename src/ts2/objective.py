@@ -15,10 +15,13 @@ head that TS² keeps), and accumulates their sums; `pop_logs` returns their mean
 chunk by chunk from the hidden states (`fused_token_stats`), so it never holds the N x V logits either;
 the support comes from the exact partial-selection threshold of `ts2.losses.kernels.select` (no sort).
 
-Fused mode (``loss.fused=true``): the model's ``lm_head`` is replaced by a pass-through that keeps the same
-weight parameter, so the model returns hidden states [B, T, d] and the loss applies the head chunk by chunk
-(:func:`ts2.losses.fused.fused_linear_loss`, with the configured loss object's row kernel) without ever
-holding B*T x V logits.
+Fused mode (``loss.fused=true``): `fused_head` patches the model's ``forward`` (not its modules) so that it
+returns the final hidden states [B, T, d] and the LM head's weight, read inside the forward; the loss applies
+the head chunk by chunk (:func:`ts2.losses.fused.fused_linear_loss`, with the configured loss object's row
+kernel) without ever holding B*T x V logits. The model keeps its real ``lm_head`` module throughout, so what
+FSDP2 shards (its parameters are swapped for DTensors, on ``meta`` first with
+``fsdp_cpu_ram_efficient_loading``) and what DeepSpeed wraps is what the Trainer saves: no module is swapped
+in and out (a swapped-back head would be the pre-shard, untrained one).
 
 The loss is the object the config's ``_target_`` builds (a `ts2.losses.TokenLoss`, e.g. ``TS2Loss``), in
 both modes; ``loss.id``, ``loss.fused`` and ``loss.chunk_size`` are settings of the objective
@@ -27,7 +30,10 @@ both modes; ``loss.id``, ``loss.fused`` and ``loss.chunk_size`` are settings of 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from types import MethodType
 from typing import Any
 
 import torch
@@ -53,18 +59,54 @@ class ObjectiveSettings:
     chunk_size: int | None = None
 
 
-class HiddenPassthrough(nn.Module):
-    """Stands in for ``lm_head`` in fused mode: returns its input; the loss applies ``weight``."""
+@dataclass(frozen=True)
+class HeadWeight:
+    """The LM head's weight [V, d] as the patched forward returns it (`fused_head`).
 
-    def __init__(self, head: nn.Linear) -> None:
-        super().__init__()
-        if getattr(head, "bias", None) is not None:
-            raise ValueError("Fused loss supports bias-free LM heads only (Llama, Qwen).")
-        self.weight = head.weight
-        self.original = [head]  # a list keeps it out of the module tree (no duplicate parameters)
+    A plain holder, not a tensor, so that output converters (accelerate's fp32 conversion of mixed-precision
+    outputs) leave it in the parameter's dtype instead of making a V x d fp32 copy every micro-batch.
+    """
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden
+    weight: torch.Tensor
+
+
+def _hidden_forward(self: nn.Module, *args: Any, num_items_in_batch: Any = None, **kwargs: Any) -> dict:
+    """The forward `fused_head` installs: the decoder's last hidden state and the head weight, no logits."""
+    del num_items_in_batch  # Trainer passes it to models whose forward takes **kwargs; the loss gets its own
+    kwargs.pop("logits_to_keep", None)
+    out = self.base_model(*args, **kwargs)
+    # Read inside the forward: under FSDP2 this is the unsharded (all-gathered) parameter, whose gradient
+    # FSDP reduce-scatters like any other; under ZeRO-2 and DDP the parameter itself.
+    return {"hidden": out.last_hidden_state, "head_weight": HeadWeight(self.get_output_embeddings().weight)}
+
+
+@contextmanager
+def fused_head(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, ``model(...)`` returns ``{"hidden": [B, T, d], "head_weight": HeadWeight}`` (what
+    `CausalLMObjective` reads with ``fused=True``) instead of logits; the class's forward comes back on exit.
+
+    Only the instance's ``forward`` is replaced (a bound method, so accelerate's autocast wrapper can wrap
+    it); every module and parameter stays where it is. Needs a transformers causal LM with a decoder
+    (``model.base_model`` is not the model itself) and a bias-free LM head (Llama, Qwen).
+    """
+    head = model.get_output_embeddings()
+    if head is None or getattr(head, "weight", None) is None:
+        raise ValueError(f"loss.fused=true: {type(model).__name__} has no LM head weight to fuse.")
+    if getattr(head, "bias", None) is not None:
+        raise ValueError(
+            "loss.fused=true supports bias-free LM heads only (Llama, Qwen): set loss.fused=false."
+        )
+    if getattr(model, "base_model", model) is model:
+        raise ValueError(f"loss.fused=true: {type(model).__name__} has no separate decoder (base_model).")
+    model.forward = MethodType(_hidden_forward, model)
+    try:
+        yield model
+    finally:
+        # accelerate may have wrapped ours (forward) and kept it (_original_forward): drop both.
+        model.__dict__.pop("forward", None)
+        kept = model.__dict__.get("_original_forward")
+        if getattr(kept, "__func__", None) is _hidden_forward:
+            del model.__dict__["_original_forward"]
 
 
 def _row_stats(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -156,36 +198,42 @@ def fused_token_stats(
 class CausalLMObjective:
     """Shift, flatten, compute ``loss(..., reduction="sum") / num_items_in_batch``; track diagnostics for logs.
 
-    `loss` is a `ts2.losses.TokenLoss` (its fast kernel; in fused mode its row kernel through
-    `fused_linear_loss`, with `head` the LM head whose weight it applies). While ``log_ce_now`` is set, each
-    call also accumulates the token CE, softmax entropy and sparsemax support size of its response tokens
-    (`pop_logs`).
+    `loss` is a `ts2.losses.TokenLoss` (its fast kernel on the model's ``logits``; with ``fused=True`` its row
+    kernel through `fused_linear_loss`, on the ``hidden`` states and ``head_weight`` that a model inside
+    `fused_head` returns). While ``log_ce_now`` is set, each call also accumulates the token CE, softmax
+    entropy and sparsemax support size of its response tokens (`pop_logs`).
     """
 
-    def __init__(
-        self,
-        loss: TokenLoss,
-        *,
-        fused: bool = False,
-        chunk_size: int | None = None,
-        head: nn.Module | None = None,
-    ) -> None:
+    def __init__(self, loss: TokenLoss, *, fused: bool = False, chunk_size: int | None = None) -> None:
         if not isinstance(loss, TokenLoss):
             raise TypeError(f"CausalLMObjective needs a ts2.losses.TokenLoss, got {type(loss).__name__}")
-        if fused and head is None:
-            raise ValueError(
-                "CausalLMObjective(fused=True) needs the LM head (head=...) whose weight it applies"
-            )
         self.loss = loss
         self.fused = fused
         self.chunk_size = chunk_size
-        self.head = head
         self.stat_sums = torch.zeros(3, dtype=torch.float64)
         self.stat_tokens = 0
         self.log_ce_now = True  # set by the trainer (ts2.trainer.ce_log_schedule): compute the diagnostics?
 
+    def _model_output(self, outputs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits [B, T, V], None) or, fused, (hidden [B, T, d], head weight [V, d])."""
+        keys = outputs.keys() if hasattr(outputs, "keys") else ()
+        if self.fused:
+            if "hidden" not in keys:
+                raise ValueError(
+                    "CausalLMObjective(fused=True) needs the model's hidden states and head weight: run the "
+                    "model inside ts2.objective.fused_head(model) (ts2.train does this for loss.fused=true)."
+                )
+            weight = outputs["head_weight"].weight
+            return outputs["hidden"].to(weight.dtype), weight  # accelerate may have upcast the hidden states
+        if "hidden" in keys:
+            raise ValueError(
+                "The model returns hidden states (inside ts2.objective.fused_head) but the objective was built "
+                "with fused=False: build it with fused=True (loss.fused=true)."
+            )
+        return (outputs["logits"] if isinstance(outputs, dict) else outputs.logits), None
+
     def __call__(self, outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
-        out = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        out, weight = self._model_output(outputs)
         out = out[:, :-1, :].reshape(-1, out.shape[-1])
         targets = labels[:, 1:].reshape(-1).to(out.device)
         denom = num_items_in_batch
@@ -193,17 +241,17 @@ class CausalLMObjective:
             denom = targets.ne(IGNORE_INDEX).sum().clamp_min(1)
         if isinstance(denom, torch.Tensor):
             denom = denom.to(out.device)
-        if self.fused:
+        if weight is not None:
             from ts2.losses.fused import fused_linear_loss
 
             loss_sum = fused_linear_loss(
-                out, self.head.weight, targets, self.loss, reduction="sum", chunk_size=self.chunk_size
+                out, weight, targets, self.loss, reduction="sum", chunk_size=self.chunk_size
             )
         else:
             loss_sum = self.loss(out, targets, reduction="sum")
         if self.log_ce_now:
-            if self.fused:
-                sums, n = fused_token_stats(out, self.head.weight, targets, chunk_size=self.chunk_size)
+            if weight is not None:
+                sums, n = fused_token_stats(out, weight, targets, chunk_size=self.chunk_size)
             else:
                 sums, n = token_stats(out, targets, chunk_size=self.chunk_size)
             self.stat_sums += sums.detach().double().cpu()

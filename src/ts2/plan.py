@@ -381,6 +381,317 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------- disk and host RAM
+BACKENDS = ("deepspeed_zero2", "fsdp2")
+RANK_OVERHEAD_GB = (
+    6.0  # per process: python + torch/CUDA libraries + the tokenised data set (lists and Arrow)
+)
+
+
+def checkpoint_bytes(params: int, backend: str = "deepspeed_zero2") -> dict[str, float]:
+    """Bytes of one mid-run Trainer checkpoint of a bf16 + AdamW run, summed over ranks.
+
+    ZeRO-2: DeepSpeed's ``mp_rank_00_model_states.pt`` (bf16 weights, 2P), the ranks'
+    ``zero_pp_rank_*_optim_states.pt`` (fp32 master weights, Adam m and v: 12P in all) and the Trainer's own
+    ``model.safetensors`` (bf16, 2P): 16P. FSDP2 (accelerate keeps fp32 parameters under bf16 mixed
+    precision, so the weights are 4P): ``model.safetensors`` and ``pytorch_model_fsdp.bin`` (full state dict,
+    4P each) and the optimizer's m and v (8P): 16P. Scheduler, RNG and trainer state are kilobytes.
+    """
+    if backend == "deepspeed_zero2":
+        return {
+            "hf_weights_bf16": 2.0 * params,
+            "ds_weights_bf16": 2.0 * params,
+            "optimizer_fp32": 12.0 * params,
+        }
+    if backend == "fsdp2":
+        return {
+            "hf_weights_fp32": 4.0 * params,
+            "fsdp_weights_fp32": 4.0 * params,
+            "optimizer_fp32": 8.0 * params,
+        }
+    raise ValueError(f"backend={backend!r}: the plan knows {BACKENDS}.")
+
+
+def final_model_bytes(params: int, backend: str = "deepspeed_zero2") -> float:
+    """Bytes of the final ``model/`` folder: the weights in the dtype training held them in (bf16 under ZeRO-2;
+    fp32 under FSDP2 with mixed precision, as accelerate upcasts the parameters)."""
+    return (4.0 if backend == "fsdp2" else 2.0) * params
+
+
+def disk_plan(
+    params: int,
+    *,
+    backend: str = "deepspeed_zero2",
+    total_steps: int,
+    save_steps: int,
+    save_total_limit: int | None,
+    keep_checkpoints: bool = True,
+    runs: int = 1,
+) -> dict[str, float]:
+    """Disk of the training runs of a table: a checkpoint every ``save_steps`` (Trainer also saves at the last
+    step when it is a multiple), at most ``save_total_limit`` kept (the newest is written before the oldest is
+    deleted, so one more exists for a moment), and the final model; ``keep_checkpoints=False`` deletes the
+    checkpoints once the final model is written (``train.keep_checkpoints``).
+
+    Returns bytes: ``per_checkpoint``, ``checkpoints_written`` (count), ``peak_per_run`` (during training),
+    ``per_run_after`` (what a finished run keeps) and ``table_after`` (``runs`` finished runs).
+    """
+    ckpt = sum(checkpoint_bytes(params, backend).values())
+    final = final_model_bytes(params, backend)
+    written = total_steps // save_steps if save_steps > 0 else 0
+    limit = written if save_total_limit is None else min(save_total_limit, written)
+    transient = min(limit + 1, written)
+    after = final + (0.0 if not keep_checkpoints else limit * ckpt)
+    return {
+        "per_checkpoint": ckpt,
+        "checkpoints_written": float(written),
+        "peak_per_run": transient * ckpt + final,
+        "per_run_after": after,
+        "table_after": runs * after,
+    }
+
+
+def host_ram_at_load(
+    params: int,
+    ranks_per_node: int,
+    *,
+    rank0_only: bool = False,
+    same_dtype: bool = True,
+    overhead_gb: float = RANK_OVERHEAD_GB,
+) -> dict[str, float]:
+    """Host RAM (bytes) of one node while the model loads, before it moves to the GPUs.
+
+    Measured with transformers 5.19 on CPU (benchmarks/README.md, "Host RAM at load"): ``from_pretrained`` of a
+    bf16 safetensors checkpoint in bf16 (``same_dtype``; Llama-3.1-8B and Qwen2-7B ship bf16) maps the file:
+    the weights live in the page cache, 2P once per node however many ranks load them, and no rank holds an
+    anonymous copy. With another dtype each rank converts: 2P of its own. ``rank0_only`` is FSDP's
+    ``fsdp_cpu_ram_efficient_loading`` through ``accelerate launch``: rank 0 reads the file, and transformers
+    gives every other rank a zero-filled anonymous copy (2P each) until accelerate moves the model to
+    ``meta``, so it saves disk reads, not RAM. ``overhead_gb`` per rank: python, torch and CUDA libraries,
+    the tokenised data set.
+    """
+    weights = 2.0 * params
+    copies = (ranks_per_node - 1 if rank0_only else 0) if same_dtype else ranks_per_node
+    return {
+        "page_cache": weights,
+        "anonymous_weights": copies * weights,
+        "weights_read_from_disk": weights * (1 if rank0_only or same_dtype else ranks_per_node),
+        "peak_node": weights + copies * weights + ranks_per_node * overhead_gb * GB,
+    }
+
+
+def slurm_mem_gb(model: str, ranks_per_node: int, margin: float = 1.15) -> int | None:
+    """``mem_gb`` for a SLURM node of a paper-scale training job (``hydra/launcher=slurm``): the node's host RAM
+    peak at load (`host_ram_at_load`: every task maps the same bf16 checkpoint) plus ``margin``, rounded up to
+    8 GB; None (the partition's default) for a model the plan does not know (the tiny scale)."""
+    if model not in ARCHS:
+        return None
+    peak = host_ram_at_load(ARCHS[model].params(), ranks_per_node)["peak_node"] * margin / GB
+    return int(-(-peak // 8) * 8)
+
+
+def resources_notes(
+    model: str = "llama31_8b", num_gpus: int = 8, methods: int = 8, models: int = 2
+) -> list[str]:
+    """Disk and host-RAM lines of the paper recipe (conf/experiment/paper_<model>.yaml), with the settings that
+    change them."""
+    exp = _compose("train", [f"experiment=paper_{model}"])
+    t = exp.train
+    P = ARCHS[model].params()
+    steps_per_epoch = -(
+        -TRAIN_ROWS // (int(t.per_device_train_batch_size) * int(t.gradient_accumulation_steps) * num_gpus)
+    )
+    total = steps_per_epoch * int(t.num_train_epochs)
+    runs = methods * models
+    lines = []
+    for backend in BACKENDS:
+        d = disk_plan(
+            P, backend=backend, total_steps=total, save_steps=int(t.save_steps),
+            save_total_limit=t.save_total_limit, keep_checkpoints=bool(t.get("keep_checkpoints", True)), runs=runs,
+        )  # fmt: skip
+        old = disk_plan(P, backend=backend, total_steps=total, save_steps=500, save_total_limit=2, runs=runs)
+        lines.append(
+            f"disk ({backend}): {d['per_checkpoint'] / GB:.0f} GB per checkpoint, {d['checkpoints_written']:.0f} "
+            f"written (train.save_steps={t.save_steps}, save_total_limit={t.save_total_limit}); peak "
+            f"{d['peak_per_run'] / GB:.0f} GB per run; a finished run keeps {d['per_run_after'] / GB:.0f} GB "
+            f"(train.keep_checkpoints={t.get('keep_checkpoints', True)}), the {runs} runs of the table "
+            f"{d['table_after'] / GB:,.0f} GB (with save_steps=500, save_total_limit=2 kept: {old['table_after'] / GB:,.0f} GB)"
+        )
+    every = host_ram_at_load(P, num_gpus)
+    rank0 = host_ram_at_load(P, num_gpus, rank0_only=True)
+    lines.append(
+        f"host RAM at load (ZeRO-2, DDP, SLURM tasks): the bf16 checkpoint mapped once in the page cache "
+        f"({every['page_cache'] / GB:.1f} GB) + {num_gpus} x {RANK_OVERHEAD_GB:g} GB per rank = "
+        f"{every['peak_node'] / GB:.0f} GB per node; SLURM mem_gb={slurm_mem_gb(model, num_gpus)} "
+        f"(TS2_SLURM_MEM_GB overrides). FSDP2 with fsdp_cpu_ram_efficient_loading: rank 0 reads the file, the "
+        f"other {num_gpus - 1} get zero-filled copies: {rank0['peak_node'] / GB:.0f} GB (set it to false in "
+        "conf/accelerate/fsdp2.yaml where RAM is short)"
+    )
+    return lines
+
+
+# ------------------------------------------------------------------------------------------- released checkpoint
+RESCORE_EVALS = ("alpaca_eval", "creative_poem", "creative_story")  # the poster's TS² row (PAPER.md §5)
+
+
+def rescore_plan(
+    gpu: str = "h100",
+    evals: Sequence[str] = RESCORE_EVALS,
+    mfu: float = 0.35,
+    bw_eff: float = 0.6,
+    chars_per_token: float = 4.0,
+    template_tokens: int = 40,
+    max_num_seqs: int = 256,
+    gpu_memory_utilization: float = 0.9,
+) -> dict[str, Any]:
+    """GPU-hours of ``make rescore-released``: vLLM sampling of the released TS² checkpoint (Llama-3.1-8B
+    architecture) on the poster's benchmarks at their paper settings, and FsfairX scoring of the AlpacaEval
+    samples; the same models of time as `paper_plan` (decoding bandwidth-bound, upper-bound lengths)."""
+    arch, dev = ARCHS["llama31_8b"], GPUS[gpu]
+    P = arch.params()
+    kv_budget = dev.memory_gb * GB * gpu_memory_utilization - 2.0 * P
+    out: dict[str, Any] = {"gpu": dev.name, "benches": {}}
+    for bench in evals:
+        prompts, prompt_len, n, max_new = _prompt_stats(bench, chars_per_token, template_tokens)
+        batch = max(
+            1, min(max_num_seqs, int(kv_budget // (arch.kv_bytes_per_token() * (prompt_len + max_new))))
+        )
+        per_token = decode_seconds_per_token(
+            arch, P, dev, batch=batch, context=prompt_len + max_new / 2.0, bw_eff=bw_eff, mfu=mfu
+        )
+        tokens = prompts * n * max_new
+        hours = tokens * per_token / 3600.0 + forward_gpu_hours(P, prompts * prompt_len, dev, mfu)
+        out["benches"][bench] = {
+            "prompts": prompts,
+            "samples": prompts * n,
+            "tokens": tokens,
+            "gpu_hours": hours,
+        }
+    if "alpaca_eval" in evals:
+        b = out["benches"]["alpaca_eval"]
+        prompts, prompt_len, n, max_new = _prompt_stats("alpaca_eval", chars_per_token, template_tokens)
+        rm_params = P - arch.vocab * arch.hidden + arch.hidden
+        out["score_gpu_hours"] = forward_gpu_hours(rm_params, b["samples"] * (prompt_len + max_new), dev, mfu)
+    else:
+        out["score_gpu_hours"] = 0.0
+    out["gpu_hours"] = sum(b["gpu_hours"] for b in out["benches"].values()) + out["score_gpu_hours"]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- hub pre-check
+@dataclass(frozen=True)
+class HubArtefact:
+    """One hub repository a paper run reads: where it is configured, its id, its pinned revision."""
+
+    role: str  # e.g. "model llama31_8b", "chat template of llama31_8b", "data ultrafeedback"
+    repo_id: str
+    revision: str | None
+    repo_type: str = "model"  # or "dataset"
+    config: str = ""  # the conf/ file that names it
+
+    @property
+    def pinned(self) -> bool:
+        """A commit hash (40 hex digits), not a branch such as ``main`` or nothing."""
+        rev = self.revision or ""
+        return len(rev) == 40 and all(c in "0123456789abcdef" for c in rev)
+
+
+PAPER_CONFIGS = {  # config group -> the options a paper-scale Table 1 (and the released-checkpoint check) uses
+    "model": ("llama31_8b", "qwen2_7b", "ts2_released"),
+    "data": ("ultrafeedback",),
+    "rm": ("fsfairx",),
+    "diversity": ("paper",),
+}
+
+
+def hub_artefacts(configs: Mapping[str, Sequence[str]] = PAPER_CONFIGS) -> list[HubArtefact]:
+    """Every hub repository named by the given ``conf/<group>/<option>.yaml`` files, with its revision: model
+    weights + tokenizer (``name_or_path``/``revision``), chat template (``chat_template_from``/
+    ``chat_template_revision``), data (``hub_name``/``revision``), reward model, Sent-BERT encoder (``model``)."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from ts2.conf import CONF_DIR
+
+    out: list[HubArtefact] = []
+    for group, options in configs.items():
+        for option in options:
+            path = Path(CONF_DIR) / group / f"{option}.yaml"
+            c = OmegaConf.load(path)
+            rel = f"conf/{group}/{option}.yaml"
+            if group == "model":
+                out.append(HubArtefact(f"model {option}", c.name_or_path, c.get("revision"), config=rel))
+                if c.get("chat_template_from"):
+                    out.append(
+                        HubArtefact(
+                            f"chat template of {option}",
+                            c.chat_template_from,
+                            c.get("chat_template_revision"),
+                            config=rel,
+                        )
+                    )
+            elif group == "data":
+                out.append(HubArtefact(f"data {option}", c.hub_name, c.get("revision"), "dataset", rel))
+            elif group == "rm":
+                out.append(
+                    HubArtefact(f"reward model {option}", c.name_or_path, c.get("revision"), config=rel)
+                )
+            elif group == "diversity":
+                out.append(HubArtefact(f"Sent-BERT {option}", c.model, c.get("revision"), config=rel))
+            else:
+                raise ValueError(f"hub_artefacts: no hub repository is read from conf/{group}/.")
+    return out
+
+
+def hub_precheck(
+    artefacts: Sequence[HubArtefact] | None = None, cache_dir: str | None = None
+) -> list[dict[str, Any]]:
+    """Offline: for each artefact a paper run needs (`hub_artefacts`), is it in the local Hugging Face cache at
+    its revision, and is that revision pinned? Reads the cache only (``huggingface_hub.scan_cache_dir``).
+
+    Returns one record per artefact: ``role``, ``repo_id``, ``repo_type``, ``revision``, ``config``,
+    ``pinned``, ``cached`` and ``fix`` (the command that fetches it, or what to pin).
+    """
+    from huggingface_hub import scan_cache_dir
+    from huggingface_hub.errors import CacheNotFound
+
+    artefacts = hub_artefacts() if artefacts is None else artefacts
+    try:
+        repos = {(r.repo_type, r.repo_id): r for r in scan_cache_dir(cache_dir).repos}
+    except CacheNotFound:
+        repos = {}
+    records = []
+    for a in artefacts:
+        repo = repos.get((a.repo_type, a.repo_id))
+        rev = a.revision or "main"
+        cached = repo is not None and any(r.commit_hash == rev or rev in r.refs for r in repo.revisions)
+        get = f"huggingface-cli download {a.repo_id} --revision {rev}" + (
+            " --repo-type dataset" if a.repo_type == "dataset" else ""
+        )
+        fix = "" if cached else get
+        if not a.pinned:
+            fix = (fix + "; " if fix else "") + f"pin a commit: revision in {a.config} (unpinned: {rev})"
+        records.append({**asdict(a), "revision": rev, "pinned": a.pinned, "cached": cached, "fix": fix})
+    return records
+
+
+def format_hub_precheck(records: Sequence[Mapping[str, Any]]) -> str:
+    lines = ["Hub artefacts of a paper run (local Hugging Face cache, offline):"]
+    for r in records:
+        state = "cached" if r["cached"] else "MISSING"
+        pin = "pinned" if r["pinned"] else "UNPINNED"
+        lines.append(
+            f"  {state:7s} {pin:8s} {r['role']}: {r['repo_id']}@{r['revision'][:12]} ({r['config']})"
+        )
+        if r["fix"]:
+            lines.append(f"           fix: {r['fix']}")
+    missing = sum(not r["cached"] for r in records)
+    unpinned = sum(not r["pinned"] for r in records)
+    lines.append(f"{missing} of {len(records)} not in the cache; {unpinned} unpinned.")
+    return "\n".join(lines)
+
+
 def _parse(argv: Sequence[str]) -> dict[str, Any]:
     casts: Mapping[str, Any] = {
         "scale": str, "model": str, "gpu": str, "format": str, "num_gpus": int, "methods": int, "mfu": float,
@@ -400,8 +711,24 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["rescore"]:  # python -m ts2.plan rescore [gpu=h200]: make rescore-released's GPU-hours
+        plan = rescore_plan(**{k: v for k, v in (a.split("=", 1) for a in argv[1:])})
+        for bench, b in plan["benches"].items():
+            print(
+                f"  sample {bench}: {b['samples']:,} samples, <= {b['tokens'] / 1e6:.1f} M tokens, {b['gpu_hours']:.2f} GPU-h"
+            )
+        print(f"  score AlpacaEval with FsfairX: {plan['score_gpu_hours']:.2f} GPU-h")
+        print(
+            f"  total: {plan['gpu_hours']:.1f} GPU-hours on {plan['gpu']} (upper bound: full-length samples)"
+        )
+        return 0
+    if argv[:1] == ["hub"]:  # python -m ts2.plan hub: the offline pre-check of every hub artefact
+        records = hub_precheck()
+        print(format_hub_precheck(records))
+        return 0 if all(r["cached"] for r in records) else 1
     try:
-        args = _parse(sys.argv[1:] if argv is None else argv)
+        args = _parse(argv)
         scale, fmt = args.pop("scale", "paper"), args.pop("format", "text")
         if scale != "paper":
             raise ValueError(
@@ -410,6 +737,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if fmt not in ("text", "json"):
             raise ValueError(f"format={fmt!r} must be text or json.")
         plan = paper_plan(**args)
+        resources = resources_notes(
+            args.get("model", "llama31_8b"), args.get("num_gpus", 8), args.get("methods", 8)
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -420,12 +750,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     **asdict(plan),
                     "gpu_hours_per_method": plan.gpu_hours_per_method,
                     "gpu_hours_total": plan.gpu_hours_total,
+                    "resources": resources,
                 },
                 indent=2,
             )
         )
     else:
         print(format_plan(plan))
+        print("Disk and host RAM (training):", *[f"  - {line}" for line in resources], sep="\n")
     return 0
 
 

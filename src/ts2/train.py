@@ -13,8 +13,10 @@ Training uses ``transformers.Trainer`` with the configured loss as ``compute_los
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +39,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from transformers import DataCollatorForSeq2Seq, TrainingArguments, set_seed
 
     from ts2.data import build_sft_dataset
-    from ts2.distributed import check_launch, export_submitit_env
+    from ts2.distributed import bind_visible_gpu, check_device, check_launch, export_submitit_env
     from ts2.models import load_model, load_tokenizer, resolve_model_path
     from ts2.models.freeze import apply_trainable, trainable_of
-    from ts2.objective import CausalLMObjective, HiddenPassthrough, make_loss
+    from ts2.objective import CausalLMObjective, fused_head, make_loss
 
     # Nothing is written until the config, the folder, the model and the data have all been accepted.
+    check_device(cfg.model)  # a paper-scale model needs CUDA GPUs: stop before anything loads
     export_submitit_env()  # a task of a hydra/launcher=slurm job becomes one torch.distributed rank
+    bind_visible_gpu()  # one GPU bound per SLURM task: use the one it sees
     launch = check_launch(cfg.train)  # batch vs world size, NCCL, deepspeed (ts2.distributed)
     loss, loss_settings = make_loss(cfg.loss)
     trainable = trainable_of(cfg.model)  # model.trainable_layers / train_embeddings (ts2.models.freeze)
@@ -84,20 +88,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         model = load_model(cfg.model, model_path)
         model.config.use_cache = False
-        # Before the fused head is set up (it keeps the same weight Parameter, so its flag carries over).
-        trained = apply_trainable(model, trainable)
+        trained = apply_trainable(model, trainable)  # requires_grad per parameter, before the Trainer is built
         log.info("trains %s: %d of %d parameters", trained["describe"], trained["trainable_params"],
                  trained["total_params"])  # fmt: skip
-        head = None
-        if cfg.loss.fused:
-            head = model.get_output_embeddings()
-            model.set_output_embeddings(HiddenPassthrough(head))
-        objective = CausalLMObjective(
-            loss,
-            fused=loss_settings.fused,
-            chunk_size=loss_settings.chunk_size,
-            head=model.get_output_embeddings(),
-        )
+        objective = CausalLMObjective(loss, fused=loss_settings.fused, chunk_size=loss_settings.chunk_size)
         if cfg.logger.backend == "wandb" and runs.is_main_process():
             wandb_run = init_wandb(cfg, run_dir)
         trainer = trainer_class()(
@@ -117,9 +111,9 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             callbacks=[jsonl_log_callback(run_dir / "train_log.jsonl"), ce_log_schedule(objective)],
         )
         resume = str(claim.resume_from) if claim.resume_from else None
-        result = trainer.train(resume_from_checkpoint=resume)
-        if head is not None:
-            model.set_output_embeddings(head)
+        # Fused: the forward returns hidden states + head weight; the modules (what is saved) stay as they are.
+        with fused_head(model) if loss_settings.fused else contextlib.nullcontext():
+            result = trainer.train(resume_from_checkpoint=resume)
         if cfg.model.get("eos_token_ids"):  # PAPER.md §3: generation stops at these after training
             model.generation_config.eos_token_id = list(cfg.model.eos_token_ids)
         if cfg.train.save_final_model:
@@ -147,6 +141,15 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if trainer.is_world_process_zero():
             (run_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         runs.update_status(run_dir, "finished", global_step=summary["global_step"])
+        # train.keep_checkpoints=false (paper experiments; ~128 GB each, ts2.plan): once the run is finished and
+        # its final model written, the checkpoints that made it resumable go, as the official recipe keeps none.
+        if (
+            cfg.train.save_final_model
+            and not cfg.train.get("keep_checkpoints", True)
+            and runs.is_main_process()
+        ):
+            for ckpt in run_dir.glob("checkpoint-*"):
+                shutil.rmtree(ckpt)
         log.info("done: %s", json.dumps({k: summary[k] for k in ("global_step", "first_loss", "last_loss")}))
         return summary
     except BaseException as err:  # a crash or Ctrl-C: the folder says so (a SIGKILL leaves "running")

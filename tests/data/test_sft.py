@@ -117,3 +117,42 @@ def test_smollm2_chatml_labels_answer_and_im_end_only(smollm2_tokenizer):
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
     ends = [i for i, t in enumerate(ex["input_ids"]) if t == im_end]
     assert [ex["labels"][i + 1] for i in ends] == [IGNORE_INDEX] * len(ends)  # the "\n" after each turn
+
+
+def test_hub_rows_come_in_the_official_datasets_shuffle_order(monkeypatch):
+    """data.source=hub: the pinned revision reaches load_dataset and the rows follow ``Dataset.shuffle(seed=42)``
+    (numpy PCG64 permutation, the official code's call), not Python's random.shuffle (the local subset's)."""
+    import random
+    from pathlib import Path
+
+    import datasets
+    import numpy as np
+
+    from ts2.data.sft import load_conversations
+
+    n = 50
+    rows = [
+        {
+            "prompt_id": f"p{i}",
+            "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}],
+        }
+        for i in range(n)
+    ]
+    calls = []
+
+    def fake_load_dataset(name, split, revision=None):
+        calls.append((name, split, revision))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "data" / "ultrafeedback.yaml")
+    got = [rid.split("/")[1] for rid, _ in load_conversations(cfg)]
+    assert (
+        calls == [("HuggingFaceH4/ultrafeedback_binarized", "train_sft", cfg.revision)]
+        and len(cfg.revision) == 40
+    )
+    official = datasets.Dataset.from_list(rows).shuffle(seed=42)["prompt_id"]
+    assert got == official == [f"p{i}" for i in np.random.default_rng(42).permutation(n)]
+    python_order = [f"p{i}" for i in range(n)]
+    random.Random(42).shuffle(python_order)
+    assert got != python_order  # the order the hub path used before: a different permutation

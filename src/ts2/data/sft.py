@@ -84,23 +84,32 @@ def _local_rows(cfg: Any) -> list[tuple[str, Any]]:
 def _hub_rows(cfg: Any) -> list[tuple[str, Any]]:
     import datasets
 
-    ds = datasets.load_dataset(cfg.hub_name, split=cfg.split)
+    ds = datasets.load_dataset(cfg.hub_name, split=cfg.split, revision=cfg.get("revision"))
+    if (
+        cfg.get("shuffle_seed") is not None
+    ):  # the official order: datasets' own shuffle (numpy PCG64 permutation)
+        ds = ds.shuffle(seed=cfg.shuffle_seed)
     ids = ds[cfg.id_field] if cfg.get("id_field") and cfg.id_field in ds.column_names else range(len(ds))
     return [(f"{cfg.split}/{i}", m) for i, m in zip(ids, ds[cfg.messages_field], strict=True)]
 
 
 def load_conversations(cfg: Any) -> list[tuple[str, Any]]:
-    """(row id, messages) pairs from the configured source, shuffled with ``cfg.shuffle_seed``."""
+    """(row id, messages) pairs from the configured source, shuffled with ``cfg.shuffle_seed``.
+
+    Hub data is shuffled as the official code does, ``Dataset.shuffle(seed=42)`` (a numpy PCG64 permutation), so
+    the rows come in the official order; the local subset keeps Python's ``random.Random(seed).shuffle`` (the
+    order every tiny-scale result was made with).
+    """
     if cfg.source == "local":
         rows = _local_rows(cfg)
+        if cfg.get("shuffle_seed") is not None:
+            import random
+
+            random.Random(cfg.shuffle_seed).shuffle(rows)
     elif cfg.source == "hub":
         rows = _hub_rows(cfg)
     else:
         raise ValueError(f"data.source must be 'local' or 'hub', got {cfg.source!r}.")
-    if cfg.get("shuffle_seed") is not None:
-        import random
-
-        random.Random(cfg.shuffle_seed).shuffle(rows)
     if cfg.get("limit"):
         rows = rows[: cfg.limit]
     return rows

@@ -260,12 +260,14 @@ def default_sentence_model_path() -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_model(name_or_path: str, allow_download: bool = False) -> SentenceTransformer:
+def _load_model(
+    name_or_path: str, allow_download: bool = False, revision: str | None = None
+) -> SentenceTransformer:
     from sentence_transformers import SentenceTransformer
 
     try:
         # local_files_only unless allowed (conf/diversity/paper.yaml): HF_HUB_OFFLINE=1 still forbids it.
-        return SentenceTransformer(name_or_path, local_files_only=not allow_download)
+        return SentenceTransformer(name_or_path, local_files_only=not allow_download, revision=revision)
     except Exception as err:  # hub/transformers raise several types (OSError, ValueError, HF errors)
         where = "the hub or local files" if allow_download else "local files (allow_download=false)"
         raise OSError(
@@ -278,7 +280,10 @@ def _load_model(name_or_path: str, allow_download: bool = False) -> SentenceTran
 
 
 def load_sentence_model(
-    model: SentenceTransformer | str | os.PathLike[str] | None = None, *, allow_download: bool = False
+    model: SentenceTransformer | str | os.PathLike[str] | None = None,
+    *,
+    allow_download: bool = False,
+    revision: str | None = None,
 ) -> SentenceTransformer:
     """A SentenceTransformer from an instance, a hub name or a folder; None = MiniLM default.
 
@@ -288,7 +293,7 @@ def load_sentence_model(
     if model is None:
         return _load_model(default_sentence_model_path())
     if isinstance(model, (str, os.PathLike)):
-        return _load_model(os.fspath(model), bool(allow_download))
+        return _load_model(os.fspath(model), bool(allow_download), revision)
     return model
 
 
@@ -358,6 +363,7 @@ def sentence_embeddings(
     show_progress: bool | None = None,
     max_seq_length: int | None = None,
     allow_download: bool = False,
+    revision: str | None = None,
 ) -> np.ndarray:
     """L2-normalised sentence embeddings ``[len(texts), dim]`` (float32), encoded ``chunk_size`` texts at a time.
 
@@ -377,7 +383,7 @@ def sentence_embeddings(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    st = load_sentence_model(model, allow_download=allow_download)
+    st = load_sentence_model(model, allow_download=allow_download, revision=revision)
     if max_seq_length is not None and max_seq_length != st.max_seq_length:
         if not isinstance(max_seq_length, int) or max_seq_length < 2:
             raise ValueError(f"max_seq_length must be an int >= 2 (word pieces), got {max_seq_length!r}.")
@@ -487,6 +493,7 @@ def sent_bert_similarities(
     show_progress: bool | None = None,
     max_seq_length: int | None = None,
     allow_download: bool = False,
+    revision: str | None = None,
 ) -> list[float]:
     """Per prompt, the mean cosine similarity over its unordered sample pairs (Sent-BERT diversity is
     ``100 · mean_prompts (1 − similarity)``); arguments as :func:`sent_bert_diversity`."""
@@ -500,6 +507,7 @@ def sent_bert_similarities(
         show_progress=show_progress,
         max_seq_length=max_seq_length,
         allow_download=allow_download,
+        revision=revision,
     )
     return _pairwise_cosine_means(emb, [len(g) for g in groups])
 
@@ -521,6 +529,7 @@ class DiversityConfig:
     text: TextMode = "paper"
     model: SentenceTransformer | str | os.PathLike[str] | None = None
     allow_download: bool = False
+    revision: str | None = None  # pinned hub commit of the encoder (conf/diversity/paper.yaml)
     max_seq_length: int | None = None
     batch_size: int = 64
     num_workers: int = 1
@@ -587,6 +596,7 @@ def diversity_scores(
         show_progress=c.show_progress,
         max_seq_length=c.max_seq_length,
         allow_download=c.allow_download,
+        revision=c.revision,
     )
     return DiversityScores(
         metrics={

@@ -77,10 +77,14 @@ def load_tokenizer(model_cfg: Any, path: str | None = None):
     from transformers import AutoTokenizer
 
     path = path or resolve_model_path(model_cfg)
-    tok = pretrained(path, lambda: AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or path))
+    rev = model_cfg.get("revision")  # a pinned hub commit (conf/model/*.yaml); ignored for local folders
+    tok = pretrained(
+        path, lambda: AutoTokenizer.from_pretrained(model_cfg.get("tokenizer") or path, revision=rev)
+    )
     src = model_cfg.get("chat_template_from")
     if src:
-        tmpl_tok = pretrained(src, lambda: AutoTokenizer.from_pretrained(src))
+        src_rev = model_cfg.get("chat_template_revision")
+        tmpl_tok = pretrained(src, lambda: AutoTokenizer.from_pretrained(src, revision=src_rev))
         tok.chat_template = tmpl_tok.chat_template
     if tok.chat_template is None:
         raise ValueError(
@@ -104,5 +108,7 @@ def load_model(model_cfg: Any, path: str | None = None, **kwargs):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return pretrained(
         path,
-        lambda: AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn, **kwargs),
+        lambda: AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn, revision=model_cfg.get("revision"), **kwargs
+        ),
     )

@@ -76,6 +76,7 @@ class RMConfig:
 
     id: str = "rm"
     name_or_path: str | None = None
+    revision: str | None = None  # pinned hub commit of name_or_path
     tiny: Mapping[str, Any] | None = None
     quirk: bool = True
     user_text: str = "paper_detok"
@@ -270,7 +271,7 @@ class RewardScorer:
         """Load the RM of ``conf/rm/*.yaml`` (building the tiny RM on first use); ``detokenizer=`` as the class."""
         cfg = RMConfig.from_any(cfg)
         path = resolve_rm_path(cfg)
-        model, tok = load_reward_model(path, dtype=cfg.dtype, device=cfg.device)
+        model, tok = load_reward_model(path, dtype=cfg.dtype, device=cfg.device, revision=cfg.revision)
         _check_tiny_build(path, cfg)
         scorer = cls(
             model,
@@ -381,7 +382,9 @@ def resolve_rm_path(cfg: RMConfig) -> str:
     return str(cfg.name_or_path)
 
 
-def load_reward_model(name_or_path: str, *, dtype: str = "bfloat16", device: str = "auto") -> tuple[Any, Any]:
+def load_reward_model(
+    name_or_path: str, *, dtype: str = "bfloat16", device: str = "auto", revision: str | None = None
+) -> tuple[Any, Any]:
     """``AutoModelForSequenceClassification`` (num_labels=1) + tokenizer, with a clear error if unavailable.
 
     Loaded as the LMs are (:func:`ts2.models.loading.pretrained`): a missing local folder or an unreachable hub
@@ -393,10 +396,14 @@ def load_reward_model(name_or_path: str, *, dtype: str = "bfloat16", device: str
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype {dtype!r} is not a torch dtype name.")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    tok = pretrained(name_or_path, lambda: AutoTokenizer.from_pretrained(name_or_path), _HOW_TO_GET)
+    tok = pretrained(
+        name_or_path, lambda: AutoTokenizer.from_pretrained(name_or_path, revision=revision), _HOW_TO_GET
+    )
     model = pretrained(
         name_or_path,
-        lambda: AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=torch_dtype),
+        lambda: AutoModelForSequenceClassification.from_pretrained(
+            name_or_path, dtype=torch_dtype, revision=revision
+        ),
         _HOW_TO_GET,
     )
     if int(model.config.num_labels) != 1:
