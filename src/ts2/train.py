@@ -88,9 +88,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         model = load_model(cfg.model, model_path)
         model.config.use_cache = False
-        trained = apply_trainable(
-            model, trainable
-        )  # requires_grad per parameter, before the Trainer is built
+        # requires_grad of every parameter (model.trainable_layers / train_embeddings), before the Trainer is built
+        trained = apply_trainable(model, trainable)
         log.info("trains %s: %d of %d parameters", trained["describe"], trained["trainable_params"],
                  trained["total_params"])  # fmt: skip
         objective = CausalLMObjective(loss, fused=loss_settings.fused, chunk_size=loss_settings.chunk_size)
