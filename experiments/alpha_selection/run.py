@@ -116,7 +116,7 @@ def choose(rows: list[dict[str, Any]], reference: dict[str, Any]) -> tuple[dict[
     if d.significant:
         return (
             best,
-            f"lowest selection held-out CE, {d.text()} nats against α = {PAPER_ALPHA} (95% CI excludes 0)",
+            f"lowest selection held-out CE, {_diff(d)} nats against α = {PAPER_ALPHA} (95% CI excludes 0)",
         )
     return reference, (
         f"tie: the lowest selection held-out CE (α = {_fmt(best['alpha'])}, lr {_fmt(best['learning_rate'])}) differs "
