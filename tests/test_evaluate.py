@@ -86,8 +86,10 @@ def test_evaluate_bench_writes_the_metrics_file(compose, tmp_path):
     out = json.loads(dest.read_text())
     assert dest == tmp_path / "metrics" / "creative_poem.json"
     want = diversity_report([[f"<p{p}>" + c for c in g] for p, g in enumerate(POEMS)], DiversityConfig())
-    assert out["metrics"] == pytest.approx(want, abs=1e-9)
-    assert set(out["ci"]) == set(want) and out["prompt_ids"] == [0, 1]
+    assert {k: out["metrics"][k] for k in want} == pytest.approx(want, abs=1e-9)
+    lengths = {"answer_tokens", "answer_words", "ended_by_eos"}  # the answers' lengths (issue #19 item 1)
+    assert set(out["metrics"]) == set(want) | lengths
+    assert set(out["ci"]) == set(want) | lengths and out["prompt_ids"] == [0, 1]
     assert all(len(v) == 2 for v in out["per_prompt"].values())
     assert (out["num_prompts"], out["num_samples"], out["limit"]) == (2, 6, 3)
     assert out["complete"] is False and "1 of 3 expected prompts" in out["note"]  # prompt 2 has no samples

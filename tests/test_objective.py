@@ -353,6 +353,19 @@ def test_stats_refuse_bad_labels() -> None:
 # In training: train_log.jsonl and the offline wandb run carry the diagnostics
 
 
+def complete_wandb_records(path: Path, timeout_s: float = 30.0) -> list:
+    """The records of an offline run file once its ``exit`` record is there: ``wandb.finish()`` can return
+    before wandb's service process has flushed the file, so poll it (bounded) instead of reading it once."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = list(read_wandb_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
 def read_wandb_records(path: Path):
     """The protobuf records of an offline run's ``run-<id>.wandb`` file (wandb's LevelDB-style log: a 7-byte
     header ``:W&B`` + magic 0xBEE1 + version, then 32 KiB blocks of chunks, each with a 7-byte header
@@ -410,7 +423,7 @@ def test_training_logs_entropy_and_support_to_jsonl_and_offline_wandb(compose, t
         assert 0.0 < r["entropy"] <= math.log(vocab) and 1.0 <= r["support_size"] <= vocab and r["ce"] > 0
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
     history, run_info = [], None
-    for rec in read_wandb_records(run_file):
+    for rec in complete_wandb_records(run_file):
         kind = rec.WhichOneof("record_type")
         if kind == "history":
             history.append(

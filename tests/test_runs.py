@@ -128,3 +128,53 @@ def test_run_json_reading_and_the_resume_log_rule(tmp_path):
         "entropy": 3.0,
         "support_size": 7.0,
     }
+
+
+def _method_run(root: Path, name: str, mid: str, seed: int, **config) -> Path:
+    method = {"id": mid, "name": {"ce": "CE", "ts2": "TS²"}[mid], "order": {"ce": 1, "ts2": 8}[mid]}
+    return _folder(root, name, {"status": "finished"}, {"method": method, "seed": seed, **config})
+
+
+def test_rows_pool_seed_runs_only_and_name_the_settings_that_differ(tmp_path):
+    from ts2.runs import claim_groups, group_runs
+
+    _method_run(tmp_path, "ce_b", "ce", 1235, train={"lr": 1e-3})
+    _method_run(tmp_path, "ce_a", "ce", 1234, train={"lr": 1e-3})
+    _method_run(tmp_path, "ts2_025", "ts2", 1234, loss={"alpha": 0.25}, train={"lr": 1e-3})
+    _method_run(tmp_path, "ts2_1", "ts2", 1234, loss={"alpha": 1.0}, train={"lr": 1e-3})
+    _method_run(tmp_path, "ts2_1_lr", "ts2", 1234, loss={"alpha": 1.0}, train={"lr": 1e-4})
+    runs = collect(tmp_path)
+    groups = group_runs(runs, {"selected": 1.0, "paper": 0.25})
+    assert [(g.key, g.label, [r.name for r in g.runs]) for g in groups] == [
+        ("ce", "CE (2 seeds)", ["ce_a", "ce_b"]),  # by seed
+        ("ts2[loss.alpha=0.25,train.lr=0.001]", "TS² (α=0.25, lr=0.001, paper)", ["ts2_025"]),
+        ("ts2[loss.alpha=1,train.lr=0.0001]", "TS² (α=1, lr=0.0001, selected)", ["ts2_1_lr"]),
+        ("ts2[loss.alpha=1,train.lr=0.001]", "TS² (α=1, lr=0.001, selected)", ["ts2_1"]),
+    ]
+    # two rows carry the selected tag: the claims take the first in table order
+    chosen = claim_groups(groups)
+    assert chosen["ce"].key == "ce" and chosen["ts2"].key == "ts2[loss.alpha=1,train.lr=0.0001]"
+    untagged = group_runs(runs)  # no α settings: no tag, so TS² (several rows) has no claim row
+    assert "ts2" not in claim_groups(untagged) and claim_groups(untagged)["ce"].label == "CE (2 seeds)"
+
+
+def test_controls_and_frontiers_are_read_back(tmp_path):
+    from ts2.runs import group_runs, mark_control
+
+    run = _method_run(tmp_path, "ce", "ce", 1)
+    for t, v in ((0.3, 1.0), (1.0, 2.0)):
+        (run / "frontier" / f"t{t}" / "metrics").mkdir(parents=True)
+        (run / "frontier" / f"t{t}" / "metrics" / "alpaca_eval.json").write_text(
+            json.dumps({"metrics": {"ngram": v}})
+        )
+    mark_control(tmp_path / "control=shuffled", "shuffled", "tiny")
+    ce, shuffled = collect(tmp_path)
+    assert ce.frontier == {
+        0.3: {"alpaca_eval": {"metrics": {"ngram": 1.0}}},
+        1.0: {"alpaca_eval": {"metrics": {"ngram": 2.0}}},
+    }
+    assert (shuffled.control, shuffled.method.id, shuffled.scale) == ("shuffled", "control=shuffled", "tiny")
+    assert [g.key for g in group_runs([ce, shuffled])] == ["ce"]  # a control is never a row
+    (run / "frontier" / "hot").mkdir()
+    with pytest.raises(ValueError, match=r"frontier/hot: a frontier folder is named t<temperature>"):
+        load_run(run)

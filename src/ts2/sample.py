@@ -71,6 +71,8 @@ def sample_benchmark(cfg: DictConfig, backend: Any, source: ModelSource, records
 
     bench, params = cfg.eval.id, SamplingParams.from_cfg(_container(cfg.sample))
     records = load_prompts(cfg) if records is None else records
+    if hasattr(backend, "use_prompts"):  # a backend answering from the prompt records (sampler=control)
+        backend.use_prompts(records)
     # shard=i/k: every k-th batch of the full plan, same batches and seeds as one run (ts2.sampling.shards)
     shard = parse_shard(cfg.get("shard"))
     plan = shard_batches(backend.plan(len(records), params.n), shard)

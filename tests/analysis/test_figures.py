@@ -155,7 +155,8 @@ def test_write_figures_skips_what_has_no_data_unless_named(tmp_path, titles, cap
     with caplog.at_level(logging.INFO, logger="ts2.analysis.figures"):
         assert write_figures(runs, tmp_path / "results") == []
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(skipped) == 5 and not (tmp_path / "results" / "figures").exists()
+    assert len(skipped) == 6 and not (tmp_path / "results" / "figures").exists()
+    assert any("frontier skipped: no row has ref_lm/ref_lm" in s for s in skipped)
     assert any("bon_curves skipped: no run has win_rate@<n>" in s for s in skipped)
     assert any("tspd skipped: no run has metrics/tspd.json" in s for s in skipped)
     assert any("alpha_sweep skipped: the α sweep needs runs whose loss has an alpha" in s for s in skipped)
@@ -212,3 +213,44 @@ def test_scale_label_from_metrics_or_the_runs_model():
     assert scale_label([run("tiny", None)]) == "TINY SCALE (not comparable to the paper)"
     assert scale_label([run(None, "tiny-scale (random-init tiny model and tiny RM): ...")]).startswith("TINY")
     assert scale_label([run("llama31_8b", None)]) == "scale: paper"
+
+
+def _frontier(run: Path, points: dict, prompts: int = 5, seed: int = 0) -> None:
+    """``<run>/frontier/t<T>/metrics/{ref_lm,alpaca_eval}.json``: per-prompt ref-LM and N-gram around the given means."""
+    noise = np.random.default_rng(seed).normal(0, 0.01, prompts)
+    for t, (q, d) in points.items():
+        folder = run / "frontier" / f"t{t}" / "metrics"
+        folder.mkdir(parents=True)
+        for bench, per in (
+            ("ref_lm", {"ref_lm": list(q + noise)}),
+            ("alpaca_eval", {"ngram": list(d + 10 * noise)}),
+        ):
+            body = {
+                "benchmark": bench,
+                "metrics": {k: float(np.mean(v)) for k, v in per.items()},
+                "per_prompt": per,
+                "prompt_ids": list(range(prompts)),
+            }
+            (folder / f"{bench}.json").write_text(json.dumps(body))
+
+
+def test_frontier_figure_draws_one_curve_per_row_with_three_temperatures(tmp_path, titles):
+    from ts2.analysis import bon
+    from ts2.analysis.figures import frontier
+    from ts2.runs import group_runs
+
+    runs_dir = tmp_path / "runs"
+    _frontier(make_run(runs_dir, "ce", "ce", {}), {0.3: (-1.0, 10.0), 0.6: (-2.0, 20.0), 1.0: (-3.0, 30.0)})
+    _frontier(make_run(runs_dir, "ts2", "ts2", {}), {0.3: (-1.5, 15.0), 0.6: (-2.5, 30.0), 1.0: (-3.5, 45.0)})
+    _frontier(
+        make_run(runs_dir, "sparsemax", "sparsemax", {}), {0.3: (-1.0, 5.0), 1.0: (-2.0, 6.0)}
+    )  # 2 only
+    runs = collect(runs_dir)
+    assert sorted(runs[0].frontier) == [0.3, 0.6, 1.0]
+    curves = bon.frontiers(group_runs(runs), "ref_lm/ref_lm", "alpaca_eval/ngram")
+    assert [c.key for c in curves] == ["ce", "ts2"]  # sparsemax has 2 temperatures: left out
+    q, d = curves[0].frontier.curve()
+    assert q == pytest.approx([-1.0, -2.0, -3.0], abs=0.01) and d == pytest.approx([10, 20, 30], abs=0.1)
+    (fig,) = frontier(runs, tmp_path / "results", FigureOptions("Table 1 (t)"))
+    assert fig == tmp_path / "results" / "figures" / "frontier.png" and fig.stat().st_size > 10_000
+    assert "Temperature frontiers" in titles["frontier.png"] and "TINY" in titles["frontier.png"]

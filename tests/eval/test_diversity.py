@@ -519,3 +519,142 @@ def test_paper_text_uses_the_policys_own_chatml_template(smollm2_tokenizer) -> N
         "<|im_end|>\n<|im_start|>assistant\nDrops fall softly.<|im_end|>\n"
     )
     assert text.count(system) == 2 and "<|eot_id|>" not in text
+
+
+# ------------------------------------------------------------------------------ answers (issue #19 item 1)
+@pytest.mark.parametrize(
+    ("text", "k", "cut"),
+    [
+        ("Hello, world! This is a test.", 3, "Hello, world"),  # Hello , world | ! This ...
+        ("Hello, world! This is a test.", 4, "Hello, world!"),
+        ('He said "yes" and left.', 3, 'He said "'),  # He said `` yes '' ...: quotes found in the source
+        ('He said "yes" and left.', 5, 'He said "yes"'),
+        ("I don't know.", 3, "I don't"),  # I do n't know .
+        ("  spaced   words here ", 2, "  spaced   words"),
+    ],
+)
+def test_cut_to_words_keeps_the_source_up_to_the_kth_word_token(text, k, cut) -> None:
+    assert D.cut_to_words(text, k) == (cut, k)
+    assert len(T.word_tokenize(cut)) == k  # the N-gram metric sees exactly k tokens
+
+
+def test_cut_to_words_keeps_short_answers_whole() -> None:
+    assert D.cut_to_words("Only three words", 8) == ("Only three words", 3)
+    assert D.cut_to_words("", 8) == ("", 0)
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        D.cut_to_words("a b", 0)
+
+
+def _samples(table: dict[int, list[str]], reasons=None, tokens=None):
+    from ts2.sampling.store import Sample
+
+    return [
+        Sample(
+            pid,
+            j,
+            f"<u>{pid}</u>",
+            c,
+            (reasons or {}).get((pid, j), "stop"),
+            (tokens or {}).get((pid, j), 2 * len(c.split())),
+        )
+        for pid, cs in table.items()
+        for j, c in enumerate(cs)
+    ]
+
+
+def test_score_answers_adds_secondary_texts_the_length_cut_and_lengths(minilm) -> None:
+    """Primary = response; secondary = templated (prompt + response); the cut at 3 word tokens equals the
+    metrics of the answers cut by hand; lengths and the EOS share by hand."""
+    table = {
+        0: ["a b c d e f", "a b c x y z", "q r"],  # third answer: 2 words < 3, kept whole
+        1: ["one two three four", "one two three five", "six seven eight nine"],
+    }
+    reasons = {(0, 2): "length"}
+    samples = _samples(table, reasons)
+    cfg = D.DiversityConfig(model=minilm, text="response", secondary=("templated",), length_cut=3)
+    res = D.score_answers(samples, cfg)
+    assert res.prompt_ids == [0, 1]
+    plain = D.diversity_scores([table[0], table[1]], D.DiversityConfig(model=minilm))
+    assert {k: res.metrics[k] for k in plain.metrics} == plain.metrics  # the primary is unchanged
+    templated = [[f"<u>{p}</u>" + c for c in table[p]] for p in (0, 1)]
+    t = D.diversity_scores(templated, D.DiversityConfig(model=minilm))
+    assert res.metrics["templated_ngram"] == t.metrics["ngram"]
+    assert res.per_prompt["templated_self_bleu"] == t.per_prompt["self_bleu"]
+    by_hand = [["a b c", "a b c", "q r"], ["one two three", "one two three", "six seven eight"]]
+    cut = D.diversity_scores(by_hand, D.DiversityConfig(model=minilm))
+    for k in ("ngram", "self_bleu", "sent_bert"):
+        assert res.per_prompt[f"{k}@cut3"] == pytest.approx(cut.per_prompt[k], abs=1e-9)
+    # prompt 0 cut: unigrams a,b,c,a,b,c,q,r -> 5/8; bigrams ab,bc,ab,bc,qr -> 3/5; trigrams abc,abc -> 1/2
+    assert res.per_prompt["ngram@cut3"][0] == pytest.approx(100 * (5 / 8 + 3 / 5 + 1 / 2) / 3)
+    assert res.details["length_cut"] == {
+        "words": 3,
+        "text": "response",
+        "answers": 6,
+        "shorter": 1,
+        "note": "1 of 6 answers have fewer than 3 word tokens and are scored whole",
+    }
+    assert res.per_prompt["answer_words"] == pytest.approx([14 / 3, 4.0])
+    assert res.per_prompt["answer_tokens"] == pytest.approx([28 / 3, 8.0])  # 2 per word, as written above
+    assert res.per_prompt["ended_by_eos"] == pytest.approx([200 / 3, 100.0])
+    assert res.metrics["ended_by_eos"] == pytest.approx(250 / 3)
+    texts = res.details["texts"]
+    assert (texts["ngram"], texts["templated_sent_bert"], texts["ngram@cut3"]) == (
+        "response",
+        "templated",
+        "response cut after its first 3 word tokens",
+    )
+
+
+def test_score_answers_reports_missing_length_fields_instead_of_guessing(minilm) -> None:
+    from dataclasses import replace
+
+    samples = _samples({0: ["a b c", "c d e"], 1: ["e f g", "g h i"]})
+    samples[1] = replace(samples[1], num_tokens=None, finish_reason=None)
+    res = D.score_answers(samples, D.DiversityConfig(model=minilm, text="response"))
+    assert "answer_tokens" not in res.metrics and "ended_by_eos" not in res.metrics
+    assert res.details["lengths"] == {
+        "answers": 4,
+        "answer_tokens": "not reported: 1 of 4 samples have no num_tokens",
+        "ended_by_eos": "not reported: 1 of 4 samples have no finish_reason",
+    }
+    assert res.metrics["answer_words"] == 3.0
+
+
+def test_secondary_and_length_cut_settings_are_checked() -> None:
+    c = D.DiversityConfig.from_config({"text": "response", "secondary": ["paper"], "length_cut": 8})
+    assert (c.secondary, c.length_cut) == (("paper",), 8)
+    with pytest.raises(ValueError, match=r"diversity.secondary=\['response'\].*other than the primary"):
+        D.DiversityConfig(text="response", secondary=("response",))
+    with pytest.raises(ValueError, match=r"diversity.secondary=\['bare'\]"):
+        D.DiversityConfig(secondary=("bare",))
+    with pytest.raises(ValueError, match="diversity.length_cut=0 must be null"):
+        D.DiversityConfig(length_cut=0)
+
+
+def test_paper_string_as_secondary_uses_the_policy_tokenizer_once(minilm, tiny_tokenizer) -> None:
+    from ts2.sampling.store import Sample
+
+    tok = tiny_tokenizer
+    table = {0: ["roses are red", "violets are blue"], 1: ["the sea the sea", "waves on the shore"]}
+    prompts = {
+        p: tok.apply_chat_template(
+            [{"role": "user", "content": f"Poem {p}."}], tokenize=False, add_generation_prompt=True
+        )
+        for p in table
+    }
+    samples = [Sample(p, j, prompts[p], c, "stop", 4) for p, cs in table.items() for j, c in enumerate(cs)]
+    calls = []
+
+    def loader():
+        calls.append(1)
+        return tok
+
+    res = D.score_answers(
+        samples, D.DiversityConfig(model=minilm, text="response", secondary=("paper",)), tokenizer=loader
+    )
+    paper = [[D.paper_text(tok, prompts[p], c) for c in table[p]] for p in table]
+    want = D.diversity_scores(paper, D.DiversityConfig(model=minilm))
+    assert (
+        res.metrics["paper_ngram"] == want.metrics["ngram"] and res.metrics["ngram"] != want.metrics["ngram"]
+    )
+    assert calls == [1] and res.details["tokenizer"] == tok.name_or_path and res.details["text"] == "response"

@@ -186,3 +186,92 @@ def test_outputs_pinned_to_the_code_before_the_move():
     assert stats.ratio_ci(sums, counts, n_resamples=200, seed=0) == (1.3888257575757574, 1.9772727272727273)
     assert stats.wilson_interval(37, 50) == (0.6044684262151608, 0.8412847256991044)
     assert stats.wilson_interval(0.0, 8) == (0.0, 0.3244075683414076)
+
+
+# ------------------------------------------------------------------------------ TOST (issue #19 item 3)
+@pytest.mark.parametrize(
+    ("ci", "margin", "decision"),
+    [
+        ((-0.05, 0.08), 0.1, "equivalent"),  # inside (−0.1, +0.1)
+        ((0.1, 0.3), 0.1, "different"),  # at the margin: the gap is not within it
+        ((-0.5, -0.2), 0.1, "different"),
+        ((0.05, 0.15), 0.1, "undecided"),  # crosses +0.1
+        ((-0.2, 0.2), 0.1, "undecided"),  # crosses both
+        ((-0.1, 0.0), 0.1, "undecided"),  # touches −0.1: not strictly inside
+    ],
+)
+def test_equivalence_decision_by_hand(ci, margin, decision):
+    assert stats.equivalence_decision(ci, margin) == decision
+
+
+def test_tost_reads_the_90_percent_paired_ci():
+    # d = a − b alternates 0 and 1 over 2 prompts: resampled means are 0, 1/2, 1 with p 1/4, 1/2, 1/4, so the
+    # 90% percentile interval is exactly [0, 1] (each end holds 25% > 5%).
+    a, b = np.array([5.0, 6.0]), np.array([5.0, 5.0])
+    runs = lambda x: [([0, 1], x)]  # noqa: E731
+    eq = stats.tost(runs(a), runs(b), margin=1.5, n_resamples=4000)
+    assert eq.gap.ci == (0.0, 1.0) and eq.gap.diff == 0.5 and eq.decision == "equivalent"
+    assert stats.tost(runs(a), runs(b), margin=0.8, n_resamples=4000).decision == "undecided"
+    far = stats.tost(runs(a + 2), runs(b), margin=1.5, n_resamples=4000)  # d in {2, 3}: CI [2, 3]
+    assert far.gap.ci == (2.0, 3.0) and far.decision == "different"
+    # the interval is seeded_paired_bootstrap's at level 1 − 2α
+    want = stats.seeded_paired_bootstrap(runs(a), runs(b), level=0.8, seed=3)
+    assert stats.tost(runs(a), runs(b), 1.0, alpha=0.1, seed=3).gap == want
+    with pytest.raises(ValueError, match="margin must be > 0"):
+        stats.tost(runs(a), runs(b), margin=0.0)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        stats.tost(runs(a), runs(b), margin=1.0, alpha=0.5)
+
+
+# ------------------------------------------------------------------- matched quality (issue #19 item 3)
+def test_matched_level_is_the_midpoint_of_the_overlap():
+    assert stats.matched_level([(1.0, 3.0), (2.0, 5.0)]) == 2.5
+    assert stats.matched_level([(-3.0, -1.0), (-3.5, -1.5), (-2.8, 0.0)]) == pytest.approx(-2.15)
+    assert stats.matched_level([(0.0, 1.0), (2.0, 3.0)]) is None
+
+
+def test_interpolate_at_by_hand():
+    q, d = [1.0, 2.0, 3.0], [10.0, 20.0, 40.0]
+    assert stats.interpolate_at(q, d, 2.5) == (30.0, False)
+    assert stats.interpolate_at(q, d, 1.0) == (10.0, False)
+    assert stats.interpolate_at(q[::-1], d[::-1], 1.5) == (15.0, False)  # decreasing quality
+    # not monotone in quality: the first segment (in temperature order) that holds the level
+    assert stats.interpolate_at([1.0, 3.0, 2.0], [0.0, 20.0, 10.0], 2.5) == (15.0, False)
+    # outside the range: the nearer end segment extended
+    assert stats.interpolate_at(q, d, 4.0) == (60.0, True)
+    assert stats.interpolate_at(q, d, 0.0) == (0.0, True)
+    assert stats.interpolate_at([1.0, 1.0, 2.0], [5.0, 7.0, 9.0], 1.0) == (5.0, False)  # flat segment
+    with pytest.raises(ValueError, match=">= 2 points"):
+        stats.interpolate_at([1.0], [2.0], 1.0)
+
+
+def _frontier(
+    q: list[float], d: list[float], prompts: int = 5, runs: int = 1, noise: float = 0.0, seed: int = 0
+):
+    rng = np.random.default_rng(seed)
+    shape = (runs, len(q), prompts)
+    qa = np.asarray(q)[None, :, None] + noise * rng.normal(size=shape)
+    da = np.asarray(d)[None, :, None] + 10 * noise * rng.normal(size=shape)
+    return stats.Frontier(tuple(0.3 * (k + 1) for k in range(len(q))), qa, da)
+
+
+def test_matched_difference_by_hand_and_its_ci():
+    ce = _frontier([-1.0, -2.0, -3.0], [10.0, 20.0, 30.0])
+    ts2 = _frontier([-1.5, -2.5, -3.5], [15.0, 30.0, 45.0])
+    level = stats.matched_level([ce.quality_range, ts2.quality_range])
+    assert level == -2.25
+    md = stats.matched_difference(ts2, ce, level)
+    # CE at -2.25: 20 + 0.25·10 = 22.5; TS²: 15 + 0.75·15 = 26.25; constant over prompts -> a zero-width CI
+    assert (md.a, md.b, md.diff, md.ci) == (26.25, 22.5, 3.75, (3.75, 3.75))
+    assert md.significant and md.extrapolated == 0 and md.num_prompts == 5
+    # prompt noise widens the CI around the same point estimate; seed runs resampled too (two-level)
+    noisy = stats.matched_difference(
+        _frontier([-1.5, -2.5, -3.5], [15.0, 30.0, 45.0], 40, runs=2, noise=0.05, seed=1),
+        _frontier([-1.0, -2.0, -3.0], [10.0, 20.0, 30.0], 40, noise=0.05, seed=2),
+        level,
+        seed=4,
+    )
+    assert noisy.seeds == (2, 1) and noisy.ci[0] < noisy.diff < noisy.ci[1] and noisy.ci[1] - noisy.ci[0] < 3
+    assert noisy.diff == pytest.approx(3.75, abs=0.5)
+    with pytest.raises(ValueError, match="same prompts"):
+        stats.matched_difference(ts2, _frontier([-1.0, -2.0, -3.0], [1.0, 2.0, 3.0], prompts=4), level)

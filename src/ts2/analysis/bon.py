@@ -21,6 +21,11 @@ A file without per-prompt values falls back to its stored ``ci`` (one run) or to
 The diversity–quality plane: one point per method; x = a quality metric (held-out CE, ``heldout_ce``, lower =
 better fit; or the best-of-N win rate), y = a diversity metric (AlpacaEval N-gram, 100 − Self-BLEU,
 Sent-BERT), each with the same 95% CI as above, drawn as error bars in both directions.
+
+A "method" here is a table row (:func:`ts2.runs.group_runs`): seed runs pool only when their configs differ in
+``seed`` alone, so two TS² rows of different α stay two curves. Temperature frontiers (:func:`frontiers`): per
+row, a quality and a diversity metric at each temperature of its runs' ``frontier/t<T>/`` metrics
+(:attr:`ts2.runs.RunRecord.frontier`), as a :class:`ts2.eval.stats.Frontier` on the prompts every row shares.
 """
 
 from __future__ import annotations
@@ -32,17 +37,19 @@ from typing import Any
 
 import numpy as np
 
+from ts2.claims import per_prompt
 from ts2.conf import Method
 from ts2.eval.stats import (
     LEVEL,
     N_RESAMPLES,
+    Frontier,
     bootstrap_means,
     percentile_interval,
     seeded_paired_bootstrap,
     shared_ids,
     stack,
 )
-from ts2.runs import RunRecord
+from ts2.runs import RunGroup, RunRecord, group_runs
 
 log = logging.getLogger("ts2.analysis.bon")
 
@@ -149,12 +156,13 @@ def estimates(
 
 
 def by_method(runs: Sequence[RunRecord], bench: str) -> dict[str, tuple[Method, list[dict]]]:
-    """{method id: (method, [metrics file of ``bench`` per run])} in run order, runs lacking it left out."""
+    """{row key: (method named by the row's label, [metrics file of ``bench`` per seed run])} in table order
+    (:func:`ts2.runs.group_runs`; judge controls left out), runs lacking ``bench`` left out."""
     out: dict[str, tuple[Method, list[dict]]] = {}
-    for r in runs:
-        f = r.metrics.get(bench)
-        if f is not None:
-            out.setdefault(r.method.id, (r.method, []))[1].append(f)
+    for g in group_runs(list(runs)):
+        files = [r.metrics[bench] for r in g.runs if bench in r.metrics]
+        if files:
+            out[g.key] = (Method(g.method.id, g.label, g.method.order), files)
     return out
 
 
@@ -256,4 +264,61 @@ def bon_differences(
                 diffs[0].num_prompts,
             )
         )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Temperature frontiers (issue #19 item 3)
+
+
+@dataclass(frozen=True)
+class FrontierCurve:
+    """One row's temperature frontier of (``quality``, ``diversity``), on the prompts every curve shares."""
+
+    key: str  # the row key (:class:`ts2.runs.RunGroup`)
+    method: str
+    label: str
+    frontier: Frontier
+
+
+def frontiers(
+    groups: Sequence[RunGroup], quality: str, diversity: str, min_temperatures: int = 3
+) -> list[FrontierCurve]:
+    """The frontier of every row whose runs all have per-prompt ``quality`` and ``diversity``
+    (``<bench>/<metric>``) at >= ``min_temperatures`` common temperatures; rows with fewer are left out (logged).
+    Every curve holds the prompts all of them share, so curves can be compared prompt by prompt."""
+    kept: list[tuple[RunGroup, list[float]]] = []
+    for g in groups:
+        temps = [
+            {t for t, m in r.frontier.items() if per_prompt(m, quality) and per_prompt(m, diversity)}
+            for r in g.runs
+        ]
+        common = sorted(set.intersection(*temps)) if temps else []
+        if len(common) >= min_temperatures:
+            kept.append((g, common))
+        elif any(temps):
+            log.info(
+                "frontier: %s has %d temperature(s) with %s and %s; left out",
+                g.label,
+                len(common),
+                quality,
+                diversity,
+            )
+    if not kept:
+        return []
+    series = [
+        per_prompt(r.frontier[t], k)
+        for g, ts in kept
+        for r in g.runs
+        for t in ts
+        for k in (quality, diversity)
+    ]
+    ids = shared_ids([x[0] for x in series if x is not None])
+    if not ids:
+        raise ValueError(f"frontier: the rows share no prompt scored on {quality} and {diversity}.")
+    out = []
+    for g, ts in kept:
+        q = np.stack([stack([per_prompt(r.frontier[t], quality) for t in ts], ids) for r in g.runs])
+        d = np.stack([stack([per_prompt(r.frontier[t], diversity) for t in ts], ids) for r in g.runs])
+        out.append(FrontierCurve(g.key, g.method.id, g.label, Frontier(tuple(ts), q, d)))
     return out

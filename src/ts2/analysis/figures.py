@@ -5,6 +5,8 @@ listed in :data:`FIGURES` and drawn by ``python -m ts2.report`` after its tables
 - :func:`bon_curves`: best-of-n win rate against n per method with 95% bootstrap bands, and each method minus
   CE with paired CIs (data: :mod:`ts2.analysis.bon`);
 - :func:`quality_diversity`: the diversity–quality plane, one point per method with CIs both ways;
+- :func:`frontier`: diversity against quality along each method's temperatures, one curve per table row, with
+  the common quality level at which ``ts2.report`` compares them (:func:`ts2.analysis.bon.frontiers`);
 - :func:`tspd`: the TSPD quantities per method, as box plots built from the stored quantiles of
   ``<run>/metrics/tspd.json`` (box 25–75%, line median, whiskers 5–95%, marker mean), and their table;
 - :func:`token_distribution`: top-k next-token distributions, our runs beside the official 8B ones (data:
@@ -43,6 +45,8 @@ class FigureOptions:
 
     title: str | None = None  # a line naming the runs (ts2.report: "Table 1 (<name>) — ...")
     allow_missing: bool = False  # the α sweep: draw runs lacking results, flagged, instead of refusing
+    frontier_quality: str = "ref_lm/ref_lm"  # the frontier's quality axis (<bench>/<metric>)
+    frontier_diversity: tuple[str, ...] = ("alpaca_eval/ngram",)  # one panel per diversity metric
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -113,7 +117,8 @@ def _tspd_boxes(rows: Sequence[dict[str, Any]], out: Path, note: str | None = No
 
 
 def _color(method: str, i: int) -> str:
-    return COLORS.get(method) or EXTRA_COLORS[i % len(EXTRA_COLORS)]
+    """A method's colour (a row key ``ts2[loss.alpha=1]`` takes its method's)."""
+    return COLORS.get(method.split("[")[0]) or EXTRA_COLORS[i % len(EXTRA_COLORS)]
 
 
 def scale_label(runs: Sequence[RunRecord]) -> str:
@@ -194,6 +199,11 @@ def bon_curves(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions)
 QUALITY_AXES = {
     "heldout_ce/heldout_ce": "held-out CE, nats/token (lower = better fit)",
     "alpaca_eval/win_rate@max": "best-of-N win rate (%) (higher = better)",
+}
+QUALITY_LABELS = {
+    **QUALITY_AXES,
+    "ref_lm/ref_lm": "reference-LM log-likelihood per token (higher = better)",
+    "alpaca_eval/win_rate@1": "best-of-1 win rate (%) (higher = better)",
 }
 
 
@@ -282,6 +292,47 @@ def quality_diversity(
     )
     fig.tight_layout()
     return [_save(fig, out_dir / "figures" / "quality_diversity.png")]
+
+
+def frontier(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
+    """``figures/frontier.png``: diversity (y) against quality (x, ``options.frontier_quality``) along each row's
+    sampling temperatures (labelled), one curve per row with >= 3 temperatures, a panel per
+    ``options.frontier_diversity`` metric; the dashed line is the common quality level (the midpoint of the
+    overlap of the curves' quality ranges) at which ``ts2.report`` compares diversity."""
+    from ts2.eval.stats import matched_level
+    from ts2.runs import group_runs
+
+    groups = group_runs(list(runs))
+    panels = [(d, bon.frontiers(groups, options.frontier_quality, d)) for d in options.frontier_diversity]
+    panels = [(d, cs) for d, cs in panels if cs]
+    if not panels:
+        raise NoData(
+            f"no row has {options.frontier_quality} and a diversity metric at >= 3 temperatures "
+            "(<run>/frontier/t<T>/metrics/)"
+        )
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.3), squeeze=False)
+    for ax, (d, curves) in zip(axes[0], panels, strict=True):
+        level = matched_level([c.frontier.quality_range for c in curves])
+        for i, c in enumerate(curves):
+            q, y = c.frontier.curve()
+            col = _color(c.method, i)
+            ax.plot(q, y, marker="o", ms=4, color=col, lw=2.0 if c.method == "ts2" else 1.2, label=c.label)
+            for t, x0, y0 in zip(c.frontier.temperatures, q, y, strict=True):
+                ax.annotate(
+                    f"T={t:g}", (x0, y0), textcoords="offset points", xytext=(3, 3), fontsize=6, color=col
+                )
+        if level is not None:
+            ax.axvline(level, color="k", ls="--", lw=0.8, label=f"matched quality {level:.3g}")
+        bench, metric = d.split("/", 1)
+        ax.set_xlabel(QUALITY_LABELS.get(options.frontier_quality, options.frontier_quality), fontsize=8)
+        ax.set_ylabel(f"{bench}: {bon.DIVERSITY_LABELS.get(metric, metric)}", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+        p = curves[0].frontier.quality.shape[2]
+        ax.set_title(f"{p} prompts; points: means over prompts (and seed runs)", fontsize=8)
+    fig.suptitle(_titled("Temperature frontiers: diversity vs quality", options.title, runs), fontsize=10)
+    fig.tight_layout()
+    return [_save(fig, out_dir / "figures" / "frontier.png")]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -381,7 +432,7 @@ def alpha_sweep(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions
 
 Figure = Callable[[Sequence[RunRecord], Path, FigureOptions], list[Path]]
 FIGURES: dict[str, Figure] = {
-    f.__name__: f for f in (bon_curves, quality_diversity, tspd, token_distribution, alpha_sweep)
+    f.__name__: f for f in (bon_curves, quality_diversity, frontier, tspd, token_distribution, alpha_sweep)
 }
 """Every figure: name -> function of (runs, results folder, options) returning the files it wrote."""
 

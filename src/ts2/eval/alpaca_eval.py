@@ -6,7 +6,8 @@ best one with the same RM's reward of the GPT-4-Turbo reference answer, and aver
 ``100 · σ(r_best(n) − r_ref)`` over prompts (:mod:`ts2.eval.best_of_n`, which holds the formula), for
 n = 1, 2, 4, …, N, with a percentile-bootstrap 95% CI over prompts. Taking the first n samples is what the
 official code does; it is one draw of a best-of-n experiment, so curves are monotone in n for every prompt.
-The three diversity metrics (:mod:`ts2.eval.diversity`) are computed on the same prompts.
+The diversity of the answers (:func:`ts2.eval.diversity.score_answers`: the three metrics on the primary text,
+the secondary texts, the length-controlled variant, the answers' lengths) is computed on the same prompts.
 
 The parts: data and the sample check in :mod:`ts2.eval.alpaca_data`, the metric in :mod:`ts2.eval.best_of_n`,
 the reward caches in :mod:`ts2.eval.reward_cache`, the standard AlpacaEval 2 hand-off in
@@ -188,13 +189,7 @@ def score(samples: list[Sample], cfg: DictConfig) -> ScoreResult:
     """The AlpacaEval scorer: best-of-n RM win rate vs the AlpacaEval-2 reference, chat diversity, optionally
     standard AlpacaEval 2 (``metrics.standard_ae2``). Settings: ``cfg.eval.metrics``, ``cfg.rm``,
     ``cfg.diversity``; the sample file is ``<samples_dir>/alpaca_eval.jsonl``."""
-    from ts2.eval.diversity import (
-        DiversityConfig,
-        diversity_details,
-        diversity_scores,
-        policy_tokenizer,
-        sample_groups,
-    )
+    from ts2.eval.diversity import DiversityConfig, policy_tokenizer, score_answers
 
     m = cfg.eval.metrics
     path = Path(cfg.samples_dir) / f"{cfg.eval.id}.jsonl"
@@ -219,18 +214,11 @@ def score(samples: list[Sample], cfg: DictConfig) -> ScoreResult:
         groups = group_by_prompt(alpaca_samples(samples, path))
         n = m.diversity_n or min(prefix_count(groups[i]) for i in ids)
         kept = [s for i in ids for s in groups[i]]
-        tok = None
-        if div_cfg.text == "paper":
-            tok = policy_tokenizer(cfg)
-        _, texts = sample_groups(kept, text=div_cfg.text, n=n, prompt_ids=ids, tokenizer=tok)
-        div = diversity_scores(texts, div_cfg)
+        div = score_answers(kept, div_cfg, n=n, prompt_ids=ids, tokenizer=lambda: policy_tokenizer(cfg))
         metrics.update(div.metrics)
         per_prompt.update(div.per_prompt)
         ci.update(bootstrap_cis(div.per_prompt, n_resamples=m.n_bootstrap))
-        res["diversity"] = {
-            **div.metrics,
-            **diversity_details(div_cfg, tok, num_prompts=len(texts), n=len(texts[0])),
-        }
+        res["diversity"] = {**div.metrics, **div.details}
     if m.standard_ae2:
         from ts2.eval.alpaca_eval2 import standard_alpaca_eval
 

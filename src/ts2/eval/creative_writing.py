@@ -3,7 +3,8 @@
 :func:`score` is the scorer of ``conf/eval/creative_poem.yaml`` and ``conf/eval/creative_story.yaml`` (and of any
 open-ended benchmark scored by diversity alone): per prompt over its N samples, N-gram (distinct-1..3),
 100 − Self-BLEU and Sent-BERT (×100, :mod:`ts2.eval.diversity`), each averaged over prompts, with a 95%
-percentile-bootstrap CI over prompts (:mod:`ts2.eval.stats`). Settings: ``cfg.diversity`` (conf/evaluate.yaml and
+percentile-bootstrap CI over prompts (:mod:`ts2.eval.stats`), plus the secondary texts, the length-controlled
+variant and the answers' lengths of :func:`ts2.eval.diversity.score_answers`. Settings: ``cfg.diversity`` (conf/evaluate.yaml and
 the ``diversity`` config group). The default text is the official re-templated string (``diversity.text=paper``),
 built with the sampled model's tokenizer (:func:`ts2.eval.diversity.policy_tokenizer`).
 """
@@ -14,13 +15,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ts2.eval.diversity import (
-    DiversityConfig,
-    diversity_details,
-    diversity_scores,
-    policy_tokenizer,
-    sample_groups,
-)
+from ts2.eval.diversity import DiversityConfig, policy_tokenizer, score_answers
 from ts2.eval.result import ScoreResult
 from ts2.eval.stats import bootstrap_cis
 from ts2.sampling.store import Sample
@@ -31,31 +26,21 @@ def score(samples: list[Sample], cfg: DictConfig) -> ScoreResult:
     config = DiversityConfig.from_config(
         cfg.diversity, cache_dir=Path(cfg.metrics_dir) / ".cache" / "sent_bert"
     )
-    loaded: list = []
-
-    def tokenizer():  # loaded only for text=paper, after the samples passed sample_groups' checks
-        loaded.append(policy_tokenizer(cfg))
-        return loaded[0]
-
-    ids, groups = sample_groups(samples, text=config.text, tokenizer=tokenizer)
-    div = diversity_scores(groups, config)
-    n = len(groups[0]) if groups else 0
+    div = score_answers(samples, config, tokenizer=lambda: policy_tokenizer(cfg))
+    n = div.details["n"]
     n_bootstrap = int((cfg.eval.get("metrics") or {}).get("n_bootstrap", 1000))
     return ScoreResult(
         metrics=div.metrics,
-        num_prompts=len(groups),
-        num_samples=n * len(groups),
+        num_prompts=len(div.prompt_ids),
+        num_samples=n * len(div.prompt_ids),
         complete=True,
         ci=bootstrap_cis(div.per_prompt, n_resamples=n_bootstrap),
         per_prompt=div.per_prompt,
-        prompt_ids=ids,
+        prompt_ids=div.prompt_ids,
         details={
-            "num_prompts": len(groups),
-            "num_samples": n * len(groups),
+            "num_prompts": len(div.prompt_ids),
+            "num_samples": n * len(div.prompt_ids),
             "samples_per_prompt": n,
-            "diversity": {
-                **diversity_details(config, loaded[0] if loaded else None),
-                "settings": OmegaConf.to_container(cfg.diversity, resolve=True),
-            },
+            "diversity": {**div.details, "settings": OmegaConf.to_container(cfg.diversity, resolve=True)},
         },
     )

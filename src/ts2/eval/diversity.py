@@ -33,6 +33,20 @@ Which strings are scored (``diversity.text``, :func:`sample_groups`):
 - ``response``: the completion alone (the correct choice: diversity of what the model wrote).
 
 Shared prompt text lowers distinct-n and raises BLEU/cosine, so the choice shifts every absolute number.
+
+What a scorer reports (:func:`score_answers`, issue #19 item 1), beside the three metrics of the primary text
+(``diversity.text``; keys ``ngram``, ``self_bleu``, ``sent_bert``):
+
+- ``diversity.secondary``: other text modes scored too, keys prefixed by the mode (``paper_ngram``,
+  ``paper_self_bleu``, ``paper_sent_bert``);
+- ``diversity.length_cut: K``: the length-controlled variant: every answer (the completion) cut after its K-th
+  word token (:func:`cut_to_words`, the N-gram metric's nltk tokens) before scoring, keys ``ngram@cutK``,
+  ``self_bleu@cutK``, ``sent_bert@cutK``; answers with fewer than K word tokens are kept whole and counted;
+- the answers' lengths (:func:`answer_lengths`): ``answer_tokens`` (the sample line's ``num_tokens``, generated
+  tokens with EOS), ``answer_words`` (nltk word tokens of the completion) and ``ended_by_eos`` (% of answers
+  whose ``finish_reason`` is ``stop``: EOS or a stop string), each a per-prompt mean over its samples.
+
+The metrics file's ``details.diversity.texts`` names the text each key scored.
 """
 
 from __future__ import annotations
@@ -522,7 +536,8 @@ class DiversityConfig:
     ``response`` = the completion; module doc), used by :func:`sample_groups`.
     ``model``/``max_seq_length``/``batch_size``/``cache_dir``/``allow_download``: Sent-BERT (see
     :func:`sentence_embeddings`; set by the ``diversity`` config group). ``num_workers``: processes for N-gram
-    and Self-BLEU.
+    and Self-BLEU. ``secondary``: text modes scored besides ``text`` (keys ``<mode>_<metric>``);
+    ``length_cut``: K word tokens for the length-controlled variant (keys ``<metric>@cutK``), None = off.
     """
 
     self_bleu_mode: SelfBleuMode = "paper"
@@ -535,8 +550,22 @@ class DiversityConfig:
     num_workers: int = 1
     cache_dir: str | os.PathLike[str] | None = None
     show_progress: bool | None = None
+    secondary: tuple[str, ...] = ()
+    length_cut: int | None = None
 
     def __post_init__(self) -> None:
+        bad = [m for m in self.secondary if m not in TEXT_MODES or m == self.text]
+        if bad or len(set(self.secondary)) != len(self.secondary):
+            raise ValueError(
+                f"diversity.secondary={list(self.secondary)}: each entry must be one of {TEXT_MODES}, listed once "
+                f"and other than the primary diversity.text={self.text!r}."
+            )
+        if self.length_cut is not None and (
+            isinstance(self.length_cut, bool) or not isinstance(self.length_cut, int) or self.length_cut < 1
+        ):
+            raise ValueError(
+                f"diversity.length_cut={self.length_cut!r} must be null (off) or a number of word tokens >= 1."
+            )
         if self.self_bleu_mode not in SELF_BLEU_MODES:
             raise ValueError(
                 f"diversity.self_bleu_mode must be one of {SELF_BLEU_MODES}, got {self.self_bleu_mode!r}."
@@ -564,7 +593,10 @@ class DiversityConfig:
             raise ValueError(
                 f"Unknown diversity setting(s) {unknown}; known: {sorted(known | {'embedding_cache', 'id'})}."
             )
-        return cls(**d, cache_dir=cache_dir if use_cache else None)
+        secondary = d.pop("secondary", None) or ()
+        if isinstance(secondary, str):
+            secondary = (secondary,)
+        return cls(**d, secondary=tuple(secondary), cache_dir=cache_dir if use_cache else None)
 
 
 @dataclass(frozen=True)
@@ -712,24 +744,11 @@ def resolve_tokenizer(tokenizer: Any) -> Any:
     return tokenizer if hasattr(tokenizer, "apply_chat_template") or tokenizer is None else tokenizer()
 
 
-def sample_groups(
-    samples: Sequence[Sample],
-    *,
-    text: TextMode = "paper",
-    n: int | None = None,
-    prompt_ids: Sequence[Hashable] | None = None,
-    tokenizer: Any = None,
-) -> tuple[list[Hashable], list[list[str]]]:
-    """``(prompt ids, groups)``: per prompt, its samples as the strings the diversity metrics score.
-
-    ``text``: ``"paper"`` (:func:`paper_text`; needs ``tokenizer``, the policy's, or a zero-argument function
-    returning it, called only once the samples passed the checks), ``"templated"`` (prompt + completion) or
-    ``"response"`` (the completion). ``prompt_ids``: which prompts, in which order (default: order of first
-    appearance). ``n``: the first n samples (``sample_idx`` 0..n-1) of each prompt, an error if one has fewer;
-    default every sample, and then every prompt must have the same number of samples.
-    """
-    if text not in TEXT_MODES:
-        raise ValueError(f"diversity.text must be one of {TEXT_MODES}, got {text!r}.")
+def chosen_samples(
+    samples: Sequence[Sample], *, n: int | None = None, prompt_ids: Sequence[Hashable] | None = None
+) -> tuple[list[Hashable], dict[Hashable, list[Sample]]]:
+    """``(prompt ids, {prompt id: its samples})``: the samples a diversity score reads (rules of
+    :func:`sample_groups`: ``prompt_ids`` and their order, the first ``n`` of each, or all when equal in number)."""
     by = group_by_prompt(samples)
     ids = list(by) if prompt_ids is None else list(prompt_ids)
     absent = [i for i in ids if i not in by]
@@ -751,6 +770,28 @@ def sample_groups(
             if len(first) < n or any(s.sample_idx != j for j, s in enumerate(first)):
                 raise ValueError(f"prompt {pid!r} has {prefix_count(by[pid])} samples 0, 1, ...; need {n}.")
             chosen[pid] = first
+    return ids, chosen
+
+
+def sample_groups(
+    samples: Sequence[Sample],
+    *,
+    text: TextMode = "paper",
+    n: int | None = None,
+    prompt_ids: Sequence[Hashable] | None = None,
+    tokenizer: Any = None,
+) -> tuple[list[Hashable], list[list[str]]]:
+    """``(prompt ids, groups)``: per prompt, its samples as the strings the diversity metrics score.
+
+    ``text``: ``"paper"`` (:func:`paper_text`; needs ``tokenizer``, the policy's, or a zero-argument function
+    returning it, called only once the samples passed the checks), ``"templated"`` (prompt + completion) or
+    ``"response"`` (the completion). ``prompt_ids``: which prompts, in which order (default: order of first
+    appearance). ``n``: the first n samples (``sample_idx`` 0..n-1) of each prompt, an error if one has fewer;
+    default every sample, and then every prompt must have the same number of samples.
+    """
+    if text not in TEXT_MODES:
+        raise ValueError(f"diversity.text must be one of {TEXT_MODES}, got {text!r}.")
+    ids, chosen = chosen_samples(samples, n=n, prompt_ids=prompt_ids)
     if text != "response":
         lacking = next((s for pid in ids for s in chosen[pid] if s.prompt is None), None)
         if lacking is not None:
@@ -793,3 +834,132 @@ def diversity_details(config: DiversityConfig, tokenizer: Any = None, **extra: A
     if config.text == "paper" and tokenizer is not None:
         out["tokenizer"] = getattr(tokenizer, "ts2_source", getattr(tokenizer, "name_or_path", None))
     return {**out, **extra}
+
+
+# ------------------------------------------------------------------------------------------- answers
+# nltk's Treebank step writes a double quote as `` (opening) or '' (closing); these are the source forms.
+_QUOTE_SOURCES = {"``": ("``", '"', "''"), "''": ("''", '"')}
+
+
+def cut_to_words(text: str, k: int) -> tuple[str, int]:
+    """``text`` cut right after its k-th word token (nltk ``word_tokenize``, the N-gram metric's tokens), and
+    how many word tokens the result holds (``min(k, all)``); a text of at most k tokens is returned whole.
+
+    The cut is made in the original string (each token is found in order; the Treebank tokenizer's rewritten
+    quotes are matched to their source characters), so spacing and punctuation up to the cut are kept. A token
+    that cannot be found (not expected from nltk) makes the cut the k tokens joined by single spaces.
+    """
+    if k < 1:
+        raise ValueError(f"cut_to_words: k must be >= 1, got {k}.")
+    tokens = word_tokenize(text)
+    if len(tokens) <= k:
+        return text, len(tokens)
+    pos = 0
+    for tok in tokens[:k]:
+        found = [(i, len(f)) for f in _QUOTE_SOURCES.get(tok, (tok,)) if (i := text.find(f, pos)) >= 0]
+        if not found:
+            return " ".join(tokens[:k]), k
+        i, width = min(found)
+        pos = i + width
+    return text[:pos], k
+
+
+def answer_lengths(groups: Sequence[Sequence[Sample]]) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Per prompt (one list of samples each): mean ``answer_tokens`` (the line's ``num_tokens``), mean
+    ``answer_words`` (nltk word tokens of the completion) and ``ended_by_eos`` (% with ``finish_reason`` ``stop``).
+
+    A key is left out, and ``details`` says how many samples lacked the field, when any sample lacks
+    ``num_tokens`` (``answer_tokens``) or ``finish_reason`` (``ended_by_eos``): a file made elsewhere.
+    """
+    flat = [s for g in groups for s in g]
+    no_tokens = sum(s.num_tokens is None for s in flat)
+    no_reason = sum(s.finish_reason is None for s in flat)
+    per: dict[str, list[float]] = {
+        "answer_words": [float(np.mean([len(word_tokenize(s.completion)) for s in g])) for g in groups]
+    }
+    if not no_tokens:
+        per["answer_tokens"] = [float(np.mean([s.num_tokens for s in g])) for g in groups]
+    if not no_reason:
+        per["ended_by_eos"] = [100.0 * float(np.mean([s.finish_reason == "stop" for s in g])) for g in groups]
+    details: dict[str, Any] = {"answers": len(flat)}
+    if no_tokens:
+        details["answer_tokens"] = f"not reported: {no_tokens} of {len(flat)} samples have no num_tokens"
+    if no_reason:
+        details["ended_by_eos"] = f"not reported: {no_reason} of {len(flat)} samples have no finish_reason"
+    return per, details
+
+
+@dataclass(frozen=True)
+class AnswerScores:
+    """Everything :func:`score_answers` reports: metric -> mean, metric -> per-prompt values, and details."""
+
+    prompt_ids: list[Hashable]
+    metrics: dict[str, float]
+    per_prompt: dict[str, list[float]]
+    details: dict[str, Any]
+
+
+def score_answers(
+    samples: Sequence[Sample],
+    config: DiversityConfig,
+    *,
+    n: int | None = None,
+    prompt_ids: Sequence[Hashable] | None = None,
+    tokenizer: Any = None,
+) -> AnswerScores:
+    """The diversity of a benchmark's answers as every scorer reports it (module doc, issue #19 item 1).
+
+    The primary text (``config.text``: ``ngram``, ``self_bleu``, ``sent_bert``, computed exactly as before),
+    each ``config.secondary`` text (``<mode>_<metric>``), the length-controlled variant on the answers cut to
+    ``config.length_cut`` word tokens (``<metric>@cutK``) and the answers' lengths. ``n``, ``prompt_ids``,
+    ``tokenizer``: as :func:`sample_groups` (the tokenizer is loaded at most once, and only for ``paper``).
+    """
+    loaded: list[Any] = []
+
+    def tok() -> Any:
+        if not loaded:
+            loaded.append(resolve_tokenizer(tokenizer))
+        return loaded[0]
+
+    ids, groups = sample_groups(samples, text=config.text, n=n, prompt_ids=prompt_ids, tokenizer=tok)
+    div = diversity_scores(groups, config)
+    metrics, per_prompt = dict(div.metrics), dict(div.per_prompt)
+    texts = {k: config.text for k in div.metrics}
+    for mode in config.secondary:
+        _, g = sample_groups(samples, text=mode, n=n, prompt_ids=ids, tokenizer=tok)
+        extra = diversity_scores(g, config)
+        for k, v in extra.metrics.items():
+            metrics[f"{mode}_{k}"], per_prompt[f"{mode}_{k}"] = v, extra.per_prompt[k]
+            texts[f"{mode}_{k}"] = mode
+    _, chosen = chosen_samples(samples, n=n, prompt_ids=ids)
+    details: dict[str, Any] = {}
+    if config.length_cut is not None:
+        k = config.length_cut
+        cut = [[cut_to_words(s.completion, k) for s in chosen[pid]] for pid in ids]
+        scores = diversity_scores([[c for c, _ in g] for g in cut], config)
+        for key, v in scores.metrics.items():
+            metrics[f"{key}@cut{k}"], per_prompt[f"{key}@cut{k}"] = v, scores.per_prompt[key]
+            texts[f"{key}@cut{k}"] = f"response cut after its first {k} word tokens"
+        total = sum(len(g) for g in cut)
+        shorter = sum(w < k for g in cut for _, w in g)
+        details["length_cut"] = {
+            "words": k,
+            "text": "response",
+            "answers": total,
+            "shorter": shorter,
+            "note": f"{shorter} of {total} answers have fewer than {k} word tokens and are scored whole",
+        }
+    lengths, length_details = answer_lengths([chosen[pid] for pid in ids])
+    for key, values in lengths.items():
+        metrics[key], per_prompt[key] = float(np.mean(values)), values
+    details.update(diversity_details(config, loaded[0] if loaded else None))
+    if loaded:  # the policy tokenizer that built the paper strings (primary or secondary)
+        details["tokenizer"] = getattr(loaded[0], "ts2_source", getattr(loaded[0], "name_or_path", None))
+    details.update(
+        secondary=list(config.secondary),
+        texts=texts,
+        lengths=length_details,
+        num_prompts=len(ids),
+        n=len(groups[0]),
+    )
+    return AnswerScores(ids, metrics, per_prompt, details)

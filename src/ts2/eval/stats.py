@@ -14,7 +14,12 @@ sets. The kinds:
   was trained with several seeds, each resample draws its seed runs with replacement, then the prompts, so
   the CI covers both sources of variation;
 - ratio (:func:`ratio_ci`): sum(x)/sum(n) of per-prompt sums (a token-weighted mean), prompts resampled;
-- :func:`wilson_interval`: a proportion's score interval (Wilson 1927), no resampling.
+- :func:`wilson_interval`: a proportion's score interval (Wilson 1927), no resampling;
+- equivalence (:func:`tost`, :func:`equivalence_decision`): two one-sided tests on a paired gap, read off the
+  (1 − 2α) paired-bootstrap CI (issue #19 item 3);
+- matched quality (:func:`matched_level`, :func:`interpolate_at`, :func:`matched_difference`): diversity of two
+  methods at one quality level, interpolated along their temperature frontiers, with a paired (two-level)
+  bootstrap CI.
 """
 
 from __future__ import annotations
@@ -253,3 +258,189 @@ def wilson_interval(successes: float, n: int, z: float = 1.959964) -> tuple[floa
     mid = (p + z * z / (2 * n)) / den
     half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / den
     return (mid - half, mid + half)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Equivalence: two one-sided tests (TOST) read off a paired-bootstrap CI (issue #19 item 3)
+
+EQUIVALENT, DIFFERENT, UNDECIDED = "equivalent", "different", "undecided"
+
+
+def equivalence_decision(ci: tuple[float, float], margin: float) -> str:
+    """The TOST decision for a gap whose (1 − 2α) CI is ``ci``, with equivalence margin ``margin`` (> 0).
+
+    - ``equivalent``: the CI lies inside the open interval (−margin, +margin). Both one-sided tests reject
+      (H0: gap ≤ −margin, and H0: gap ≥ +margin, each at level α), so the gap is within the margin.
+    - ``different``: the CI lies at or beyond one margin (lo ≥ +margin or hi ≤ −margin): a one-sided test at
+      level α shows the gap exceeds the margin.
+    - ``undecided``: otherwise (the CI straddles a margin).
+    """
+    if not margin > 0:
+        raise ValueError(f"an equivalence margin must be > 0, got {margin!r}.")
+    lo, hi = ci
+    if -margin < lo and hi < margin:
+        return EQUIVALENT
+    if lo >= margin or hi <= -margin:
+        return DIFFERENT
+    return UNDECIDED
+
+
+@dataclass(frozen=True)
+class Equivalence:
+    """A TOST on the paired gap a − b: the gap with its (1 − 2α) CI, the margin and the decision."""
+
+    gap: PairedDifference
+    margin: float
+    alpha: float
+
+    @property
+    def decision(self) -> str:
+        return equivalence_decision(self.gap.ci, self.margin)
+
+
+def tost(
+    a_runs: Sequence[tuple[Sequence[Any], np.ndarray]],
+    b_runs: Sequence[tuple[Sequence[Any], np.ndarray]],
+    margin: float,
+    *,
+    alpha: float = 0.05,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+) -> Equivalence:
+    """Two one-sided tests of |mean(a) − mean(b)| < ``margin`` at level ``alpha`` (Schuirmann 1987).
+
+    The gap's CI is the (1 − 2α) paired percentile bootstrap of :func:`seeded_paired_bootstrap` (seed runs,
+    then prompts; one seed each: prompts only), e.g. the 90% CI for α = 0.05; the decision is
+    :func:`equivalence_decision` of that CI. Reading both one-sided tests off one (1 − 2α) interval is the
+    standard interval form of TOST.
+    """
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"TOST alpha must be in (0, 0.5), got {alpha!r}.")
+    equivalence_decision((0.0, 0.0), margin)  # checks the margin
+    gap = seeded_paired_bootstrap(a_runs, b_runs, n_resamples=n_resamples, seed=seed, level=1 - 2 * alpha)
+    return Equivalence(gap, float(margin), float(alpha))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Diversity at matched quality along temperature frontiers (issue #19 item 3)
+
+
+def matched_level(ranges: Sequence[tuple[float, float]]) -> float | None:
+    """The common quality level: the midpoint of the overlap of the methods' quality ranges (min, max over
+    their temperatures), i.e. of [max of the minima, min of the maxima]; None when they do not overlap."""
+    if not ranges:
+        raise ValueError("matched_level needs at least one quality range.")
+    lo, hi = max(min(r) for r in ranges), min(max(r) for r in ranges)
+    return None if lo > hi else (lo + hi) / 2
+
+
+def interpolate_at(q: Sequence[float], d: Sequence[float], level: float) -> tuple[float, bool]:
+    """Diversity at quality ``level`` on the polyline through (q_k, d_k), points in temperature order.
+
+    The first segment (in temperature order) whose quality range holds ``level`` is interpolated linearly; a
+    segment flat in quality at ``level`` gives its first point. When no segment holds it (only in bootstrap
+    resamples, whose curves move), the nearer end segment is extended linearly. Returns (value, extrapolated).
+    """
+    qa, da = np.asarray(q, dtype=np.float64), np.asarray(d, dtype=np.float64)
+    if qa.ndim != 1 or qa.shape != da.shape or qa.size < 2:
+        raise ValueError(f"interpolate_at needs >= 2 points of (quality, diversity), got {qa.size}.")
+    for k in range(qa.size - 1):
+        q0, q1 = qa[k], qa[k + 1]
+        if min(q0, q1) <= level <= max(q0, q1):
+            if q1 == q0:
+                return float(da[k]), False
+            return float(da[k] + (level - q0) * (da[k + 1] - da[k]) / (q1 - q0)), False
+    # outside the curve's range: extend the segment at the end nearer to the level
+    ends = [(abs(level - qa[0]), 0), (abs(level - qa[-1]), qa.size - 2)]
+    k = min(ends)[1]
+    q0, q1 = qa[k], qa[k + 1]
+    if q1 == q0:
+        return float(da[k] if k == 0 else da[k + 1]), True
+    return float(da[k] + (level - q0) * (da[k + 1] - da[k]) / (q1 - q0)), True
+
+
+@dataclass(frozen=True)
+class Frontier:
+    """One method's temperature frontier on shared prompts: ``quality`` and ``diversity`` as
+    [seed runs, temperatures, prompts] per-prompt values, temperatures ascending."""
+
+    temperatures: tuple[float, ...]
+    quality: np.ndarray
+    diversity: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.quality.ndim != 3 or self.quality.shape != self.diversity.shape:
+            raise ValueError(
+                f"Frontier: quality {self.quality.shape} and diversity {self.diversity.shape} must both be "
+                "[runs, temperatures, prompts]."
+            )
+        if self.quality.shape[1] != len(self.temperatures) or len(self.temperatures) < 2:
+            raise ValueError(f"Frontier: {len(self.temperatures)} temperatures for {self.quality.shape}.")
+
+    def curve(
+        self, seeds: np.ndarray | None = None, prompts: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean quality and diversity per temperature (over the chosen seed runs and prompts)."""
+        q, d = self.quality, self.diversity
+        if seeds is not None:
+            q, d = q[seeds], d[seeds]
+        if prompts is not None:
+            q, d = q[:, :, prompts], d[:, :, prompts]
+        return q.mean(axis=(0, 2)), d.mean(axis=(0, 2))
+
+    @property
+    def quality_range(self) -> tuple[float, float]:
+        q, _ = self.curve()
+        return float(q.min()), float(q.max())
+
+
+@dataclass(frozen=True)
+class MatchedDifference:
+    """d_a(level) − d_b(level): diversities interpolated at one quality level, with a bootstrap CI."""
+
+    level: float
+    a: float
+    b: float
+    diff: float
+    ci: tuple[float, float]
+    num_prompts: int
+    seeds: tuple[int, int]
+    extrapolated: int  # bootstrap resamples in which a curve had to be extended to reach the level
+    n_resamples: int
+
+    @property
+    def significant(self) -> bool:
+        return self.ci[0] > 0 or self.ci[1] < 0
+
+
+def matched_difference(
+    a: Frontier,
+    b: Frontier,
+    level: float,
+    *,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    ci_level: float = LEVEL,
+) -> MatchedDifference:
+    """Diversity of ``a`` minus that of ``b`` at quality ``level`` (:func:`interpolate_at` on each curve).
+
+    The CI is a paired percentile bootstrap: each resample draws each method's seed runs with replacement,
+    then one set of prompts shared by both methods and every temperature (the frontiers must hold the same
+    prompts, in the same order), recomputes both curves and the difference at the same fixed ``level``.
+    """
+    if a.quality.shape[2] != b.quality.shape[2]:
+        raise ValueError("matched_difference: the two frontiers must hold the same prompts.")
+    va, _ = interpolate_at(*a.curve(), level)
+    vb, _ = interpolate_at(*b.curve(), level)
+    rng = np.random.default_rng(seed)
+    na, nb, p = a.quality.shape[0], b.quality.shape[0], a.quality.shape[2]
+    diffs, extra = np.empty(n_resamples), 0
+    for r in range(n_resamples):
+        sa, sb, pi = rng.integers(0, na, na), rng.integers(0, nb, nb), rng.integers(0, p, p)
+        xa, ea = interpolate_at(*a.curve(sa, pi), level)
+        xb, eb = interpolate_at(*b.curve(sb, pi), level)
+        diffs[r] = xa - xb
+        extra += int(ea or eb)
+    return MatchedDifference(
+        float(level), va, vb, va - vb, percentile_interval(diffs, ci_level), p, (na, nb), extra, n_resamples
+    )
