@@ -13,8 +13,8 @@ Two ways to say what is trained:
 
 * ``--experiment table1_small [hydra overrides ...]``: the experiment's own model, data, loss, freeze setting and
   ``train.*`` (batch x accumulation, epochs, learning rate, warm-up ratio, β2, weight decay, clip), composed
-  exactly as ``python -m ts2.train`` composes them; overrides as on its command line, e.g.
-  ``train.learning_rate=3e-4 method=ts2``. The curve of the small Table 1 (a quiet 2-core machine, ~5 min per
+  exactly as ``python -m ts2.train`` composes them, with ``method=ce`` unless a ``method=`` is given; overrides as
+  on its command line, e.g. ``train.learning_rate=3e-4 method=ts2``. The curve of the small Table 1 (a quiet 2-core machine, ~5 min per
   curve: 37 steps x ~2,000 tokens at ~590 tokens/s, plus ~15 s per evaluation)::
 
       python experiments/table1/sft_sizing.py --experiment table1_small --eval-every 6
@@ -72,7 +72,8 @@ def recipe(a: argparse.Namespace, overrides: list[str]) -> Recipe:
     from ts2.models import resolve_model_path
 
     if a.experiment:
-        cfg = compose_train([f"experiment={a.experiment}", *overrides])
+        method = [] if any(o.startswith("method=") for o in overrides) else ["method=ce"]  # CE unless named
+        cfg = compose_train([f"experiment={a.experiment}", *method, *overrides])
         batch = int(cfg.train.per_device_train_batch_size) * int(cfg.train.gradient_accumulation_steps)
         return Recipe(cfg, resolve_model_path(cfg.model), batch, float(cfg.train.num_train_epochs))
     flags = [f"loss={a.loss}", f"data.limit={a.limit if a.limit else 'null'}", f"model.max_length={a.max_length}",
