@@ -35,9 +35,12 @@ def test_rule_is_accuracy_then_logloss_then_grid_order():
     assert m["logloss"] == pytest.approx(np.mean(np.logaddexp(0, -np.array([1.0, -1.0, 0.0]))))
 
 
-def test_tiny_selection_reports_the_built_chosen_rm(tmp_path):
+def test_tiny_selection_reports_the_built_chosen_rm(tmp_path, monkeypatch):
     """The chosen (read position, data limit, epochs) is rebuilt by build_tiny_rm; the script checks it scores the
     selection split exactly as recorded, and the held-out number is that RM's rm_eval.json."""
+    from ts2.models import tiny_rm
+
+    monkeypatch.setattr(tiny_rm, "rm_folder", lambda spec: tmp_path / f"{spec.name}-{spec.fingerprint()}")
     csv_path, md_path = js.main(["--scale", "tiny", "--base", "random", "--train-pairs", "12,20", "--epochs", "2",
                                  "--selection-pairs", "10", "--heldout-pairs", "8", "--max-length", "48",
                                  "--out", str(tmp_path)])  # fmt: skip
@@ -50,7 +53,10 @@ def test_tiny_selection_reports_the_built_chosen_rm(tmp_path):
     )
 
 
-def test_small_selection_at_two_layers(tmp_path):
+def test_small_selection_at_two_layers(tmp_path, monkeypatch):
+    from ts2.models import feature_rm
+
+    monkeypatch.setattr(feature_rm, "rm_folder", lambda spec: tmp_path / f"{spec.name}-{spec.fingerprint()}")
     csv_path, md_path = js.main(["--scale", "small", "--layers", "1,2", "--l2s", "0.1,1", "--train-pairs", "24",
                                  "--selection-pairs", "12", "--heldout-pairs", "10", "--max-length", "32",
                                  "--build", "--out", str(tmp_path)])  # fmt: skip

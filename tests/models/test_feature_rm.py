@@ -23,6 +23,14 @@ from ts2.models.feature_rm import (
 TINY = {"layer": 2, "max_length": 40, "max_train_pairs": 48, "max_eval_pairs": 24, "batch_size": 8}
 
 
+@pytest.fixture(autouse=True)
+def rm_cache(tmp_path, monkeypatch):
+    """Built RMs go to the test's folder, not the user's cache (the backbone's GGUF copy stays cached)."""
+    from ts2.models import feature_rm
+
+    monkeypatch.setattr(feature_rm, "rm_folder", lambda spec: tmp_path / f"{spec.name}-{spec.fingerprint()}")
+
+
 @pytest.fixture(scope="module")
 def body(smollm2_2layer):
     from transformers import AutoModel
@@ -75,7 +83,9 @@ def test_bradley_terry_fit_matches_sklearn_and_is_stationary():
     zt = torch.tensor(z)
     loss = torch.nn.functional.softplus(-(zt @ w)).mean() + 0.5 * l2 * (w @ w)
     loss.backward()
-    assert float(w.grad.abs().max()) < 1e-8 and float(loss.detach()) == pytest.approx(head.train_loss, rel=1e-10)
+    assert float(w.grad.abs().max()) < 1e-8 and float(loss.detach()) == pytest.approx(
+        head.train_loss, rel=1e-10
+    )
     assert head.rewards(np.eye(d)[:1])[0] > 0  # the planted direction is rewarded
 
 
@@ -86,7 +96,7 @@ def test_built_rm_scores_through_reward_scorer_as_fitted(smollm2_tokenizer, pool
     from ts2.models.tiny_rm import load_pairs
 
     spec = FeatureRMSpec(**TINY, pooling=pooling)
-    folder = build_feature_rm(spec, force=True)
+    folder = build_feature_rm(spec)
     ev = json.loads((folder / "rm_eval.json").read_text())
     assert (
         ev["num_eval_pairs"] == 24
