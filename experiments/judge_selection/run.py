@@ -19,8 +19,8 @@ Candidates:
   (``--layers``) x pooling (``--poolings``) x L2 strength (``--l2s``); 2 x 3 x 2 x 4 = 48 settings by default. One
   SmolLM2 forward per read position serves every layer and pooling (the features of the other settings cost
   nothing), the fits take seconds. Cost on an idle 2-core CPU at ~1,100 tokens/s (ENVIRONMENT.md): (600 + 196)
-  pairs x 2 x ~175 tokens x 2 read positions = 0.56 M tokens, ~8.5 min, then the held-out pairs for the chosen
-  read position, ~1 min. ``--build`` then builds the chosen RM (~4 min) and checks that its rm_eval.json accuracy
+  pairs at 192 tokens = 216 k + 72 k tokens (counted) x 2 read positions = 0.58 M tokens, ~8.7 min, then the
+  199 held-out pairs (72 k tokens) for the chosen read position, ~1.1 min. ``--build`` then builds the chosen RM (~4 min) and checks that its rm_eval.json accuracy
   is the one reported here.
 * ``--scale tiny`` (``rm=tiny``, :mod:`ts2.models.tiny_rm`): read position (``--quirks``) x data limit
   (``--train-pairs``) x learning rate (``--lrs``) x epochs 1..``--epochs`` (each training run is scored on the

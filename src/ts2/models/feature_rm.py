@@ -31,8 +31,8 @@ training). Pairs from :data:`SELECTION_FROM` on in the train file are the judge-
 (``experiments/judge_selection``), which training never reaches while ``max_train_pairs <= SELECTION_FROM``.
 
 Cost: the backbone's forward over the pairs (2 sequences of <= ``max_length`` tokens each): at 192 tokens, 600
-training and 199 held-out pairs about 0.28 M tokens, ~4 min of SmolLM2 forward at the idle 2-core rate of
-~1,100 tokens/s (ENVIRONMENT.md), less with ``layer`` < 30; the fit takes a second. Cached in
+training and 199 held-out pairs 216 k + 72 k = 0.29 M tokens (counted), ~4.3 min of SmolLM2 forward at the
+idle 2-core rate of ~1,100 tokens/s (ENVIRONMENT.md), less with ``layer`` < 30 (x layer/30); the fit takes a second. Cached in
 ``<cache_dir>/models/<name>-<fingerprint>`` (the spec and the backbone's GGUF sha256).
 
     python -m ts2.models.feature_rm [--set KEY=VALUE ...]      # build (or find) it; prints folder and accuracy
