@@ -64,18 +64,20 @@ def test_encode_keeps_the_end_of_the_chatml_conversation(smollm2_tokenizer):
     assert smollm2_tokenizer.decode(cq).endswith("friend!<|im_end|>\n<|im_start|>assistant\n")
 
 
-def test_bradley_terry_fit_matches_sklearn_and_is_stationary():
+@pytest.mark.parametrize(("n", "d", "l2"), [(300, 6, 0.05), (60, 40, 1e-4)])  # the second: near-separable
+def test_bradley_terry_fit_matches_sklearn_and_is_stationary(n, d, l2):
     """Our Newton fit = scikit-learn's L2 logistic regression without intercept on the symmetrised pairs."""
     linear_model = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(0)
-    n, d, l2 = 300, 6, 0.05
-    x = rng.normal(size=(n, d)) * np.array([1, 3, 0.2, 1, 5, 1])
+    x = rng.normal(size=(n, d)) * rng.choice([0.2, 1.0, 5.0], size=d)
     x[:, 0] += 0.8  # a direction that prefers "chosen"
     head = fit_bradley_terry(x, l2)
     z = x / head.scale
     np.testing.assert_allclose(head.scale, np.sqrt((x**2).mean(0)))
     # sklearn: 0.5||w||² + C Σ_j log(1 + exp(-y_j w·z_j)) over (z, +1) and (-z, -1): ours x 1/l2 when C = 1/(2 n l2)
-    ref = linear_model.LogisticRegression(C=1 / (2 * n * l2), fit_intercept=False, tol=1e-12, max_iter=10_000)
+    ref = linear_model.LogisticRegression(
+        C=1 / (2 * n * l2), fit_intercept=False, tol=1e-12, max_iter=10_000, solver="newton-cholesky"
+    )
     ref.fit(np.vstack([z, -z]), np.r_[np.ones(n), np.zeros(n)])
     np.testing.assert_allclose(head.weight * head.scale, ref.coef_[0], rtol=1e-5, atol=1e-7)
     # gradient of L at the optimum, by autograd (independent of the Newton code)

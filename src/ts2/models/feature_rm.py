@@ -68,9 +68,8 @@ class FeatureRMSpec:
     backbone: str = "smollm2_135m"  # conf/model/<id>.yaml with a gguf: block (the weights and their sha256)
     layer: int | None = None  # features after this many decoder layers (+ final norm); None: every layer
     pooling: str = "last"  # last | mean
-    quirk: bool = (
-        False  # read after an appended empty assistant header (the paper's position) or at the answer end
-    )
+    # read after an appended empty assistant header (the paper's position), or at the end of the answer's turn
+    quirk: bool = False
     max_length: int = 192  # the last max_length tokens of each rendered conversation
     l2: float = 1e-2  # L2 strength on the standardised weights
     train_glob: str = "ultrafeedback/*train*.jsonl"
@@ -214,7 +213,9 @@ def fit_bradley_terry(diffs: np.ndarray, l2: float, *, tol: float = 1e-10, max_s
     """Minimise L(w) of the module docstring over the pair differences ``diffs`` [n, d] (chosen − rejected).
 
     Newton's method: g = −(1/n) Σ σ(−m_i) z_i + l2·w, H = (1/n) Σ σ(m_i) σ(−m_i) z_i z_iᵀ + l2·I with margins
-    m_i = w · z_i, z = d / s; stops when ||g||∞ < tol. L is strictly convex for l2 > 0, so H is positive definite.
+    m_i = w · z_i, z = d / s; the step is halved until L falls enough (Armijo backtracking: near-separable data,
+    576 features for 600 pairs, makes full Newton steps overshoot); stops when ||g||∞ < tol. L is strictly convex
+    for l2 > 0, so H is positive definite and the minimum unique.
     """
 
     def expit(t: np.ndarray) -> np.ndarray:  # σ(t) = exp(−log(1 + e^{−t})), stable for both signs
@@ -227,18 +228,25 @@ def fit_bradley_terry(diffs: np.ndarray, l2: float, *, tol: float = 1e-10, max_s
     scale[scale == 0] = 1.0
     z = x / scale
     n, d = z.shape
+
+    def objective(v: np.ndarray) -> float:
+        return float(np.mean(np.logaddexp(0.0, -(z @ v))) + 0.5 * l2 * (v @ v))
+
     w = np.zeros(d)
+    loss = objective(w)
     for step in range(1, max_steps + 1):  # noqa: B007 (the count is reported)
         m = z @ w
         g = -(z.T @ expit(-m)) / n + l2 * w
         if np.abs(g).max() < tol:
             break
         h = (z.T * (expit(m) * expit(-m))) @ z / n + l2 * np.eye(d)
-        w = w - np.linalg.solve(h, g)
+        direction = np.linalg.solve(h, g)
+        t = 1.0
+        while (new := objective(w - t * direction)) > loss - 1e-4 * t * (g @ direction) and t > 1e-12:
+            t /= 2
+        w, loss = w - t * direction, new
     else:
         raise RuntimeError(f"fit_bradley_terry: no convergence in {max_steps} Newton steps (l2={l2}).")
-    m = z @ w
-    loss = float(np.mean(np.logaddexp(0.0, -m)) + 0.5 * l2 * (w @ w))
     return BTHead(weight=w / scale, scale=scale, l2=float(l2), newton_steps=step, train_loss=loss)
 
 
