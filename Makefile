@@ -86,7 +86,7 @@ tiny-base-rebuild: install ## Rebuild the pretrained tiny base from its corpus a
 tiny-rm: install ## Train (or find in the cache) the tiny Bradley-Terry reward model
 	$(BIN)/python -m ts2.models.tiny rm
 
-reproduce-table1: install ## Table 1 end to end: train 8 methods, sample, score, write results/ (SCALE=tiny|paper)
+reproduce-table1: install ## Table 1 end to end: train 8 methods, sample, score, write results/ (SCALE=tiny|paper; DRY_RUN=1: the plan)
 	SCALE=$(SCALE) PY=$(BIN)/python bash experiments/table1/run.sh
 
 benchmarks: install ## Loss, sampling, diversity and HumanEval benchmarks (prints tables, writes CSVs)
@@ -98,18 +98,16 @@ benchmarks: install ## Loss, sampling, diversity and HumanEval benchmarks (print
 clean: ## Remove run folders and caches inside the repo (keeps .venv)
 	rm -rf runs multirun outputs .cache .pytest_cache .ruff_cache
 
-# Paper-scale training of one method on 1 node x 8 GPUs through accelerate (README "Scale-out").
+# Paper-scale training of one method on 1 node x 8 GPUs through .venv's accelerate (README "Scale-out"): the
+# launcher experiments/table1/train_paper.sh, which SCALE=paper make reproduce-table1 uses too (one definition).
 METHOD ?=
 BACKEND ?= deepspeed_zero2
 EXPERIMENT ?= paper_llama31_8b
 NPROC ?=
-TRAIN_PAPER_deepspeed_zero2 := train.deepspeed=experiments/table1/ds_zero2.json
-TRAIN_PAPER_fsdp2 := train.deepspeed=null train.gradient_checkpointing=false
 .PHONY: train-paper
 train-paper: install ## Paper scale, one method: make train-paper METHOD=ts2 [BACKEND=deepspeed_zero2|fsdp2] [EXPERIMENT=paper_qwen2_7b] [NPROC=8] [ARGS=...]
 	$(if $(METHOD),,$(error make train-paper needs METHOD=<id>, e.g. METHOD=ts2 (ids: python -m ts2.conf methods)))
-	$(if $(wildcard conf/accelerate/$(BACKEND).yaml),,$(error BACKEND=$(BACKEND): no conf/accelerate/$(BACKEND).yaml (deepspeed_zero2 or fsdp2)))
-	$(BIN)/accelerate launch --config_file conf/accelerate/$(BACKEND).yaml $(if $(NPROC),--num_processes $(NPROC)) -m ts2.train experiment=$(EXPERIMENT) method=$(METHOD) $(TRAIN_PAPER_$(BACKEND)) $(ARGS)
+	PY=$(BIN)/python BACKEND=$(BACKEND) NPROC=$(NPROC) bash experiments/table1/train_paper.sh experiment=$(EXPERIMENT) method=$(METHOD) $(ARGS)
 
 # Known-distribution testbed (experiments/known_distribution/README.md): 8 methods x 5 seeds, CPU, minutes.
 .PHONY: known-distribution
@@ -117,9 +115,10 @@ known-distribution: install ## Known-distribution testbed: exact validity/covera
 	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.known_distribution.run --out results
 	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.known_distribution.run --out results --sft-answer mode --suffix _mode
 
-# α sweep of TS² (experiments/alpha_sweep/run.sh; knobs ALPHAS, CLAMPS, PROMPTS, N, NEW_TOKENS, DRY_RUN=1, ...).
+# α sweep of TS² (experiments/alpha_sweep/run.sh; knobs ALPHAS, CLAMPS, OVERRIDES, DRY_RUN=1, ...); sampled and judged
+# as the tiny Table 1 (conf/experiment/table1_tiny.yaml's pipeline: block).
 .PHONY: sweep-alpha
-sweep-alpha: install ## α sweep: 6 α x clamp on/off TS² runs, trained, sampled, scored -> results/figures/alpha_sweep.png (~22 min est.)
+sweep-alpha: install ## α sweep: 6 α x clamp on/off TS² runs, trained, sampled, scored -> results/figures/alpha_sweep.png (~24 min est.)
 	PY=$(BIN)/python bash experiments/alpha_sweep/run.sh
 
 # Figures from the run folders' saved metrics (README "Figures"): ts2.report writes its tables, then every figure.

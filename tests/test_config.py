@@ -113,3 +113,146 @@ def test_unknown_loss_lists_the_choices(compose):
 def test_negative_alpha_is_a_clear_error(compose):
     with pytest.raises(ValueError, match=r"loss=ts2.*alpha"):
         make_loss(compose(["method=ts2", "loss.alpha=-0.1"]).loss)
+
+
+# ----------------------------------------------------------------------------------- every group composes
+def _configs(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("bench", _configs("eval"))
+def test_every_benchmark_composes_and_its_scorer_is_a_partial(compose, bench):
+    """conf/eval/<bench>.yaml composes under both entry points; its scorer is built by hydra.utils.instantiate
+    as a partial of the module's `score`, called later with (samples or run_dir, cfg)."""
+    import functools
+
+    from hydra.utils import instantiate
+
+    sample = compose([f"eval={bench}", "model=tiny"], "sample")
+    cfg = compose([f"eval={bench}"], "evaluate")
+    assert sample.eval.id == cfg.eval.id == bench
+    scorer = instantiate(cfg.eval.metrics.scorer)
+    assert isinstance(scorer, functools.partial) and not scorer.args and not scorer.keywords
+    assert scorer.func.__name__ == "score" and scorer.func.__module__.startswith("ts2.eval.")
+    if cfg.eval.get("kind") != "model":
+        assert sample.sample.n == cfg.eval.sample.n >= 1
+
+
+@pytest.mark.parametrize("sampler", _configs("sampler"))
+def test_every_sampler_is_a_backend_class_taking_all_its_keys(compose, sampler):
+    import dataclasses
+
+    from hydra.utils import get_class
+
+    node = compose([f"sampler={sampler}", "model=tiny"], "sample").sampler
+    cls = get_class(node._target_)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    assert set(node) - {"_target_"} <= fields and {"model_path", "model_cfg"} <= fields
+
+
+def test_the_openllm_tasks_share_one_base(compose):
+    """The six official-protocol tasks are conf/eval/openllm/_base.yaml plus what differs (checked by hand)."""
+    tasks = ["arc_challenge", "gsm8k", "hellaswag", "mmlu", "truthfulqa", "winogrande"]
+    cfgs = {t: compose([f"eval=openllm_{t}"], "evaluate").eval for t in tasks}
+    for t, c in cfgs.items():
+        assert (c.id, c.prompts.task, c.prompts._target_) == (
+            f"openllm_{t}",
+            t,
+            "ts2.sampling.prompts.openllm",
+        )
+        assert (c.sample.n, c.sample.temperature, c.sample.top_k, c.sample.top_p) == (32, 0.6, None, 0.9)
+        assert (c.sample.max_new_tokens, c.sample.seed, c.metrics.parser) == (256, 42, "paper")
+        assert (
+            list(c.metrics.ns) == [1, 4, 8, 16, 32]
+            and c.prompts.mc_template == "evaluation/openllm/mc_prompt.txt"
+        )
+        assert c.metrics.numeric is (t == "gsm8k")
+    assert (cfgs["truthfulqa"].prompts.max_choices, cfgs["truthfulqa"].prompts.shuffle_seed) == (5, None)
+    assert all("max_choices" not in c.prompts for t, c in cfgs.items() if t != "truthfulqa")
+
+
+@pytest.mark.parametrize("experiment", _configs("experiment"))
+def test_every_experiment_composes_with_its_pipeline(compose, experiment):
+    from ts2.conf import pipeline
+
+    cfg = compose([f"experiment={experiment}", "method=ts2"])
+    p = pipeline(experiment)
+    assert p.name == cfg.name and p.results == "results" and p.methods == tuple(METHODS)
+    assert p.seeds == (1234,) and set(p.settings["evals"]) <= set(_configs("eval"))
+
+
+# ----------------------------------------------------------------------------------- experiment pipelines
+def test_the_tiny_table_pipeline_holds_the_sizes_run_sh_used(compose):
+    from ts2.conf import pipeline
+
+    p = pipeline("table1_tiny")
+    assert [p.limit(b) for b in p.settings["evals"]] == [40, 40, 40, 20]  # HumanEval: 20 prompts
+    assert (p.settings["sample"]["n"], p.settings["sample"]["max_new_tokens"], p.settings["tspd_rows"]) == (
+        8,
+        48,
+        40,
+    )
+    assert (p.settings["jobs"], p.settings["threads"], p.settings["launcher"]) == (2, 1, "python")
+    assert p.settings["sampler"] == ["sampler=hf", "sampler.torch_threads=1"]
+    # the judge: the RM build's TinyRMSpec and the evaluate overrides say the same
+    assert p.settings["rm"] == ["quirk=false", "epochs=6"]
+    judged = [o.removeprefix("+rm.tiny.") for o in p.settings["evaluate"] if o.startswith("+rm.tiny.")]
+    assert judged == p.settings["rm"] and "rm.quirk=false" in p.settings["evaluate"]
+    paper = pipeline("paper_llama31_8b").settings
+    assert (paper["launcher"], paper["shards"], paper["gpus"]) == ("accelerate", "gpus", 8)
+    assert paper["evaluate"] == ["rm=fsfairx", "diversity=paper"] and paper["sample"]["prompts"] is None
+
+
+def test_a_method_subset_never_takes_the_full_tables_name():
+    from ts2.conf import pipeline
+
+    p = pipeline("table1_tiny", ["pipeline.methods=[ce,ts2]", "pipeline.seeds=2", "debug=cpu"])
+    assert (p.name, p.results, p.methods, p.seeds) == (
+        "table1_tiny_subset_ce-ts2", "results/table1_tiny_subset_ce-ts2", ("ce", "ts2"), (1234, 1235)
+    )  # fmt: skip
+    assert p.train_args == ("debug=cpu",)
+    assert p.train_overrides("ts2", 1235) == [
+        "experiment=table1_tiny", "method=ts2", "name=table1_tiny_subset_ce-ts2", "seed=1235", "train.resume=true",
+        "debug=cpu",
+    ]  # fmt: skip
+    with pytest.raises(
+        ValueError, match=r"name=table1_tiny with the method subset ce would overwrite the full"
+    ):
+        pipeline("table1_tiny", ["pipeline.methods=[ce]", "name=table1_tiny"])
+    other = pipeline("table1_tiny", ["pipeline.methods=[ce]", "name=check"])
+    assert (other.name, other.results) == ("check", "results/check")
+    with pytest.raises(ValueError, match=r"pipeline.methods=\['nope'\]"):
+        pipeline("table1_tiny", ["pipeline.methods=[nope]"])
+    with pytest.raises(ValueError, match="pipeline.seeds=0"):
+        pipeline("table1_tiny", ["pipeline.seeds=0"])
+
+
+def test_run_sh_reads_the_pipeline_as_bash_assignments():
+    import subprocess
+    import sys
+
+    script = (
+        f'eval "$({sys.executable} -m ts2.conf pipeline table1_tiny pipeline.seeds=2 debug=cpu)"; '
+        'echo "${SEEDS[1]} ${LIMIT[humaneval]} ${LIMIT[alpaca_eval]} ${#EVALUATE[@]} ${TRAIN_ARGS[0]} $SAMPLE_N '
+        '$SAMPLE_MAX_NEW_TOKENS $NAME ${METHODS[7]} [$SHARDS]"'
+    )
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.split() == ["1235", "20", "40", "5", "debug=cpu", "8", "48", "table1_tiny", "ts2", "[]"]
+    bad = subprocess.run([sys.executable, "-m", "ts2.conf", "pipeline", "table1_tiny", "pipeline.seeds=-1"],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 2 and "pipeline.seeds=-1 must be a positive number" in bad.stderr
+
+
+def test_training_leaves_the_pipeline_block_out_of_the_run_config(compose):
+    """ts2.train drops `pipeline:` (it sizes run.sh, not the SFT), so changing a sampling size does not make
+    another training run, and runs made before the block existed keep their hash."""
+    from ts2.conf import training_config
+    from ts2.runs import config_hash, identity
+
+    cfg = compose(["experiment=table1_tiny", "method=ts2"])
+    assert "pipeline" in cfg
+    base = training_config(cfg)
+    assert "pipeline" not in base and not any(k.startswith("pipeline") for k in identity(base))
+    other = training_config(compose(["experiment=table1_tiny", "method=ts2", "pipeline.sample.n=2"]))
+    assert config_hash(other) == config_hash(base)
+    assert config_hash(training_config(compose(["experiment=table1_tiny", "method=ce"]))) != config_hash(base)

@@ -190,21 +190,40 @@ def test_accelerate_launch_accepts_the_config(backend, monkeypatch):
 @pytest.mark.parametrize(
     "backend, extra",
     [
-        ("deepspeed_zero2", ["train.deepspeed=experiments/table1/ds_zero2.json"]),
+        (
+            "deepspeed_zero2",
+            [],
+        ),  # the experiment's train.deepspeed names the JSON the accelerate config reads
         ("fsdp2", ["train.deepspeed=null", "train.gradient_checkpointing=false"]),
     ],
 )
 def test_make_train_paper_launches_one_method_through_accelerate(backend, extra):
+    """make train-paper and run.sh (SCALE=paper) share one launcher, experiments/table1/train_paper.sh: .venv's
+    accelerate with the backend's --config_file (tests/test_plan.py checks run.sh's dry run)."""
     res = subprocess.run(
         ["make", "-n", "--no-print-directory", "train-paper", "METHOD=ts2", f"BACKEND={backend}"],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
-    line = [x for x in res.stdout.splitlines() if "accelerate launch" in x][-1]
-    assert f"--config_file conf/accelerate/{backend}.yaml" in line
-    assert "-m ts2.train experiment=paper_llama31_8b method=ts2" in line
-    for e in extra:
-        assert e in line
+    line = [x for x in res.stdout.splitlines() if "train_paper.sh" in x][-1]
+    assert f"BACKEND={backend}" in line and line.startswith("PY=.venv/bin/python ")
+    assert line.rstrip().endswith(
+        "bash experiments/table1/train_paper.sh experiment=paper_llama31_8b method=ts2"
+    )
+    env = {**os.environ, "PY": sys.executable, "BACKEND": backend, "PRINT": "1"}
+    script = ["bash", "experiments/table1/train_paper.sh", "experiment=paper_llama31_8b", "method=ts2"]
+    cmd = subprocess.run(
+        script, cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    assert cmd == [accelerate, "launch", "--config_file", f"conf/accelerate/{backend}.yaml", "-m", "ts2.train",
+                   "experiment=paper_llama31_8b", "method=ts2", *extra]  # fmt: skip
+    nproc = subprocess.run(
+        script, cwd=REPO, env={**env, "NPROC": "4"}, capture_output=True, text=True, check=True
+    )
+    assert nproc.stdout.splitlines()[4:6] == ["--num_processes", "4"]
+    bad = subprocess.run(script, cwd=REPO, env={**env, "BACKEND": "zero9"}, capture_output=True, text=True)
+    assert bad.returncode == 2 and "BACKEND=zero9: no conf/accelerate/zero9.yaml" in bad.stderr
     res = subprocess.run(["make", "-n", "train-paper"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and "METHOD=" in res.stderr  # the method is required
 

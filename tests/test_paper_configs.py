@@ -11,7 +11,6 @@ is computed with.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,10 +26,18 @@ WORLD = 8
 
 
 def _backend_overrides() -> dict[str, list[str]]:
-    """The overrides ``make train-paper BACKEND=...`` adds (TRAIN_PAPER_<backend> in the Makefile)."""
-    found = dict(re.findall(r"^TRAIN_PAPER_(\w+) := (.*)$", (REPO / "Makefile").read_text(), re.M))
-    assert set(found) == {"deepspeed_zero2", "fsdp2"}, found
-    return {k: v.split() for k, v in found.items()}
+    """The overrides ``make train-paper BACKEND=...`` adds: those of its launcher, experiments/table1/train_paper.sh
+    (``PRINT=settings``), which SCALE=paper make reproduce-table1 uses too."""
+    import os
+    import subprocess
+
+    def settings(backend: str) -> list[str]:
+        env = {**os.environ, "BACKEND": backend, "PRINT": "settings"}
+        out = subprocess.run(["bash", "experiments/table1/train_paper.sh"], cwd=REPO, env=env, check=True,
+                             capture_output=True, text=True)  # fmt: skip
+        return out.stdout.split()
+
+    return {b: settings(b) for b in ("deepspeed_zero2", "fsdp2")}
 
 
 class _OnWorld:
@@ -180,7 +187,8 @@ def test_rescore_released_commands_compose(compose):
         scored = compose_all(score[3:], "evaluate")
     assert [c.eval.id for c in cfgs] == list(RESCORE_EVALS) == [c.eval.id for c in scored]
     for c in cfgs:
-        assert c.model.id == "ts2_released" and c.model.scale == "paper" and c.sampler.id == "vllm"
+        assert c.model.id == "ts2_released" and c.model.scale == "paper"
+        assert c.sampler._target_ == "ts2.sampling.backends.VLLMBackend"  # sampler=vllm
         assert c.model_path == "xzybit/llama3.1-8b-ts2" and c.out_dir == "runs/released/ts2/samples"
     alpaca = cfgs[0].sample
     assert (alpaca.n, alpaca.temperature, alpaca.top_k, alpaca.top_p, alpaca.max_new_tokens) == (

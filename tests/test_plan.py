@@ -1,20 +1,33 @@
-"""The paper-scale plan (``python -m ts2.plan scale=paper``): its arithmetic against numbers worked out by hand."""
+"""The planner ``ts2.plan``: the paper-scale plan (``python -m ts2.plan scale=paper``), its arithmetic against
+numbers worked out by hand; and the pipelines' plans (``experiments/table1/run.sh``, the α sweep): the tiny cost
+model, run reuse by config hash (plan and run agree), the DRY_RUN commands at tiny and paper scale."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from ts2.conf import pipeline
 from ts2.plan import (
     ARCHS,
     GPUS,
+    TINY_COSTS,
     activation_bytes,
     decode_seconds_per_token,
     fused_chunk_rows,
     main,
+    metrics_done,
     padded_mean,
+    samples_done,
+    tiny_run_seconds,
     train_gpu_hours,
+    train_jobs,
+    train_steps,
     zero2_model_states,
 )
 
@@ -188,3 +201,231 @@ def test_hub_precheck_lists_every_paper_artefact_and_reads_the_cache(tmp_path):
     assert records["data ultrafeedback"]["fix"].endswith("--repo-type dataset")
     text = format_hub_precheck(list(records.values()))
     assert "MISSING" in text and "UNPINNED" in text and "3 unpinned" in text
+
+
+# =========================================================================================================
+# The pipelines: experiments/table1/run.sh and experiments/alpha_sweep/run.sh, planned by ts2.plan.
+REPO = Path(__file__).resolve().parents[1]
+TABLE1_SH = REPO / "experiments" / "table1" / "run.sh"
+SWEEP_SH = REPO / "experiments" / "alpha_sweep" / "run.sh"
+
+
+def _sh(script: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(script)], env={**os.environ, "PY": sys.executable, **env},
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_tiny_cost_model_hand_computed():
+    costs = {"startup_s": 10.0, "train_step_s": 1.0, "sample_token_s": 0.001, "sample_token_s_humaneval": 0.01,
+             "eval_sample_s": 0.5, "heldout_row_s": 0.1}  # fmt: skip
+    got = tiny_run_seconds(100, {"alpaca_eval": 40, "humaneval": 20}, 8, 64, 2, 200, 40, costs)
+    assert got == pytest.approx(
+        {
+            "train": 10 + 100 * 1.0,
+            "sample": 2 * 10 + 40 * 8 * 64 * 0.001 + 20 * 8 * 64 * 0.01,  # 20 + 20.48 + 102.4
+            "evaluate": 2 * 10 + 60 * 8 * 0.5,
+            "heldout_ce": 10 + 200 * 0.1,
+            "tspd": 10 + 40 * 0.1,
+        }
+    )
+    assert set(tiny_run_seconds(100, {"alpaca_eval": 40}, 8, 64, 1, 0, 0, costs)) == {
+        "train",
+        "sample",
+        "evaluate",
+    }
+
+
+def test_train_steps_from_the_composed_config(compose):
+    assert train_steps(compose(["experiment=table1_tiny"])) == 100  # 400 rows / (4 x 1), 1 epoch
+    assert train_steps(compose(["experiment=table1_tiny", "debug=cpu"])) == 8  # train.max_steps
+    more = compose(
+        ["experiment=table1_tiny", "train.num_train_epochs=3", "train.gradient_accumulation_steps=3"]
+    )
+    assert train_steps(more) == 3 * 34  # ceil(400 / 12) batches per epoch
+
+
+def _write(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+
+
+def test_samples_and_metrics_done_read_complete_files_of_the_requested_size(tmp_path):
+    meta = tmp_path / "samples" / "alpaca_eval.meta.json"
+    _write(meta, {"complete": True, "sample": {"limit": 40, "n": 8, "max_new_tokens": 48}})
+    assert samples_done(tmp_path, "alpaca_eval", 40, 8, 48)
+    assert not samples_done(tmp_path, "alpaca_eval", 40, 8, 64)  # another size: sampled again
+    assert samples_done(tmp_path, "alpaca_eval", None, None, None)  # paper scale: any complete file
+    assert not samples_done(tmp_path, "humaneval", None, None, None)  # no file
+    _write(meta, {"complete": False, "sample": {"limit": 40, "n": 8, "max_new_tokens": 48}})
+    assert not samples_done(tmp_path, "alpaca_eval", 40, 8, 48)
+    metrics = tmp_path / "metrics" / "alpaca_eval.json"
+    _write(metrics, {"complete": True, "num_prompts": 40, "num_samples": 320})
+    assert metrics_done(tmp_path, "alpaca_eval", 40, 8) and metrics_done(tmp_path, "alpaca_eval")
+    assert not metrics_done(tmp_path, "alpaca_eval", 40, 4) and not metrics_done(tmp_path, "tspd")
+    # the command line run.sh calls: exit 0 when done ("all" and "" for the paper's sizes)
+    assert (
+        main(["done", "samples", str(tmp_path), "alpaca_eval", "40", "8", "48"]) == 1
+    )  # meta now incomplete
+    assert main(["done", "metrics", str(tmp_path), "alpaca_eval", "40", "8"]) == 0
+    assert main(["done", "metrics", str(tmp_path), "alpaca_eval", "all", ""]) == 0
+
+
+@pytest.fixture(scope="module")
+def debug_run(tmp_path_factory):
+    """Issue #22 item 1: a debug CE run trained into the tiny table's folder (~30 s)."""
+    runs = tmp_path_factory.mktemp("runs")
+    cmd = [
+        "experiment=table1_tiny",
+        "method=ce",
+        "name=table1_tiny",
+        "debug=cpu",
+        "train.save_final_model=true",
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "ts2.train", *cmd, f"paths.runs_dir={runs}"],
+        cwd=REPO, check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    (run,) = [d for d in (runs / "table1_tiny").iterdir() if (d / "run.json").is_file()]
+    return runs, run
+
+
+def test_a_debug_run_is_not_reused_by_the_table(debug_run):
+    runs, debug = debug_run
+    jobs, conflicts = train_jobs(pipeline("table1_tiny", [f"paths.runs_dir={runs}"]))
+    ce = jobs[0]
+    assert (ce.method, ce.status) == ("ce", "todo")
+    assert ce.run_dir == runs / "table1_tiny" / "experiment=table1_tiny,method=ce"
+    assert ce.config_hash != json.loads((debug / "run.json").read_text())["config_hash"]
+    assert [j.status for j in jobs] == ["todo"] * 8
+    (msg,) = conflicts  # the report would read it as a second CE row
+    assert str(debug) in msg and "another config" in msg and "move it away" in msg
+
+
+def test_a_run_of_the_same_config_is_reused_by_the_hash_ts2_train_wrote(debug_run):
+    runs, debug = debug_run
+    overrides = [f"paths.runs_dir={runs}", "debug=cpu", "train.save_final_model=true"]
+    jobs, conflicts = train_jobs(pipeline("table1_tiny", overrides))
+    ce = jobs[0]
+    assert (ce.status, ce.run_dir) == ("done", debug) and conflicts == []
+    assert ce.config_hash == json.loads((debug / "run.json").read_text())["config_hash"]
+    assert all(j.status == "todo" for j in jobs[1:])
+
+
+def test_run_sh_refuses_what_its_plan_refuses_and_writes_nothing(debug_run):
+    runs, debug = debug_run
+    before = sorted(runs.rglob("*"))
+    dry = _sh(TABLE1_SH, DRY_RUN="1", OVERRIDES=f"paths.runs_dir={runs}")
+    assert dry.returncode == 1, dry.stderr
+    assert "[todo] train ce/1234:" in dry.stdout and "REFUSED (1)" in dry.stdout and str(debug) in dry.stdout
+    real = _sh(TABLE1_SH, OVERRIDES=f"paths.runs_dir={runs}")
+    assert real.returncode == 1 and "refused, nothing run" in real.stderr and str(debug) in real.stderr
+    assert sorted(runs.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def tiny_dry_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    res = _sh(TABLE1_SH, DRY_RUN="1", METHODS="ce", OVERRIDES=f"paths.runs_dir={runs}")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert not any(runs.iterdir())  # a dry run writes nothing
+    return runs / "table1_tiny_subset_ce" / "experiment=table1_tiny,method=ce", res.stdout
+
+
+def test_the_tiny_dry_run_lists_every_stage(tiny_dry_run):
+    run, out = tiny_dry_run
+    py = sys.executable
+    threads = f"env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {py}"
+    assert "TinyRMSpec(quirk=false, epochs=6)" in out  # the judge's settings
+    for line in [
+        f"base tiny_base: env OMP_NUM_THREADS=1 {py} -m ts2.models.tiny_base",
+        f"rm tiny_rm: env OMP_NUM_THREADS=1 {py} -m ts2.models.tiny_rm --set quirk=false --set epochs=6",
+        f"[todo] train ce/1234: {threads} -m ts2.train experiment=table1_tiny method=ce name=table1_tiny_subset_ce "
+        f"train.resume=true paths.runs_dir={run.parents[1]}",
+        f"[todo] sample ce/1234:humaneval: {threads} -m ts2.sample run_dir='{run}' eval=[humaneval] sample.limit=20 "
+        "sample.n=8 sample.max_new_tokens=48 sampler=hf sampler.torch_threads=1",
+        f"[todo] evaluate ce/1234:alpaca_eval,creative_poem,creative_story: {threads} -m ts2.evaluate run_dir='{run}' "
+        "eval=[alpaca_eval,creative_poem,creative_story] eval.sample.limit=40 eval.sample.n=8 "
+        "eval.sample.max_new_tokens=48 rm=tiny rm.quirk=false +rm.tiny.quirk=false +rm.tiny.epochs=6 "
+        "diversity.num_workers=1",
+        f"[todo] heldout_ce ce/1234: {threads} -m ts2.evaluate run_dir='{run}' eval=heldout_ce",
+        f"[todo] tspd ce/1234: {threads} -m ts2.evaluate run_dir='{run}' eval=tspd eval.sample.limit=40",
+        f"token_distribution table1_tiny_subset_ce: env OMP_NUM_THREADS=1 {py} -m ts2.analysis.token_distribution "
+        f"{run} --out results/table1_tiny_subset_ce",
+        f"report table1_tiny_subset_ce: {py} -m ts2.report runs_dir={run.parent} name=table1_tiny_subset_ce "
+        "out_dir=results/table1_tiny_subset_ce",  # a subset never writes over results/table1_tiny.*
+    ]:
+        assert line in out, line
+
+
+def test_the_alpha_sweep_samples_and_judges_as_table_1(tiny_dry_run):
+    _, table = tiny_dry_run
+    res = _sh(SWEEP_SH, DRY_RUN="1")
+    assert res.returncode == 0, res.stderr
+    sweep = res.stdout
+    sample = sweep.split("-m ts2.sample run_dir=<run> ")[1].splitlines()[0].split()
+    evaluate = sweep.split("-m ts2.evaluate run_dir=<run> ")[1].splitlines()[0].split()
+    assert sample == ["eval=alpaca_eval", "sample.limit=40", "sample.n=8", "sample.max_new_tokens=48",
+                      "sampler=hf", "sampler.torch_threads=1"]  # fmt: skip
+    row = next(x for x in table.splitlines() if "-m ts2.sample" in x and "alpaca_eval" in x)
+    assert " ".join(sample[1:]) in row  # Table 1's AlpacaEval sizes and sampler, from the same config
+    row = next(x for x in table.splitlines() if "-m ts2.evaluate" in x and "alpaca_eval" in x)
+    assert " ".join(evaluate[1:]) in row
+    # its estimate: 12 runs of <= 100 steps, at the unit costs of TINY_COSTS
+    c = TINY_COSTS
+    per = (
+        c["startup_s"] * 3
+        + 100 * c["train_step_s"]
+        + 40 * 8 * 48 * c["sample_token_s"]
+        + 320 * c["eval_sample_s"]
+    )
+    assert sweep.splitlines()[0].startswith(f"Estimated cost: 12 runs x ~{per:.0f} s")
+
+
+def test_paper_dry_run_prints_the_launcher_the_shards_and_the_paper_evaluation(tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    env = dict(SCALE="paper", DRY_RUN="1", EXPERIMENTS="paper_llama31_8b", METHODS="ts2")
+    out = _sh(
+        TABLE1_SH, **env, OVERRIDES=f"paths.runs_dir={tmp_path}", CUDA_VISIBLE_DEVICES="0,1,2,3,4,5,6,7"
+    )
+    run = tmp_path / "table1_llama31_8b_subset_ts2" / "experiment=paper_llama31_8b,method=ts2"
+    assert out.returncode == ("MISSING" in out.stdout), (
+        out.stderr
+    )  # 1: a prerequisite is missing (no GPU here)
+    lines = out.stdout.splitlines()
+    assert (
+        f"  [todo] train ts2/1234: {accelerate} launch --config_file conf/accelerate/deepspeed_zero2.yaml -m ts2.train "
+        f"experiment=paper_llama31_8b method=ts2 name=table1_llama31_8b_subset_ts2 train.resume=true "
+        f"paths.runs_dir={tmp_path}"
+    ) in lines
+    evals = "alpaca_eval,creative_poem,creative_story,humaneval"
+    shards = [x for x in lines if "[todo] sample shard" in x]
+    assert shards == [
+        f"  [todo] sample shard {i}/8: CUDA_VISIBLE_DEVICES={i} {sys.executable} -m ts2.sample run_dir='{run}' "
+        f"eval=[{evals}] sampler=vllm shard={i}/8 &"
+        for i in range(8)
+    ]
+    assert (
+        f"  [todo] merge: {sys.executable} -m ts2.sampling.shards merge {run} {evals.replace(',', ' ')}"
+        in lines
+    )
+    (ev,) = [x for x in lines if f"[todo] evaluate ts2/1234:{evals}:" in x]
+    assert ev.endswith(f"-m ts2.evaluate run_dir='{run}' eval=[{evals}] rm=fsfairx diversity=paper")
+    # FSDP2 through the same launcher: its training overrides name the folder that is sampled, over the visible GPUs
+    out = _sh(
+        TABLE1_SH, **env, BACKEND="fsdp2", OVERRIDES=f"paths.runs_dir={tmp_path}", CUDA_VISIBLE_DEVICES="3,5"
+    )
+    fsdp = run.with_name(run.name + ",train.deepspeed=null,train.gradient_checkpointing=false")
+    assert "--config_file conf/accelerate/fsdp2.yaml -m ts2.train" in out.stdout
+    assert (
+        "train.resume=true paths.runs_dir=" in out.stdout
+        and "train.gradient_checkpointing=false\n" in out.stdout
+    )
+    shards = [x for x in out.stdout.splitlines() if "[todo] sample shard" in x]
+    assert [x.split(": ", 1)[1].split(" ")[0] for x in shards] == [
+        "CUDA_VISIBLE_DEVICES=3",
+        "CUDA_VISIBLE_DEVICES=5",
+    ]
+    assert all(f"run_dir='{fsdp}'" in x for x in shards) and shards[1].endswith("shard=1/2 &")
+    assert not any(tmp_path.iterdir())

@@ -173,6 +173,18 @@ def test_controls_and_frontiers_are_read_back(tmp_path):
         0.3: {"alpaca_eval": {"metrics": {"ngram": 1.0}}},
         1.0: {"alpaca_eval": {"metrics": {"ngram": 2.0}}},
     }
+    # the run's own metrics are the frontier's point at the table's temperature (T = 0.6 here)
+    (run / "metrics").mkdir(exist_ok=True)
+    own = {
+        "benchmark": "alpaca_eval",
+        "metrics": {"ngram": 1.5},
+        "sampling": {"sample": {"temperature": 0.6}},
+    }
+    (run / "metrics" / "alpaca_eval.json").write_text(json.dumps(own))
+    assert (
+        sorted(load_run(run).frontier) == [0.3, 0.6, 1.0]
+        and load_run(run).frontier[0.6]["alpaca_eval"] == own
+    )
     assert (shuffled.control, shuffled.method.id, shuffled.scale) == ("shuffled", "control=shuffled", "tiny")
     assert [g.key for g in group_runs([ce, shuffled])] == ["ce"]  # a control is never a row
     (run / "frontier" / "hot").mkdir()

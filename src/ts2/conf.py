@@ -3,7 +3,9 @@
 A method describes itself in ``conf/method/<id>.yaml`` (``method: {id, name, order}``: the Table-1 row label
 and position) and a model its scale in ``conf/model/<id>.yaml`` (``scale: tiny | small | paper``). Everything that
 lists methods or labels a scale reads them from here, so the list is typed once:
-``python -m ts2.conf methods`` prints ``ce,ce_wd,...`` for shell scripts.
+``python -m ts2.conf methods`` prints ``ce,ce_wd,...`` for shell scripts. An experiment's ``pipeline:`` block
+(methods, seeds, sampling subset, judge: what experiments/table1/run.sh runs) is read through :func:`pipeline`;
+``python -m ts2.conf pipeline table1_tiny`` prints it as bash assignments.
 """
 
 from __future__ import annotations
@@ -234,12 +236,185 @@ register_resolvers()
 register_schemas()
 
 
+# ------------------------------------------------------------------------------------------- pipelines
+# An experiment config (conf/experiment/<id>.yaml) may carry a `pipeline:` block: what experiments/table1/run.sh
+# does with it (methods, seeds, jobs, evaluation subset, sampler, judge). It sizes the pipeline, not the SFT, so
+# ts2.train leaves it out of the run's config and config hash (training_config).
+PIPELINE = "pipeline"
+
+
+def training_config(cfg: DictConfig) -> DictConfig:
+    """``cfg`` less its ``pipeline:`` block (in place): the config ts2.train trains, saves and hashes."""
+    if PIPELINE in cfg:
+        from omegaconf import open_dict
+
+        with open_dict(cfg):
+            cfg.pop(PIPELINE)
+    return cfg
+
+
+def compose_train(overrides: Sequence[str], *, hydra_config: bool = False) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides``, as ``python -m ts2.train <overrides>`` composes it (``hydra_config``:
+    keep the ``hydra`` node, whose ``job.override_dirname`` names the run folder)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides), return_hydra_config=hydra_config)
+
+
+def _is_pipeline_override(override: str) -> bool:
+    return override.lstrip("+~").startswith(PIPELINE + ".") or override.lstrip("+~").startswith(
+        PIPELINE + "="
+    )
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """An experiment's pipeline (its ``pipeline:`` block) with the command line's overrides applied."""
+
+    experiment: str
+    runs_dir: str  # paths.runs_dir: the run folders are <runs_dir>/<name>/<overrides>
+    name: str  # <runs_dir>/<name>/ and <results>/<name>.*
+    results: str  # results/ for the experiment's own name; results/<name>/ for any other (a subset, RUN_NAME)
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    train_args: tuple[
+        str, ...
+    ]  # overrides every training command gets, besides experiment, method, name, seed
+    settings: dict[str, Any]  # the resolved pipeline: block
+
+    def seed_args(self, seed: int) -> list[str]:
+        """``seed=<s>`` when the pipeline trains several seeds; none for one (the folder name keeps no seed)."""
+        return [f"seed={seed}"] if len(self.seeds) > 1 else []
+
+    def limit(self, bench: str) -> int | None:
+        """Prompts sampled of ``bench``: ``sample.prompts_<bench>`` where set, else ``sample.prompts`` (None: all)."""
+        s = self.settings.get("sample") or {}
+        return s.get(f"prompts_{bench}") or s.get("prompts")
+
+    def train_overrides(self, method: str, seed: int) -> list[str]:
+        """The overrides of the training command of (method, seed), in run.sh's order."""
+        return [
+            f"experiment={self.experiment}",
+            f"method={method}",
+            f"name={self.name}",
+            *self.seed_args(seed),
+            "train.resume=true",
+            *self.train_args,
+        ]
+
+
+def pipeline(experiment: str, overrides: Sequence[str] = ()) -> Pipeline:
+    """The pipeline of ``conf/experiment/<experiment>.yaml`` with Hydra ``overrides``.
+
+    ``pipeline.*`` overrides size the stages (``pipeline.methods=[ce,ts2]``, ``pipeline.sample.prompts=4``);
+    ``name=`` names the run (runs/<name>/); every other override goes to each training command. Only the
+    experiment's own name writes to ``results/`` (its committed table and figures); another name writes to
+    ``results/<name>/``. A method subset never takes the experiment's own name: without ``name=`` it is
+    ``<name>_subset_<m1>-<m2>``; with the experiment's own name it is refused (ValueError).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    names = [o.value() for o in parsed if o.key_or_group == "name" and not o.is_delete()]
+    train_args = tuple(o for o in overrides if not _is_pipeline_override(o) and o.partition("=")[0] != "name")
+    cfg = compose_train([f"experiment={experiment}", *overrides])
+    if PIPELINE not in cfg:
+        raise ValueError(
+            f"experiment={experiment}: conf/experiment/{experiment}.yaml has no `pipeline:` block, so "
+            "experiments/table1/run.sh does not know what to run (see conf/experiment/table1_tiny.yaml)."
+        )
+    settings = OmegaConf.to_container(cfg.pipeline, resolve=True)
+    known = method_ids()
+    methods = tuple(settings.get("methods") or known)
+    unknown = [m for m in methods if m not in known]
+    if unknown or len(set(methods)) != len(methods):
+        raise ValueError(
+            f"pipeline.methods={list(methods)}: each once, from conf/method/ ({','.join(known)})."
+        )
+    seeds = settings.get("seeds")
+    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+        raise ValueError(f"pipeline.seeds={seeds!r} must be a positive number of training seeds.")
+    own = str(cfg.name) if not names else str(compose_train([f"experiment={experiment}"]).name)
+    name = str(names[-1]) if names else own
+    if set(methods) != set(known):
+        if name == own:
+            if names:
+                raise ValueError(
+                    f"name={name} with the method subset {','.join(methods)} would overwrite the full table "
+                    f"results/{name}.* and its figures: leave the name unset (it becomes {own}_subset_{'-'.join(methods)}) "
+                    "or choose another."
+                )
+            name = f"{own}_subset_{'-'.join(methods)}"
+    return Pipeline(
+        experiment,
+        str(cfg.paths.runs_dir),
+        name,
+        "results" if name == own else f"results/{name}",
+        methods,
+        tuple(int(cfg.seed) + i for i in range(seeds)),
+        train_args,
+        {**settings, "methods": list(methods), "seeds": seeds},
+    )
+
+
+def _shell_value(value: Any) -> str:
+    import shlex
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else shlex.quote(str(value))
+
+
+def shell_assignments(p: Pipeline) -> str:
+    """The pipeline as bash assignments: ``LIMIT`` (prompts per benchmark), ``EXPERIMENT``, ``RUNS_DIR``, ``NAME``,
+    ``RESULTS``,
+    ``METHODS``
+    and ``SEEDS`` (arrays), ``TRAIN_ARGS``, then every ``pipeline.*`` key upper-cased, nested keys joined by ``_`` (``pipeline.sample.n``
+    -> ``SAMPLE_N``), lists as arrays, null as empty."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}_{k}" if prefix else str(k))
+        else:
+            flat[re.sub(r"\W", "_", prefix).upper()] = node
+
+    walk({k: v for k, v in p.settings.items() if k not in ("methods", "seeds")}, "")
+    flat.update(
+        EXPERIMENT=p.experiment,
+        RUNS_DIR=p.runs_dir,
+        NAME=p.name,
+        RESULTS=p.results,
+        METHODS=list(p.methods),
+        SEEDS=list(p.seeds),
+        TRAIN_ARGS=list(p.train_args),
+    )
+    limits = " ".join(f"[{b}]={p.limit(b) or 'all'}" for b in p.settings.get("evals") or [])
+    lines = [f"declare -A LIMIT=({limits})"]  # prompts per benchmark (Pipeline.limit), "all" for all
+    for key, value in flat.items():
+        if isinstance(value, list):
+            lines.append(f"{key}=({' '.join(_shell_value(v) for v in value)})")
+        else:
+            lines.append(f"{key}={_shell_value(value)}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str]) -> int:
-    """``python -m ts2.conf methods`` -> ``ce,ce_wd,...`` (what experiments/table1/run.sh sweeps)."""
+    """``python -m ts2.conf methods`` -> ``ce,ce_wd,...``; ``python -m ts2.conf pipeline <experiment> [overrides]``
+    -> the experiment's pipeline as bash assignments (:func:`shell_assignments`; experiments/table1/run.sh)."""
     if argv == ["methods"]:
         print(",".join(method_ids()))
         return 0
-    print("usage: python -m ts2.conf methods", file=sys.stderr)
+    if len(argv) >= 2 and argv[0] == "pipeline":
+        try:
+            print(shell_assignments(pipeline(argv[1], argv[2:])))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    print("usage: python -m ts2.conf methods | pipeline <experiment> [overrides ...]", file=sys.stderr)
     return 2
 
 

@@ -2,7 +2,9 @@
 
 Reads ``DIR/samples/<bench>.jsonl`` (format: ``evaluation/README.md``; ``samples_dir=`` points elsewhere), keeps
 the prompts the benchmark's prompt builder expects (the first ``limit``), hands them to the benchmark's scorer
-(``metrics.scorer`` in ``conf/eval/<bench>.yaml``: ``score(samples, cfg) -> ScoreResult``) and writes
+(``metrics.scorer`` in ``conf/eval/<bench>.yaml``, a ``_target_`` with ``_partial_: true``, called
+``scorer(samples, cfg) -> ScoreResult``; a model-scored benchmark, ``eval.kind: model``, is called
+``scorer(run_dir, cfg)`` and reads the model of ``run_dir``, ``model_path=`` or ``model=``) and writes
 ``DIR/metrics/<bench>.json`` atomically: metrics, their 95% CIs, per-prompt values, prompt and sample counts,
 completeness, the scale label, the config, versions and git sha.
 
@@ -17,11 +19,12 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
-from hydra.utils import get_method, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ts2.conf import CONF_DIR, compose_all, scale_of, split_eval_list
@@ -66,21 +69,28 @@ def coverage(
     return [s for s in samples if str(s.prompt_id) in wanted], info
 
 
-def _scale(run_dir: str | None, meta: dict[str, Any]) -> str:
-    model = (meta.get("model") or {}).get("model")
+def _scale(run_dir: str | None, meta: dict[str, Any], model: Any = None) -> str:
+    """The scale label of what was scored: the run's model (run.json), else the samples' model (meta.json),
+    else ``model`` (the ``model=`` config of a model-scored benchmark)."""
+    model = (meta.get("model") or {}).get("model") or model
     if run_dir:
         model = run_meta(Path(run_dir)).get("model", model)
     scale = scale_of(model)
     return TINY_NOTE if scale == "tiny" else scale
 
 
-def _score(cfg: DictConfig, scorer: str) -> tuple[ScoreResult, dict[str, Any], Path | None]:
+def _score(
+    cfg: DictConfig, scorer: Callable[..., ScoreResult]
+) -> tuple[ScoreResult, dict[str, Any], Path | None]:
     """Run the benchmark's scorer: on its sample file, or (``eval.kind: model``) on the run's model."""
     bench = cfg.eval.id
     if cfg.eval.get("kind") == "model":
         if not cfg.metrics_dir:
-            raise ValueError(f"eval={bench} scores a model: give run_dir=<training run> or metrics_dir=.")
-        return get_method(scorer)(cfg.run_dir, cfg), {}, None
+            raise ValueError(
+                f"eval={bench} scores a model: give run_dir=<training run>, or model_path=<model> / "
+                "model=<conf/model id> with metrics_dir=<folder for the result>."
+            )
+        return scorer(cfg.run_dir, cfg), {}, None
     if not cfg.samples_dir or not cfg.metrics_dir:
         raise ValueError("Give run_dir=<run folder with samples/>, or samples_dir= and metrics_dir=.")
     path = Path(cfg.samples_dir) / f"{cfg.eval.get('samples') or bench}.jsonl"  # eval.samples: another's file
@@ -101,7 +111,7 @@ def _score(cfg: DictConfig, scorer: str) -> tuple[ScoreResult, dict[str, Any], P
     kept, info = coverage(samples, cfg, path)
     if not kept:
         raise SampleFileError(f"{path}: no samples of the first {info['expected_prompts']} prompts.")
-    res = get_method(scorer)(kept, cfg)
+    res = scorer(kept, cfg)
     notes = [n for n in (info.pop("note", None), res.note) if n]
     complete = info.pop("complete") and res.complete and bool(meta.get("complete", not meta))
     note = "; ".join(notes) or None
@@ -111,14 +121,16 @@ def _score(cfg: DictConfig, scorer: str) -> tuple[ScoreResult, dict[str, Any], P
 def evaluate_bench(cfg: DictConfig) -> Path:
     """Score one benchmark and write ``<metrics_dir>/<bench>.json`` atomically; return its path."""
     bench = cfg.eval.id
-    scorer = (cfg.eval.get("metrics") or {}).get("scorer")
-    if not scorer:
-        raise NotImplementedError(f"eval={bench} has no metrics.scorer in conf/eval/{bench}.yaml yet.")
-    res, meta, samples = _score(cfg, scorer)
+    node = (cfg.eval.get("metrics") or {}).get("scorer")
+    if not node or "_target_" not in node:
+        raise NotImplementedError(
+            f"eval={bench}: conf/eval/{bench}.yaml needs metrics.scorer: {{_target_: <module>.score, _partial_: true}}."
+        )
+    res, meta, samples = _score(cfg, instantiate(node))
     details = {**res.details, "complete": res.complete, **({"note": res.note} if res.note else {})}
     out = {
         "benchmark": bench,
-        "scale": _scale(cfg.run_dir, meta),
+        "scale": _scale(cfg.run_dir, meta, cfg.get("model")),
         "complete": res.complete,
         "metrics": res.metrics,
         "ci": {k: list(v) for k, v in res.ci.items()},

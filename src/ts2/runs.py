@@ -22,7 +22,8 @@ item 2a: the reference answers, the reference with its words shuffled, random to
 its ``run.json`` says ``control: <kind>`` (:func:`mark_control`), it is scored like a run and read into a
 :class:`RunRecord` whose ``control`` is the kind; reports list it among the judge's controls, never as a row.
 A run's **temperature frontier** lives in ``<run>/frontier/t<T>/{samples,metrics}/`` (the run's own
-``samples/`` and ``metrics/`` keep the table's temperature); :attr:`RunRecord.frontier` reads its metrics.
+``samples/`` and ``metrics/`` keep the table's temperature and are the frontier's point there);
+:attr:`RunRecord.frontier` reads its metrics.
 """
 
 from __future__ import annotations
@@ -369,6 +370,12 @@ def _frontier(run: Path) -> dict[float, dict[str, dict[str, Any]]]:
             )
         if files := _metrics_files(d / "metrics"):
             out[t] = files
+    # The run's own metrics are the frontier's point at the table's temperature (sampled once, not twice).
+    own = _metrics_files(run / "metrics") if out else {}
+    for bench, m in own.items():
+        t0 = ((m.get("sampling") or {}).get("sample") or {}).get("temperature")
+        if isinstance(t0, (int, float)) and any(bench in f for f in out.values()):
+            out.setdefault(float(t0), {}).setdefault(bench, m)
     return dict(sorted(out.items()))
 
 

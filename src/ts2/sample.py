@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
 from ts2.conf import CONF_DIR, check_quoting, compose_all, split_eval_list
@@ -54,9 +55,12 @@ def load_prompts(cfg: DictConfig) -> list[PromptRecord]:
 
 def make_backend(cfg: DictConfig, source: ModelSource) -> Any:
     """Build ``cfg.sampler`` (``_target_``: a backend class) for the model; its own errors propagate unwrapped."""
-    kwargs = {k: v for k, v in _container(cfg.sampler).items() if k != "id"}
-    cls = hydra.utils.get_class(kwargs.pop("_target_"))
-    return cls(model_path=source.path, model_cfg=source.model_cfg, **kwargs)
+    try:
+        return hydra.utils.instantiate(
+            cfg.sampler, model_path=source.path, model_cfg=source.model_cfg, _convert_="all"
+        )
+    except InstantiationException as err:  # Hydra wraps the backend's error: raise the backend's own
+        raise (err.__cause__ or err) from None
 
 
 def render(tokenizer: Any, record: PromptRecord) -> str:

@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from ts2 import runs
-from ts2.conf import CONF_DIR, check_model_source, scale_of, training_kwargs
+from ts2.conf import CONF_DIR, check_model_source, scale_of, training_config, training_kwargs
 from ts2.provenance import git_sha, versions
 from ts2.tracking import init_wandb
 from ts2.trainer import ce_log_schedule, jsonl_log_callback, trainer_class
@@ -170,6 +170,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    cfg = training_config(cfg)  # an experiment's pipeline: block sizes run.sh, not the SFT (ts2.conf)
     train(cfg, runs.default_run_dir(cfg, HydraConfig.get().job.override_dirname))
 
 

@@ -1,7 +1,7 @@
 """`ts2.analysis.alpha_sweep` and experiments/alpha_sweep/run.sh (issue #13 item 4): the figure from synthetic
-run folders through `ts2.report ... figures=[alpha_sweep]` (a PNG and a CSV; missing data refused or flagged),
-the cost estimate's arithmetic, and the sweep's Hydra multirun composing its 12 configs into 12 distinct run
-folders (in-process, nothing trained)."""
+run folders through `ts2.report ... figures=[alpha_sweep]` (a PNG and a CSV; missing data refused or flagged)
+and the sweep's Hydra multirun composing its 12 configs into 12 distinct run folders (in-process, nothing
+trained). Its cost estimate and sampling sizes: tests/test_plan.py."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from ts2.analysis import alpha_sweep as sw
+from ts2.plan import multirun_configs
 from ts2.runs import collect
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,15 +163,6 @@ def test_bad_sweeps_are_clear_errors(tmp_path: Path) -> None:
         alpha_sweep(collect(root / "a"), tmp_path / "r", FigureOptions())
 
 
-def test_estimate_cost_arithmetic() -> None:
-    costs = {"startup_s": 10.0, "train_step_s": 1.0, "sample_token_s": 0.001, "eval_sample_s": 0.5}
-    est = sw.estimate_cost(12, train_steps=100, prompts=40, n=8, max_new_tokens=64, costs=costs)
-    per_run = 3 * 10 + 100 * 1.0 + 40 * 8 * 64 * 0.001 + 40 * 8 * 0.5  # 30 + 100 + 20.48 + 160
-    assert est["per_run_s"] == pytest.approx(per_run) and est["total_s"] == pytest.approx(12 * per_run)
-    assert sw._train_steps(860, 8, 1.0, -1) == 108 and sw._train_steps(860, 8, 3.0, -1) == 324
-    assert sw._train_steps(860, 8, 1.0, 8) == 8
-
-
 def _dry_run(**env: str) -> list[str]:
     """The training overrides run.sh passes to `python -m ts2.train -m` (DRY_RUN=1 runs nothing)."""
     out = subprocess.run(
@@ -190,7 +182,7 @@ def test_the_multirun_composes_12_configs_with_distinct_run_folders() -> None:
 
     overrides = _dry_run()
     assert "loss.alpha=0,0.1,0.25,0.5,1,2" in overrides and "loss.clamp=0.99,null" in overrides
-    cfgs = sw.sweep_train_configs(overrides)
+    cfgs = multirun_configs(overrides)
     assert len(cfgs) == 12
     got = {(float(c.loss.alpha), c.loss.clamp) for c in cfgs}
     assert got == {(a, c) for a in sw.DEFAULT_ALPHAS for c in sw.DEFAULT_CLAMPS}
@@ -202,8 +194,8 @@ def test_the_multirun_composes_12_configs_with_distinct_run_folders() -> None:
 
 
 def test_run_sh_knobs_reach_the_multirun() -> None:
-    overrides = _dry_run(ALPHAS="0,0.5", CLAMPS="null", TRAIN_EXTRA="debug=cpu seed=7", NAME="mini")
-    cfgs = sw.sweep_train_configs(overrides)
+    overrides = _dry_run(ALPHAS="0,0.5", CLAMPS="null", OVERRIDES="debug=cpu seed=7", NAME="mini")
+    cfgs = multirun_configs(overrides)
     assert sorted(float(c.loss.alpha) for c in cfgs) == [0.0, 0.5]
     assert all(
         c.loss.clamp is None and c.seed == 7 and c.train.max_steps == 8 and c.name == "mini" for c in cfgs
@@ -212,25 +204,21 @@ def test_run_sh_knobs_reach_the_multirun() -> None:
 
 @pytest.mark.slow
 def test_micro_sweep_through_the_script(tmp_path: Path) -> None:
-    """run.sh end to end at debug sizes (~1.5 min on the loaded 2-core machine, hence slow): one α, random-init
-    tiny model and tiny RM, 2 prompts x 2 samples: trains, samples, scores, draws the figure."""
+    """run.sh end to end at debug sizes (~2.5 min on the loaded 2-core machine, hence slow): two α (a figure needs
+    two), random-init tiny model and tiny RM, 2 prompts x 2 samples: trains, samples, scores, draws the figure."""
     env = {
-        "EXPERIMENT": "",
-        "TRAIN_EXTRA": "model=tiny debug=cpu train.max_steps=2 train.save_final_model=true",
+        "OVERRIDES": "model=tiny debug=cpu train.max_steps=2 train.save_final_model=true "
+        "pipeline.sample.prompts=2 pipeline.sample.n=2 pipeline.sample.max_new_tokens=8",
         "EVAL_EXTRA": "++rm.tiny.base={pretrained:null}",  # the random-init tiny RM: no pretrained base needed
-        "ALPHAS": "0.25",
+        "ALPHAS": "0.25,1",
         "CLAMPS": "0.99",
-        "PROMPTS": "2",
-        "N": "2",
-        "NEW_TOKENS": "8",
         "RUNS_DIR": str(tmp_path / "runs"),
         "RESULTS": str(tmp_path / "results"),
         "NAME": "micro",
         "PY": sys.executable,
     }
     subprocess.run(["bash", str(RUN_SH)], env={**os.environ, **env}, check=True, timeout=900)
-    (run,) = collect(tmp_path / "runs" / "micro")
-    point = sw.read_point(run)
-    assert (point.alpha, point.clamp, point.missing) == (0.25, 0.99, ())
-    assert {"win_rate@1", "win_rate@2", "ngram", "self_bleu", "sent_bert"} <= set(point.ci)
+    points = [sw.read_point(run) for run in collect(tmp_path / "runs" / "micro")]
+    assert sorted((p.alpha, p.clamp, p.missing) for p in points) == [(0.25, 0.99, ()), (1.0, 0.99, ())]
+    assert all({"win_rate@1", "win_rate@2", "ngram", "self_bleu", "sent_bert"} <= set(p.ci) for p in points)
     assert (tmp_path / "results" / "figures" / "alpha_sweep.png").read_bytes()[:8] == PNG_MAGIC

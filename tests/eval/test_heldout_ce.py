@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ts2.eval.heldout_ce import measure, response_nll, split_rows, summarize
+from ts2.eval.heldout_ce import response_nll, score, split_rows, summarize
 
 
 def hf_row_loss(model, ex) -> tuple[float, int]:
@@ -59,12 +59,12 @@ def test_summary_is_the_mean_and_ratio():
         summarize(np.array([1.0]), np.array([0]), ["a"])
 
 
-def test_measure_end_to_end(tiny):
+def test_score_end_to_end(tiny):
     cfg, tok, model, _ = tiny
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.merge(cfg, {"eval": {"metrics": {"max_length": 384, "n_bootstrap": 100}}})
-    res = measure(None, cfg)
+    res = score(None, cfg)
     n = len(tiny[3])  # rows whose answer survives max_length (the same rule as in training)
     assert res.num_prompts == n and len(res.per_prompt["heldout_ce"]) == n
     assert res.details["data"]["skipped"] == 6 - n
@@ -94,7 +94,7 @@ def test_selection_and_report_rows_are_disjoint_and_cover_every_row(compose):
     for split in ("selection", "report", "all"):
         cfg = compose(["model=tiny", "+eval=heldout_ce", f"eval.data.split={split}", "eval.metrics.max_length=96",
                        "eval.metrics.n_bootstrap=10"])  # fmt: skip
-        res = measure(None, cfg)
+        res = score(None, cfg)
         ids[split] = set(res.prompt_ids)
         d = res.details["data"]
         assert (

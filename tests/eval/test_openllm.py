@@ -120,7 +120,14 @@ def test_score_questions_hand_computed():
 
 
 def _cfg(bench: str, **metrics) -> OmegaConf:
-    cfg = OmegaConf.create({"eval": OmegaConf.load(REPO / f"conf/eval/{bench}.yaml")})
+    """The benchmark's composed eval config (conf/eval/openllm/_base.yaml + the task file), metrics overridden."""
+    from hydra import compose, initialize_config_dir
+
+    from ts2.conf import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        composed = compose("evaluate", overrides=[f"eval={bench}"])
+    cfg = OmegaConf.create({"eval": OmegaConf.to_container(composed.eval)})
     cfg.eval.metrics.update(metrics)
     return cfg
 

@@ -186,18 +186,20 @@ def test_streaming_equals_full_logits(tiny_model):
         np.testing.assert_allclose(got[k], np.concatenate(ref[k]), rtol=1e-4, atol=1e-6, err_msg=k)
 
 
-def test_cli_writes_metrics_file_and_table(tiny_model, tmp_path, monkeypatch):
-    from ts2.eval.tspd import main
+def test_evaluate_writes_metrics_file_and_table(compose, tiny_model, tmp_path, monkeypatch):
+    """`python -m ts2.evaluate eval=tspd model=tiny metrics_dir=...`: the only command line of the meter."""
+    from ts2.evaluate import evaluate_bench
 
     path, _, _ = tiny_model
     monkeypatch.setenv("TS2_CACHE_DIR", str(path.parent.parent))
-    dest = main(
-        ["model=tiny", f"metrics_dir={tmp_path}", "eval.sample.limit=3", "eval.metrics.n_bootstrap=50"]
-    )
+    overrides = ["eval=tspd", "model=tiny", f"metrics_dir={tmp_path}", "eval.sample.limit=3"]
+    dest = evaluate_bench(compose([*overrides, "eval.metrics.n_bootstrap=50"], "evaluate"))
+    assert dest == tmp_path / "tspd.json"
     d = json.loads(dest.read_text())
     for key in ("benchmark", "scale", "complete", "metrics", "num_prompts", "num_samples", "ci", "details"):
         assert key in d, key
-    assert d["benchmark"] == "tspd" and d["scale"] == "tiny" and d["complete"] is True
+    assert d["benchmark"] == "tspd" and d["scale"].startswith("tiny") and d["complete"] is True
+    assert d["limit"] == 3 and d["num_prompts"] == d["details"]["data"]["rows"] <= 3
     assert d["num_samples"] == d["details"]["num_tokens"] == sum(d["details"]["tokens_per_prompt"])
     names = quantity_names()
     assert {f"{n}/{s}" for n in names for s in ("mean", "q05", "q25", "q50", "q75", "q95")} == set(
@@ -207,4 +209,4 @@ def test_cli_writes_metrics_file_and_table(tiny_model, tmp_path, monkeypatch):
     assert d["metrics"]["tail@2/mean"] > d["metrics"]["tail@5/mean"] > d["metrics"]["tail@10/mean"]
     assert d["metrics"]["entropy/mean"] <= math.log(1030)
     table = tspd_table([dest])
-    assert "| tiny | tiny |" in table and table.count("\n|") == 3
+    assert "| tiny | tiny-scale" in table and table.count("\n|") == 3

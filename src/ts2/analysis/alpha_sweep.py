@@ -4,7 +4,8 @@ TS² trains with Sparsemax+, ``L = L_spm(z; y) + α · (−log(1 − Σ_{i∉S, 
 the tail mass clamped at 0.99 before the log in the official code (``loss.clamp=0.99``) or not
 (``loss.clamp=null``, the exact penalty). α = 0 is the sparsemax loss alone; the official Llama run uses
 α = 0.25; the paper's own sweep values are not public. ``make sweep-alpha`` (``experiments/alpha_sweep/run.sh``)
-trains one TS² run per (α, clamp) with a Hydra multirun, samples and scores each on AlpacaEval (best-of-n
+trains one TS² run per (α, clamp) with a Hydra multirun, samples and scores each on AlpacaEval with the tiny
+Table 1's sampling sizes and judge (the ``pipeline:`` block of ``conf/experiment/table1_tiny.yaml``; best-of-n
 reward-model win rate and the three diversity metrics, each with its 95% bootstrap CI over prompts), then
 draws the figure with ``python -m ts2.report runs_dir=runs/alpha_sweep_tiny name=alpha_sweep_tiny
 figures=[alpha_sweep]`` (:func:`ts2.analysis.figures.alpha_sweep`).
@@ -16,15 +17,13 @@ figures=[alpha_sweep]`` (:func:`ts2.analysis.figures.alpha_sweep`).
 - :func:`sweep_figure`: one panel per metric against α (symlog axis, so α = 0 is shown), clamp on and
   off as two lines, 95% CIs as error bars, the paper's α = 0.25 marked, "TINY SCALE" in the title when the
   runs are tiny; :func:`write_table`: the same numbers as CSV.
-- :func:`estimate_cost`: the sweep's cost, printed by run.sh before it starts, from per-unit costs measured
-  at tiny scale (:data:`TINY_COSTS`).
 
-CLI: ``python -m ts2.analysis.alpha_sweep estimate --runs 12 --prompts 24 --n 8 --max-new-tokens 64``.
+The sweep's cost estimate, printed by run.sh before it starts, is ``python -m ts2.plan alpha_sweep``
+(:func:`ts2.plan.alpha_sweep_plan`, the tiny cost model :data:`ts2.plan.TINY_COSTS`).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 from collections.abc import Sequence
@@ -52,16 +51,6 @@ LABELS = {
     "sent_bert": "Sent-BERT diversity",
     "entropy": "train: softmax entropy, nats (last log, no CI)",
     "support_size": "train: sparsemax |S| (last log, no CI)",
-}
-
-TINY_COSTS = {
-    # CPU seconds at one torch thread (what one process takes on an idle core), measured 2026-12-01 with the
-    # tiny base's architecture (Llama, 4 layers, hidden 256, 4 heads, vocab 4,096, tied embeddings). On the
-    # shared, loaded 2-core development machine the wall clock was ~6.6 x these (load average ~10).
-    "startup_s": 7.0,  # one `python -m ts2.{train,sample,evaluate}` process: imports, model / RM / Sent-BERT load
-    "train_step_s": 0.55,  # one TS² optimizer step, batch 8 x ~200 tokens (experiment=table1_tiny, max_length 256)
-    "sample_token_s": 0.0006,  # one generated token of one sample (batched HF generate, 64 sequences)
-    "eval_sample_s": 0.03,  # scoring one sample: tiny-RM reward + its share of N-gram / Self-BLEU / Sent-BERT
 }
 
 
@@ -271,100 +260,3 @@ def write_table(points: Sequence[SweepPoint], path: str | Path) -> Path:
                 row += [p.metrics.get(k), lo, hi]
             w.writerow([*row, p.train.get("entropy"), p.train.get("support_size")])
     return path
-
-
-def estimate_cost(
-    runs: int,
-    *,
-    train_steps: int,
-    prompts: int,
-    n: int,
-    max_new_tokens: int,
-    costs: dict[str, float] | None = None,
-) -> dict[str, float]:
-    """Seconds the sweep should take: per run, its training steps, ``prompts × n × max_new_tokens``
-    generated tokens (an upper bound: sampling stops at EOS) and ``prompts × n`` scored samples, plus the
-    start-up of its three processes (:data:`TINY_COSTS`, measured at tiny scale)."""
-    c = {**TINY_COSTS, **(costs or {})}
-    per_run = {
-        "startup": 3 * c["startup_s"],
-        "train": train_steps * c["train_step_s"],
-        "sample": prompts * n * max_new_tokens * c["sample_token_s"],
-        "evaluate": prompts * n * c["eval_sample_s"],
-    }
-    per = sum(per_run.values())
-    return {**{f"per_run_{k}_s": v for k, v in per_run.items()}, "per_run_s": per, "total_s": runs * per}
-
-
-def _train_steps(examples: int, batch: int, epochs: float, max_steps: int) -> int:
-    return max_steps if max_steps > 0 else math.ceil(epochs * math.ceil(examples / batch))
-
-
-def sweep_train_configs(overrides: Sequence[str]) -> list[Any]:
-    """The training configs a ``python -m ts2.train -m <overrides>`` multirun composes, one per job, each with
-    its Hydra job section (``cfg.hydra.job.override_dirname`` names its run folder, `ts2.runs.default_run_dir`).
-
-    Expands comma-separated sweeps as Hydra's basic sweeper does (the cartesian product), then composes each
-    job in-process; nothing is trained.
-    """
-    from hydra import compose, initialize_config_dir
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from ts2.conf import CONF_DIR
-
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return [compose(config_name="train", overrides=list(job), return_hydra_config=True) for job in jobs]
-
-
-def _examples(cfg: Any) -> int:
-    """SFT rows a config trains on: ``data.limit``, else the rows of its local files (an upper bound: rows
-    longer than ``model.max_length`` are skipped at tokenisation)."""
-    if cfg.data.get("limit"):
-        return int(cfg.data.limit)
-    if cfg.data.get("source") == "local":
-        files = sorted(Path(str(cfg.data.local_dir)).glob(str(cfg.data.local_glob)))
-        rows = sum(sum(1 for line in f.open(encoding="utf-8") if line.strip()) for f in files)
-        if rows:
-            return rows
-    return 1000
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
-        prog="python -m ts2.analysis.alpha_sweep", description=__doc__.split("\n")[0]
-    )
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    e = sub.add_parser("estimate", help="print the sweep's estimated cost")
-    e.add_argument("--runs", type=int, required=True)
-    e.add_argument("--prompts", type=int, required=True)
-    e.add_argument("--n", type=int, required=True)
-    e.add_argument("--max-new-tokens", type=int, required=True)
-    e.add_argument(
-        "overrides", nargs="*", help="after --: the training multirun's overrides (steps from them)"
-    )
-    a = ap.parse_args(argv)
-    cfg = sweep_train_configs(a.overrides)[0]
-    t = cfg.train
-    steps = _train_steps(
-        _examples(cfg),
-        int(t.per_device_train_batch_size) * int(t.gradient_accumulation_steps),
-        float(t.num_train_epochs),
-        int(t.max_steps),
-    )
-    est = estimate_cost(a.runs, train_steps=steps, prompts=a.prompts, n=a.n, max_new_tokens=a.max_new_tokens)
-    parts = ", ".join(
-        f"{k[8:-2]} {est[k]:.0f} s" for k in est if k.startswith("per_run_") and k != "per_run_s"
-    )
-    print(
-        f"Estimated cost: {a.runs} runs x ~{est['per_run_s']:.0f} s ({parts}; <= {steps} training steps, "
-        f"{a.prompts} prompts x {a.n} samples x <= {a.max_new_tokens} tokens) = ~{est['total_s'] / 60:.0f} min "
-        "on an otherwise idle 2-core CPU (per-unit costs measured at tiny scale: "
-        "ts2.analysis.alpha_sweep.TINY_COSTS; a machine shared with other jobs takes longer)."
-    )
-
-
-if __name__ == "__main__":
-    main()

@@ -22,13 +22,12 @@ never exceed chunk_size x V.
 Commands::
 
     python -m ts2.evaluate "run_dir='runs/table1_tiny/method=ce'" eval=heldout_ce
-    python -m ts2.eval.heldout_ce model=tiny_base               # the base itself (prints the metrics)
+    python -m ts2.evaluate eval=heldout_ce model=tiny_base metrics_dir=/tmp/base    # the base itself
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -134,7 +133,7 @@ def split_rows(rows: Sequence[Any], split: str, every: int = 4) -> list[Any]:
     """The held-out rows of one split (``eval.data.split``), by position in file order (0-based).
 
     ``selection``: positions 0, every, 2 every, ... (a quarter of the rows at ``every`` = 4), the rows on which a
-    setting such as TS²'s α is chosen (experiments/alpha_selection); ``report``: every other row, the rows the
+    setting such as TS²'s α is chosen (experiments/alpha_selection); ``report``: the remaining rows, the ones the
     table reports, so a chosen setting is never judged on the rows that chose it; ``all``: every row.
     """
     if split not in SPLITS:
@@ -146,11 +145,12 @@ def split_rows(rows: Sequence[Any], split: str, every: int = 4) -> list[Any]:
     return [r for i, r in enumerate(rows) if (i % every == 0) == (split == "selection")]
 
 
-def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
+def score(source: str | Path | None, cfg: Any) -> ScoreResult:
     """Held-out response CE of one model (``eval.kind: model`` scorer of conf/eval/heldout_ce.yaml).
 
-    ``source``: a finished training run folder, a model folder, or None for ``cfg.model``. Rows: ``cfg.eval.data``,
-    its ``split`` (:func:`split_rows`; the first ``cfg.limit`` rows of it when set); settings: ``cfg.eval.metrics`` (batch_size, chunk_size, max_length,
+    ``source``: a finished training run folder; None: ``cfg.model_path`` (a model folder), else ``cfg.model``.
+    Rows: ``cfg.eval.data``, its ``split`` (:func:`split_rows`; the first ``cfg.limit`` rows of it when set);
+    settings: ``cfg.eval.metrics`` (batch_size, chunk_size, max_length,
     n_bootstrap, seed).
     """
     import torch
@@ -160,7 +160,7 @@ def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
     from ts2.models import load_model, load_tokenizer
 
     m = cfg.eval.metrics
-    src = model_source_of(source, cfg)
+    src = model_source_of(source or cfg_get(cfg, "model_path"), cfg)
     tokenizer = load_tokenizer(src.model_cfg, src.path)
     max_length = int(cfg_get(m, "max_length") or src.model_cfg.get("max_length") or 2048)
     data_cfg = cfg.eval.data
@@ -208,35 +208,3 @@ def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
     if skipped:
         res.note = f"{len(skipped)} held-out rows skipped (e.g. {skipped[0]['reason']})"
     return res
-
-
-def main(argv: Sequence[str] | None = None) -> ScoreResult:
-    """``python -m ts2.eval.heldout_ce [model=<config> | model_path=<folder> | run_dir=<run>] [k=v ...]``."""
-    import json
-
-    from hydra import compose, initialize_config_dir
-
-    from ts2.conf import CONF_DIR, register_resolvers
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    source = None
-    rest = []
-    for a in argv:
-        key, _, val = a.partition("=")
-        if key in ("run_dir", "model_path"):
-            source = val.strip("'\"")
-        else:
-            rest.append(a)
-    register_resolvers()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*rest, "+eval=heldout_ce"])
-    if source is None and not any(a.startswith("model=") for a in rest):
-        raise SystemExit("Give run_dir=<run folder>, model_path=<folder> or model=<config>.")
-    res = measure(source, cfg)
-    print(json.dumps({"metrics": res.metrics, "ci": res.ci, "rows": res.num_prompts, **res.details}, indent=2,
-                     default=str))  # fmt: skip
-    return res
-
-
-if __name__ == "__main__":
-    main()

@@ -23,13 +23,13 @@ rendered and labelled by the repo's pipeline :func:`ts2.data.build_sft_dataset`.
 are computed per batch and the LM head is applied to ``chunk_size`` response positions at a time, so no
 N x V logits tensor is ever held; only the per-token scalars are kept.
 
-Commands::
+Commands (``python -m ts2.evaluate`` with ``eval=tspd``; ``eval.sample.limit=N``: the first N held-out rows)::
 
-    python -m ts2.eval.tspd run_dir=runs/train/method=ts2          # -> <run_dir>/metrics/tspd.json
-    python -m ts2.eval.tspd model=tiny metrics_dir=/tmp/m eval.sample.limit=8
-    python -m ts2.eval.tspd model_path=/ckpt/llama-ts2 model=llama31_8b metrics_dir=...
+    python -m ts2.evaluate "run_dir='runs/train/method=ts2'" eval=tspd     # -> <run_dir>/metrics/tspd.json
+    python -m ts2.evaluate eval=tspd model=tiny metrics_dir=/tmp/m eval.sample.limit=8
+    python -m ts2.evaluate eval=tspd model_path=/ckpt/llama-ts2 model=llama31_8b metrics_dir=...
 
-:func:`measure` returns a :class:`ts2.eval.result.ScoreResult` (``metrics.scorer`` of conf/eval/tspd.yaml);
+:func:`score` returns a :class:`ts2.eval.result.ScoreResult` (``metrics.scorer`` of conf/eval/tspd.yaml);
 :func:`tspd_table` and the ``tspd`` figure (:func:`ts2.analysis.figures.tspd`) turn several runs' ``tspd.json``
 into the per-method table and figure.
 """
@@ -40,7 +40,6 @@ import datetime as dt
 import json
 import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -278,18 +277,18 @@ def summarize(
 # Model + data -> result
 
 
-def measure(source: str | Path | None, cfg: Any) -> ScoreResult:
+def score(source: str | Path | None, cfg: Any) -> ScoreResult:
     """TSPD of one model on the held-out SFT tokens of ``cfg.eval.data`` -> ScoreResult.
 
-    ``source``: a training run folder (its ``model/``), a model folder / hub id, or None to use
-    ``cfg.model`` (e.g. the tiny config). Settings: ``cfg.eval.metrics`` (ms, quantiles, batch_size,
+    ``source``: a training run folder (its ``model/``); None: ``cfg.model_path`` (a model folder / hub id),
+    else ``cfg.model`` (e.g. the tiny config). Settings: ``cfg.eval.metrics`` (ms, quantiles, batch_size,
     chunk_size, max_length, n_bootstrap, seed, device) and ``cfg.limit`` (first N held-out rows).
     """
     from ts2.data import build_sft_dataset
     from ts2.models import load_model, load_tokenizer
 
     m = cfg.eval.metrics
-    src = model_source_of(source, cfg)
+    src = model_source_of(source or cfg_get(cfg, "model_path"), cfg)
     tokenizer = load_tokenizer(src.model_cfg, src.path)
     max_length = cfg_get(m, "max_length") or src.model_cfg.get("max_length") or 2048
     data_cfg = cfg.eval.data
@@ -395,7 +394,7 @@ def load_tspd(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
         f = p / "metrics" / "tspd.json" if p.is_dir() else p
         if not f.is_file():
             raise FileNotFoundError(
-                f"No TSPD metrics file {f}: run `python -m ts2.eval.tspd run_dir=...` first."
+                f"No TSPD metrics file {f}: run `python -m ts2.evaluate run_dir=... eval=tspd` first."
             )
         d = json.loads(f.read_text())
         if d.get("benchmark") != "tspd" or "metrics" not in d:
@@ -436,63 +435,3 @@ def tspd_table(paths: Iterable[str | Path], *, ms: Sequence[int] | None = None, 
             f"| {d['_label']} | {d.get('scale')} | {d.get('num_samples')} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Command line
-
-
-def _parse(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
-    own, rest = {}, []
-    for a in argv:
-        key = a.split("=", 1)[0]
-        if key in ("run_dir", "model_path", "model", "metrics_dir") and "=" in a:
-            own[key] = a.split("=", 1)[1].strip("'\"")
-        elif "=" in a:
-            rest.append(a)
-        else:
-            raise SystemExit(f"ts2.eval.tspd: expected key=value arguments, got {a!r}")
-    return own, rest
-
-
-def main(argv: Sequence[str] | None = None) -> Path:
-    """``python -m ts2.eval.tspd run_dir=DIR | model_path=P [model=ID] | model=ID [metrics_dir=D] [overrides]``.
-
-    Other ``key=value`` arguments are Hydra overrides of conf/evaluate.yaml with ``eval=tspd``
-    (e.g. ``eval.metrics.chunk_size=256 eval.sample.limit=20``).
-    """
-    from hydra import compose, initialize_config_dir
-    from omegaconf import OmegaConf
-
-    from ts2.conf import CONF_DIR
-
-    own, rest = _parse(list(sys.argv[1:] if argv is None else argv))
-    if not ({"run_dir", "model_path", "model"} & set(own)):
-        raise SystemExit(
-            "ts2.eval.tspd: give run_dir=<run folder>, model_path=<model> or model=<conf/model id>"
-        )
-    overrides = ["eval=tspd", *rest]
-    if own.get("run_dir"):
-        overrides.append(f"run_dir='{own['run_dir']}'")
-    if own.get("metrics_dir"):
-        overrides.append(f"metrics_dir='{own['metrics_dir']}'")
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=overrides)
-    if not cfg.metrics_dir:
-        raise SystemExit("ts2.eval.tspd: without run_dir= give metrics_dir=<folder for tspd.json>")
-    OmegaConf.set_struct(cfg, False)
-    if own.get("model"):
-        mfile = Path(CONF_DIR) / "model" / f"{own['model']}.yaml"
-        if not mfile.is_file():
-            raise SystemExit(f"ts2.eval.tspd: model={own['model']!r}: no {mfile}")
-        cfg.model = OmegaConf.load(mfile)
-    source = own.get("run_dir") or own.get("model_path")
-    res = measure(source, cfg)
-    dest = write_metrics(res, cfg, Path(cfg.metrics_dir) / "tspd.json")
-    keys = [f"{q}/mean" for q in ("head@5", "tail@5", "support", "entropy")]
-    print(json.dumps({k: round(res.metrics[k], 4) for k in keys if k in res.metrics}), "->", dest)
-    return dest
-
-
-if __name__ == "__main__":
-    main()
