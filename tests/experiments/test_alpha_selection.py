@@ -48,8 +48,11 @@ def test_write_config_sets_the_one_selected_alpha_line(tmp_path, monkeypatch):
         als.write_config("small", 1.0)
 
 
-def test_the_experiment_configs_carry_a_selected_alpha(compose):
-    assert "selected_alpha" in compose(["experiment=table1_small"]).pipeline
+@pytest.mark.parametrize("experiment", ["table1_tiny", "table1_small"])
+def test_the_experiment_configs_carry_a_selected_alpha(compose, experiment):
+    assert (
+        compose([f"experiment={experiment}"]).pipeline.selected_alpha is None
+    )  # until the selection has run
 
 
 def test_debug_run_scores_selection_rows_and_resumes(tmp_path):
