@@ -17,7 +17,8 @@ difference to α = 0.25 with its CI, the last logged training CE, the run folder
 ``--write-config`` it sets ``selected_alpha:`` in the ``pipeline:`` block of ``conf/experiment/table1_<scale>.yaml``,
 which the pipeline reads to train the "TS² (α selected)" row beside the paper's α = 0.25 row.
 
-Runs go to ``<runs_dir>/alpha_selection_<scale>/<overrides>/`` (``train.resume=true``: a rerun skips finished
+Runs go to ``<runs_dir>/alpha_selection_<scale>/<overrides>/``, named as ``python -m ts2.train`` names them
+(``train.resume=true``: a rerun skips finished
 runs); the selection metrics to ``<run>/metrics_selection/heldout_ce.json`` (never ``metrics/``, which holds the
 report rows' numbers when a run is scored for the table).
 
@@ -45,7 +46,6 @@ from ts2.eval.stats import paired_bootstrap
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER_ALPHA = 0.25
-_LEFT_OUT = ("name=", "paths.runs_dir=", "train.resume=")  # not part of a run folder's name (conf/hydra)
 
 
 def _compose(config_name: str, overrides: list[str]) -> Any:
@@ -66,7 +66,10 @@ def _diff(d: Any) -> str:
 def run_setting(scale: str, alpha: float, lr: float | None, args: argparse.Namespace) -> dict[str, Any]:
     """Train (or find) one TS² run and measure its selection held-out CE; returns its row."""
     import torch
+    from omegaconf import open_dict
 
+    from ts2.conf import compose_train as _compose_train
+    from ts2.conf import training_config
     from ts2.evaluate import evaluate_bench
     from ts2.runs import default_run_dir
     from ts2.train import train
@@ -74,11 +77,14 @@ def run_setting(scale: str, alpha: float, lr: float | None, args: argparse.Names
     name = f"alpha_selection_{scale}"
     overrides = [f"experiment=table1_{scale}", "method=ts2", f"loss.alpha={_fmt(alpha)}",
                  *([f"train.learning_rate={_fmt(lr)}"] if lr is not None else []), *args.train_extra]  # fmt: skip
-    # the final model is what the held-out CE reads (debug=cpu would not save it)
-    cfg = _compose("train", [*overrides, f"name={name}", f"paths.runs_dir={args.runs_dir}", "train.resume=true",
-                             "train.save_final_model=true"])  # fmt: skip
-    folder = ",".join(sorted(o for o in overrides if not o.startswith(_LEFT_OUT)))
-    run = default_run_dir(cfg, folder)
+    # As `python -m ts2.train <overrides>` composes and names it (the pipeline: block left out of the run's config
+    # and hash); the final model is what the held-out CE reads (debug=cpu would not save it).
+    full = _compose_train([*overrides, f"name={name}", f"paths.runs_dir={args.runs_dir}", "train.resume=true",
+                           "train.save_final_model=true"], hydra_config=True)  # fmt: skip
+    run = default_run_dir(full, full.hydra.job.override_dirname)
+    with open_dict(full):
+        full.pop("hydra")
+    cfg = training_config(full)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     summary = train(cfg, run)
