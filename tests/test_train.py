@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from ts2.conf import method_ids
 from ts2.runs import RunFolderError
 from ts2.train import train
+from ts2.trainer import TOTALS_FILE
 
 METHODS = method_ids()
 REPO = Path(__file__).resolve().parents[1]
@@ -169,7 +170,9 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     )
     run = tmp_path / "killed" / "debug=cpu,method=ts2,train.max_steps=12,train.save_final_model=true"
     deadline = time.time() + 300
-    while not _parses(run / "checkpoint-8" / "trainer_state.json"):
+    while not (
+        _parses(run / "checkpoint-8" / "trainer_state.json") and _parses(run / "checkpoint-8" / TOTALS_FILE)
+    ):
         assert proc.poll() is None, "training ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
@@ -198,6 +201,11 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["global_step"] == 12 and summary["resumed_from"] in ("checkpoint-8", "checkpoint-12")
+    # issue #22 item 5: the summary describes the whole run, not the part after the checkpoint
+    clean = json.loads((tmp_path / "clean" / run.name / "train_summary.json").read_text())
+    assert summary["train_loss_mean"] == pytest.approx(clean["train_loss_mean"], rel=1e-6)
+    before = json.loads((run / summary["resumed_from"] / TOTALS_FILE).read_text())["train_runtime_s"]
+    assert before > 0 and summary["train_runtime_s"] > before
     records = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
     assert len(steps) == len(set(steps)) and max(steps) == 12  # no step logged twice across the crash

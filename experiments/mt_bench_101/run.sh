@@ -41,8 +41,9 @@ print("| run | Avg. | " + " | ".join(TASKS) + " | judged | unparsed | complete |
 print("|---" * (len(TASKS) + 5) + "|")
 for f in sorted(Path(sys.argv[1]).glob("*/metrics/mt_bench_101.json")):
     m = json.loads(f.read_text()); d = m["details"]
-    cells = [f"{m['metrics'].get(t, float('nan')):.2f}" for t in TASKS]
-    print(f"| {f.parent.parent.name} | {m['metrics']['overall']:.2f} | " + " | ".join(cells)
+    num = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "–"  # null: no value (a failed judge)
+    cells = [num(m["metrics"].get(t)) for t in TASKS]
+    print(f"| {f.parent.parent.name} | {num(m['metrics'].get('overall'))} | " + " | ".join(cells)
           + f" | {d['judged_turns']} | {d['unparsed']} | {m['complete']} |")
 for method in ("ce", "gem", "ts2"):
     print(f"| poster {method} | {pub['avg'][method]:.2f} | " + " | ".join(f"{pub[method][t]:.2f}" for t in TASKS) + " | 3615 | | |")

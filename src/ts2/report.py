@@ -25,7 +25,6 @@ here is typed by hand: rerun this command to regenerate every number.
 from __future__ import annotations
 
 import logging
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from ts2 import cli
 from ts2 import table as T
 from ts2.analysis.bon import frontiers
 from ts2.analysis.figures import FigureOptions, figure_names, write_figures
 from ts2.claims import JudgeCheck, QualityRule, check_judge, judge, load_claims, verdict_line
-from ts2.conf import CONF_DIR, check_quoting
+from ts2.conf import CONF_DIR, check_config
 from ts2.eval.stats import matched_difference, matched_level
+from ts2.paths import check_output_dir
 from ts2.runs import RunGroup, claim_groups, collect, group_runs
 from ts2.sampling.store import group_by_prompt, read_samples
 
@@ -190,6 +191,7 @@ def report(
     data); ``settings``: overrides of ``quality``, ``ts2_alpha``, ``judge``, ``frontier``, ``samples`` of
     conf/report.yaml. Every error in the tables is raised before anything is written."""
     columns = columns or dict(OmegaConf.load(Path(CONF_DIR) / "report.yaml").columns)
+    check_output_dir(out_dir, "out_dir")
     cfg = settings_of(settings)
     rule = QualityRule.from_config(cfg["quality"])
     names = figure_names(figures)  # an unknown figure is an error before anything is written
@@ -324,7 +326,9 @@ def report(
 
 
 @hydra.main(config_path=CONF_DIR, config_name="report", version_base="1.3")
+@cli.task
 def main(cfg: DictConfig) -> None:
+    check_config(cfg, "report")
     paper = Path(cfg.paper_numbers) if cfg.paper_numbers else None
     figures = None if cfg.figures is None else list(cfg.figures)
     report(
@@ -345,5 +349,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    check_quoting(sys.argv[1:])
-    main()
+    cli.run(main, interrupted=cli.RERUN, check_overrides=True)

@@ -12,7 +12,6 @@ resumes (finished pairs skipped, torn last line dropped, the same samples as an 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +21,13 @@ import hydra
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig
 
-from ts2.conf import CONF_DIR, check_quoting, compose_all, split_eval_list
+from ts2 import cli
+from ts2.conf import CONF_DIR, check_config, compose_all, split_eval_list
 from ts2.models.source import ModelSource, _container, model_source
+from ts2.paths import check_output_dir
 from ts2.provenance import log_to_file
 from ts2.sampling import samples_dir  # noqa: F401  (registers the ts2_samples_dir resolver)
-from ts2.sampling.backends import SamplingParams
+from ts2.sampling.backends import SamplingParams, check_context, model_context
 from ts2.sampling.prompts import PromptRecord
 from ts2.sampling.shards import parse_shard, samples_path, shard_batches, shard_meta, shard_pairs
 from ts2.sampling.store import REQUIRED_FIELDS, SampleStore, start_samples
@@ -63,6 +64,11 @@ def make_backend(cfg: DictConfig, source: ModelSource) -> Any:
         raise (err.__cause__ or err) from None
 
 
+def backend_name(cfg: DictConfig) -> str | None:
+    """The ``name`` of the ``sampler._target_`` class (``hf``, ``vllm``), read without building it."""
+    return getattr(hydra.utils.get_class(cfg.sampler._target_), "name", None)
+
+
 def render(tokenizer: Any, record: PromptRecord) -> str:
     """The text sent to the model: its own chat template with a generation prompt, then the response prefix."""
     text = tokenizer.apply_chat_template(record.messages, tokenize=False, add_generation_prompt=True)
@@ -73,7 +79,7 @@ def sample_benchmark(cfg: DictConfig, backend: Any, source: ModelSource, records
     """Sample one benchmark into ``<out_dir>/<bench>.jsonl`` (resuming), and write its meta file."""
     from tqdm.auto import tqdm
 
-    bench, params = cfg.eval.id, SamplingParams.from_cfg(_container(cfg.sample))
+    bench, params = cfg.eval.id, SamplingParams.from_cfg(_container(cfg.sample), backend_name(cfg))
     records = load_prompts(cfg) if records is None else records
     if hasattr(backend, "use_prompts"):  # a backend answering from the prompt records (sampler=control)
         backend.use_prompts(records)
@@ -134,16 +140,36 @@ def sample_benchmark(cfg: DictConfig, backend: Any, source: ModelSource, records
     return store.path
 
 
+def check_contexts(cfgs: Sequence[DictConfig], source: ModelSource, prompts: Sequence[list]) -> None:
+    """Refuse, before the model loads, a benchmark whose longest prompt + ``sample.max_new_tokens`` would
+    run past the model's context (:func:`ts2.sampling.backends.check_context`)."""
+    from ts2.models import load_tokenizer
+
+    if not getattr(hydra.utils.get_class(cfgs[0].sampler._target_), "generates", False):
+        return  # e.g. sampler=control writes answers made from the references, not generated
+    context = model_context(source.path, cfgs[0].sampler.get("max_model_len"))
+    if not context:
+        return
+    tok = load_tokenizer(source.model_cfg, source.path)
+    for c, records in zip(cfgs, prompts, strict=True):
+        lengths = {
+            r.prompt_id: len(tok(render(tok, r), add_special_tokens=False)["input_ids"]) for r in records
+        }
+        check_context(c.eval.id, lengths, int(c.sample.max_new_tokens), context)
+
+
 def run(cfgs: Sequence[DictConfig]) -> list[Path]:
     """Sample every benchmark config in ``cfgs`` (same model and sampler), loading the model once."""
     if not cfgs:
         return []
     source = model_source(cfgs[0])  # every input error is raised before anything is written
+    check_output_dir(cfgs[0].out_dir, "out_dir")
     prompts = []
     for c in cfgs:
-        SamplingParams.from_cfg(_container(c.sample))
+        SamplingParams.from_cfg(_container(c.sample), backend_name(c))  # vLLM: T <= 2
         parse_shard(c.get("shard"))
         prompts.append(load_prompts(c))
+    check_contexts(cfgs, source, prompts)
     backend = make_backend(cfgs[0], source)
     Path(cfgs[0].out_dir).mkdir(parents=True, exist_ok=True)
     handler = log_to_file(Path(cfgs[0].out_dir) / "sample.log")
@@ -156,6 +182,7 @@ def run(cfgs: Sequence[DictConfig]) -> list[Path]:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="sample", version_base="1.3")
+@cli.task
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
@@ -163,9 +190,10 @@ def main(cfg: DictConfig) -> None:
 
     overrides = HydraConfig.get().overrides.task
     cfgs = compose_all(overrides) if split_eval_list(overrides)[0] is not None else [cfg]
+    for c in cfgs:
+        check_config(c, "sample")  # every typed setting, before anything is written
     log_samples(cfgs, run(cfgs))  # wandb: the training run's run, when it logged there (ts2.tracking)
 
 
 if __name__ == "__main__":
-    check_quoting(sys.argv[1:])
-    main()
+    cli.run(main, interrupted=cli.RESUME, check_overrides=True)

@@ -172,7 +172,7 @@ def cell_of(metrics_file: dict[str, Any] | None, metric: str, finished: bool) ->
     value = values.get(metric)
     return Cell(
         value=float(value) if isinstance(value, (int, float)) else None,
-        ci=(float(ci[0]), float(ci[1])) if ci else None,
+        ci=(float(ci[0]), float(ci[1])) if ci and None not in ci else None,  # null: no interval
         n_prompts=metrics_file.get("num_prompts"),
         n_samples=metrics_file.get("num_samples"),
         marks=marks,

@@ -23,11 +23,12 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from ts2 import runs
-from ts2.conf import CONF_DIR, check_model_source, scale_of, training_config, training_kwargs
+from ts2 import cli, runs
+from ts2.conf import CONF_DIR, check_config, check_model_source, scale_of, training_config, training_kwargs
+from ts2.paths import check_output_dir
 from ts2.provenance import git_sha, versions
 from ts2.tracking import init_wandb
-from ts2.trainer import ce_log_schedule, jsonl_log_callback, trainer_class
+from ts2.trainer import ce_log_schedule, jsonl_log_callback, run_totals, trainer_class
 
 log = logging.getLogger("ts2.train")
 
@@ -52,6 +53,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     loss, loss_settings = make_loss(cfg.loss)
     trainable = trainable_of(cfg.model)  # model.trainable_layers / train_embeddings (ts2.models.freeze)
     args = {**training_kwargs(cfg), **launch.training_args()}
+    check_output_dir(cfg.paths.runs_dir, "paths.runs_dir")  # not a file, not read-only
+    check_output_dir(run_dir, "the run folder (paths.runs_dir/name/overrides)")
     claim = runs.claim(run_dir, cfg)
     if claim.finished:
         log.info("%s already finished training (train.resume=true): nothing to do.", run_dir)
@@ -95,6 +98,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         objective = CausalLMObjective(loss, fused=loss_settings.fused, chunk_size=loss_settings.chunk_size)
         if cfg.logger.backend == "wandb" and runs.is_main_process():
             wandb_run = init_wandb(cfg, run_dir)
+        totals = run_totals(claim.resume_from)  # loss and runtime of the whole run, across resumes
         trainer = trainer_class()(
             model=model,
             args=TrainingArguments(
@@ -109,7 +113,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
             processing_class=tokenizer,
             compute_loss_func=objective,
-            callbacks=[jsonl_log_callback(run_dir / "train_log.jsonl"), ce_log_schedule(objective)],
+            callbacks=[jsonl_log_callback(run_dir / "train_log.jsonl"), ce_log_schedule(objective), totals],
         )
         resume = str(claim.resume_from) if claim.resume_from else None
         # Fused: the forward returns hidden states + head weight; the modules (what is saved) stay as they are.
@@ -132,8 +136,8 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "last_loss": losses[-1] if losses else None,
             "first_ce": ces[0] if ces else None,  # token CE: comparable across methods, unlike the losses
             "last_ce": ces[-1] if ces else None,
-            "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-            "train_loss_mean": result.training_loss,
+            # the whole run, every resumed segment up to its checkpoint included (not just this process's part)
+            **totals.whole_run(trainer.state.global_step, result.training_loss, result.metrics),
             "device": str(next(model.parameters()).device),
             "torch_threads": torch.get_num_threads(),
             "world_size": launch.world.world_size,
@@ -167,12 +171,14 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 @hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+@cli.task
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     cfg = training_config(cfg)  # an experiment's pipeline: block sizes run.sh, not the SFT (ts2.conf)
+    check_config(cfg, "train")  # every typed setting, before the run folder is touched
     train(cfg, runs.default_run_dir(cfg, HydraConfig.get().job.override_dirname))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, interrupted=cli.TRAIN, check_overrides=True)

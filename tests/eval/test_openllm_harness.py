@@ -105,7 +105,8 @@ def _mc2_reference(model_path: str, docs: list[dict]) -> float:
 
 def test_harness_runs_on_the_tiny_model_and_writes_metrics(compose, tmp_path, monkeypatch):
     """Real lm-eval (hf backend, CPU) on the random-init tiny model, 2 documents per task, through
-    ``ts2.evaluate``; TruthfulQA mc2 is checked against a direct transformers computation."""
+    ``ts2.evaluate``; TruthfulQA mc2 is checked against a direct transformers computation. No
+    ``eval.harness.device``: the default must pick what the machine has, as the README's command does."""
     from ts2.evaluate import evaluate_bench
     from ts2.models import resolve_model_path
 
@@ -118,7 +119,6 @@ def test_harness_runs_on_the_tiny_model_and_writes_metrics(compose, tmp_path, mo
             "limit=2",
             f"metrics_dir={metrics_dir}",
             f"eval.harness.model_path={model_path}",
-            "eval.harness.device=cpu",
             "eval.harness.dtype=float32",
             f"eval.harness.mmlu_subjects=[{','.join(SUBJECTS)}]",
             "+eval.harness.gen_kwargs.max_gen_toks=16",

@@ -395,16 +395,20 @@ def test_bad_shapes_labels_and_reduction(name: str, kw: dict, impl: str) -> None
 @pytest.mark.parametrize(
     ("cls", "kw", "message"),
     [
-        (TS2Loss, {"alpha": -0.1}, "ts2: alpha must be >= 0, got -0.1"),
-        (TS2Loss, {"alpha": -1.0, "adaptive": True}, "alpha must be >= 0"),
-        (TS2Loss, {"alpha": math.nan}, "alpha must be >= 0"),
+        (TS2Loss, {"alpha": -0.1}, "ts2: alpha must be a finite number >= 0, got -0.1"),
+        (TS2Loss, {"alpha": -1.0, "adaptive": True}, "alpha must be a finite number >= 0"),
+        (TS2Loss, {"alpha": math.nan}, "alpha must be a finite number >= 0, got nan"),
+        (TS2Loss, {"alpha": math.inf}, "alpha must be a finite number >= 0, got inf"),
         (TS2Loss, {"clamp": 1.0}, "clamp must be in"),
         (TS2Loss, {"clamp": 0.0}, "clamp must be in"),
-        (TS2Loss, {"temperature": 0.0}, "temperature must be in"),
+        (TS2Loss, {"temperature": 0.0}, "temperature must be a finite number > 0, got 0.0"),
+        (TS2Loss, {"temperature": math.inf}, "temperature must be a finite number > 0, got inf"),
         (GEMLoss, {"h": "tanh"}, r"gem: h must be one of \('linear', 'logsigmoid'\), got 'tanh'"),
-        (GEMLoss, {"beta": 0.0}, "beta must be in"),
+        (GEMLoss, {"beta": 0.0}, "beta must be a finite number > 0"),
+        (GEMLoss, {"beta": math.inf}, "gem: beta must be a finite number > 0, got inf"),
         (LabelSmoothingLoss, {"epsilon": 1.0}, "ce_ls: epsilon must be in"),
         (LabelSmoothingLoss, {"epsilon": -0.1}, "epsilon must be in"),
+        (LabelSmoothingLoss, {"epsilon": math.nan}, r"ce_ls: epsilon must be in \[0.0, 1.0\), got nan"),
     ],
 )
 def test_bad_hyperparameters(cls, kw: dict, message: str) -> None:

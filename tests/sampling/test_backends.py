@@ -147,3 +147,38 @@ def test_end_of_turn_token_comes_from_the_chat_template(backend):
     assert end_of_turn_id(other) == tok.convert_tokens_to_ids("<|end_of_text|>")
     other.chat_template = "{% for m in messages %}{{ m['content'] }}\n\n{% endfor %}"
     assert end_of_turn_id(other) is None
+
+
+def test_row_sampler_draws_each_row_from_the_warped_softmax_with_its_own_seed():
+    """RowSampler (HF sampling, one generator per sequence): empirical frequencies over 20,000 seeded rows
+    match softmax(z / T) after top-k / top-p within 4 standard errors; a row's token depends only on its seed."""
+    import math
+
+    import torch
+
+    from ts2.sampling.backends import RowSampler
+
+    p = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    z = torch.log(p)  # the last token is masked (-inf)
+    n = 20_000
+
+    def freqs(**kw):
+        params = _params(**{"top_k": None, "top_p": 1.0, "temperature": 1.0, **kw})
+        out = RowSampler(list(range(n)), params, "cpu")(None, z.expand(n, -1).clone())
+        assert bool(((out == 0) | (out == -math.inf)).all()) and bool(((out == 0).sum(1) == 1).all())
+        return torch.bincount(out.argmax(1), minlength=5).double() / n
+
+    def close(got, want):
+        se = (want * (1 - want) / n).sqrt()
+        assert bool(((got - want).abs() <= 4 * se + 1e-12).all()), (got, want)
+
+    close(freqs(), p.double())
+    close(freqs(temperature=2.0), (p.sqrt() / p.sqrt().sum()).double())  # softmax(z / 2) ∝ p^(1/2)
+    kept = torch.tensor([0.5, 0.3, 0, 0, 0]) / 0.8
+    close(freqs(top_k=2), kept.double())
+    close(freqs(top_p=0.75), kept.double())  # the smallest head with mass >= 0.75 is {0, 1}
+    # a row's draw does not depend on the rows beside it
+    params = _params(top_k=None, top_p=1.0, temperature=1.0)
+    alone = [int(RowSampler([s], params, "cpu")(None, z[None].clone()).argmax()) for s in (11, 12, 13)]
+    batch = RowSampler([11, 12, 13], params, "cpu")(None, z.expand(3, -1).clone()).argmax(1).tolist()
+    assert alone == batch

@@ -342,4 +342,6 @@ def token_distribution_figure(
 
 
 if __name__ == "__main__":
-    main()
+    from ts2 import cli
+
+    cli.run(main, interrupted=cli.RERUN)

@@ -9,7 +9,8 @@ everywhere except the tokens of assistant turns (content and end-of-turn token, 
 writes after that token, e.g. ChatML's newline), found from the character spans of each assistant turn in the
 rendered text. Sequences are truncated to ``max_length``.
 
-Bad rows (no or empty assistant turn, wrong types) and rows whose whole answer is truncated away are
+Bad rows (a line that is not UTF-8 or not JSON, no or empty assistant turn, wrong types) and rows whose whole
+answer is truncated away are
 skipped, counted and listed with their id and reason in ``<run_dir>/skipped_rows.jsonl``;
 ``data.strict=true`` makes the first one an error naming the row.
 """
@@ -60,24 +61,33 @@ def _local_rows(cfg: Any) -> list[tuple[str, Any]]:
         )
     rows: list[tuple[str, Any]] = []
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                where = f"{f.name}:{lineno}"
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    rows.append((where, BadRow(f"invalid JSON ({err.msg})")))
-                    continue
-                if not isinstance(row, dict):
-                    rows.append((where, BadRow("row is not a JSON object")))
-                    continue
-                rid = f"{f.stem}/{row.get('source_index', lineno)}"
-                prompt, chosen = row.get(cfg.prompt_field), row.get(cfg.response_field)
+        for lineno, raw in enumerate(f.read_bytes().split(b"\n"), 1):
+            where = f"{f.name}:{lineno}"
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:  # named by file:line, never echoed (it can be kilobytes)
                 rows.append(
-                    (rid, [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}])
+                    (
+                        where,
+                        BadRow(f"bad_encoding: byte {err.start + 1} of the line is not UTF-8 ({err.reason})"),
+                    )
                 )
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                rows.append((where, BadRow(f"invalid JSON ({err.msg})")))
+                continue
+            if not isinstance(row, dict):
+                rows.append((where, BadRow("row is not a JSON object")))
+                continue
+            rid = f"{f.stem}/{row.get('source_index', lineno)}"
+            prompt, chosen = row.get(cfg.prompt_field), row.get(cfg.response_field)
+            rows.append(
+                (rid, [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}])
+            )
     return rows
 
 

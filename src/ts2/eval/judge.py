@@ -8,10 +8,15 @@ local vLLM server, ...). The endpoint and key come from the environment, never f
 
 Robustness, so that a judged run is cheap to resume and never silently wrong:
 
-- **Retries** with exponential backoff (``backoff_s * 2**k``, capped at ``backoff_max_s``; a ``Retry-After``
-  header is honoured up to the cap) on connection errors, timeouts, HTTP 429 and 5xx. HTTP 401/403/404
-  stop the whole run at once (a wrong key, URL or model name cannot be fixed by retrying); other 4xx fail
-  that one request.
+- **Retries** with exponential backoff (``backoff_s * 2**k``, capped at ``backoff_max_s``, +-25% jitter; a
+  ``Retry-After`` header is honoured up to the cap) on connection errors, timeouts, HTTP 429 and 5xx, each
+  logged at INFO with its attempt number and wait. HTTP 401/403/404 stop the whole run at once (a wrong key,
+  URL or model name cannot be fixed by retrying), and so does an endpoint that cannot be reached before it
+  has answered once (a host name that does not resolve, a refused connection: a wrong ``OPENAI_BASE_URL`` or
+  a server that is not running); other 4xx fail that one request.
+- **Never silent**: while calls are in flight, :meth:`Judge.judge_many` logs its progress at least every
+  ``heartbeat_s`` (15 s); with the default backoff (at most 20 s +-25%) no wait between two log lines is
+  longer than 30 s.
 - **Strict parsing**: a rating is ``[[N]]`` with N an integer in 1..10 (:func:`parse_rating`). An
   unparseable judgment is asked again (``parse_retries`` more calls); if it stays unparseable it is returned
   with ``rating=None`` and counted by the caller, never dropped.
@@ -37,7 +42,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,10 +74,11 @@ class JudgeSettings:
     max_retries: int = 6  # extra attempts per call after a transport error / 429 / 5xx
     timeout_s: float = 120.0  # per HTTP request
     backoff_s: float = 2.0  # first retry waits backoff_s, then 2x, 4x, ... (with +-25% jitter)
-    backoff_max_s: float = 60.0
+    backoff_max_s: float = 20.0  # with the jitter, no retry waits more than 25 s
     parse_retries: int = 2  # extra calls when a judgment has no valid [[N]]
     max_consecutive_failures: int = 20  # circuit breaker
     base_url: str | None = None  # None: $OPENAI_BASE_URL
+    heartbeat_s: float = 15.0  # a progress line at least this often while calls are in flight
 
     @classmethod
     def from_config(cls, cfg: Any) -> JudgeSettings:
@@ -86,9 +92,18 @@ class JudgeSettings:
         s = cls(**data)
         if not s.model:
             raise ValueError("eval.metrics.judge.model is empty: name the judge model (e.g. gpt-4).")
-        if s.concurrency < 1 or s.max_retries < 0 or s.parse_retries < 0 or s.timeout_s <= 0:
+        if (
+            s.concurrency < 1
+            or s.max_retries < 0
+            or s.parse_retries < 0
+            or s.timeout_s <= 0
+            or s.backoff_s < 0
+            or s.backoff_max_s < 0
+            or s.heartbeat_s <= 0
+        ):
             raise ValueError(
-                "eval.metrics.judge: concurrency must be >= 1, max_retries and parse_retries >= 0, timeout_s > 0."
+                "eval.metrics.judge: concurrency must be >= 1, max_retries and parse_retries >= 0, timeout_s and "
+                "heartbeat_s > 0, backoff_s and backoff_max_s >= 0."
             )
         return s
 
@@ -261,6 +276,7 @@ class Judge:
         self._breaker_open = False
         self._fatal: JudgeConfigError | None = None
         self._endpoint: tuple[str, str] | None = None
+        self._answered = False  # the endpoint has answered once: a refused connection is then worth a retry
 
     # ------------------------------------------------------------------ one HTTP call
     def _post(self, messages: Sequence[dict[str, str]]) -> str:
@@ -295,6 +311,12 @@ class Judge:
             reason = getattr(err, "reason", err)
             if isinstance(reason, (TimeoutError, socket.timeout)):
                 raise _Transient("timeout") from err
+            if isinstance(reason, socket.gaierror | ConnectionRefusedError) and not self._answered:
+                cause = reason.strerror if isinstance(reason, OSError) and reason.strerror else reason
+                raise JudgeConfigError(
+                    f"Judge endpoint {url} is unreachable ({cause}): check {BASE_URL_ENV} (or "
+                    f"eval.metrics.judge.base_url) and that the server is running."
+                ) from err
             raise _Transient(f"connection error ({reason})") from err
         try:
             data = json.loads(payload)
@@ -305,6 +327,7 @@ class Judge:
             raise _Transient("response content is not a string")
         usage = data.get("usage") or {}
         with self._lock:
+            self._answered = True
             self.stats.prompt_tokens += int(usage.get("prompt_tokens") or 0)
             self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
         return text
@@ -328,7 +351,9 @@ class Judge:
                 delay = min(s.backoff_max_s, s.backoff_s * 2**k) * random.uniform(0.75, 1.25)
                 if err.wait is not None:
                     delay = max(delay, min(err.wait, s.backoff_max_s))
-                log.debug("judge call failed (%s); retry %d in %.2fs", err, k + 1, delay)
+                log.info(
+                    "judge call failed (%s): attempt %d of %d in %.1f s", err, k + 2, s.max_retries + 1, delay
+                )
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
@@ -396,7 +421,20 @@ class Judge:
             self._endpoint = endpoint_from_env(s.base_url)
             log.info("judge %s: %d of %d prompts need calls", s.model, len(uncached), len(prompts))
         with ThreadPoolExecutor(max_workers=s.concurrency) as pool:
-            out = list(pool.map(self.judge_one, prompts))
+            futures = [pool.submit(self.judge_one, p) for p in prompts]
+            pending = set(futures)
+            while pending:
+                _, pending = wait(pending, timeout=s.heartbeat_s)
+                if pending and uncached:
+                    log.info(
+                        "judge %s: %d of %d prompts done (%d HTTP calls, %d retries so far)",
+                        s.model,
+                        len(futures) - len(pending),
+                        len(futures),
+                        self.stats.http_calls,
+                        self.stats.retries,
+                    )
+            out = [f.result() for f in futures]
         if self._fatal is not None:
             raise self._fatal
         for j in out:

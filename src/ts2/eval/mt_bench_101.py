@@ -280,6 +280,14 @@ def score(samples: Sequence[Any], cfg: Any) -> ScoreResult:
     }
     if not complete:
         log.warning("MT-Bench-101 result is INCOMPLETE: %s", "; ".join(problems))
+    error = None
+    if failed_ids:  # a judge that kept failing: written incomplete, and ts2.evaluate then exits non-zero
+        errors = judge.stats.errors
+        error = (
+            f"the judge failed on {len(failed_ids)} of {len(present)} turns after its retries "
+            f"(errors: {dict(sorted(errors.items(), key=lambda kv: -kv[1])[:3]) or 'see the log'}); "
+            "rerun the same command to retry them (answered turns are cached)"
+        )
     return ScoreResult(
         metrics=metrics,
         num_prompts=len(present),
@@ -287,4 +295,5 @@ def score(samples: Sequence[Any], cfg: Any) -> ScoreResult:
         complete=complete,
         details=details,
         note=("INCOMPLETE: " if not complete else "") + "; ".join(notes) if notes else None,
+        error=error,
     )

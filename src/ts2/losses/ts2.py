@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from ts2.losses._common import check_hyperparameter, check_number
+from ts2.losses._common import check_hyperparameter
 from ts2.losses.base import TokenLoss, loss_function
 from ts2.losses.kernels import Workspace, one_thread, softmax_into
 from ts2.losses.sparsemax import sparsemax_loss_and_probs, sparsemax_rows
@@ -47,9 +47,7 @@ class TS2Loss(TokenLoss):
     adaptive: bool = False
 
     def __post_init__(self) -> None:
-        check_number(self.id, "alpha", self.alpha)
-        if not self.alpha >= 0:
-            raise ValueError(f"{self.id}: alpha must be >= 0, got {self.alpha!r}")
+        check_hyperparameter(self.id, "alpha", self.alpha, low=0.0, low_inclusive=True)
         if self.clamp is not None:
             check_hyperparameter(self.id, "clamp", self.clamp, low=0.0, high=1.0)
         check_hyperparameter(self.id, "temperature", self.temperature, low=0.0)

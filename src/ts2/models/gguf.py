@@ -226,4 +226,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from ts2 import cli
+
+    cli.run(lambda: main(sys.argv[1:]), interrupted=cli.RERUN)

@@ -322,4 +322,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from ts2 import cli
+
+    cli.run(main, interrupted=cli.RERUN)

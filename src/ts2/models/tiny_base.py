@@ -405,6 +405,7 @@ def commit(src: Path) -> Path:
 if (
     __name__ == "__main__"
 ):  # the old command; experiments/table1/run.sh calls it (= python -m ts2.models.tiny base)
+    from ts2 import cli
     from ts2.models.tiny import main
 
-    main(["base", *sys.argv[1:]])
+    cli.run(lambda: main(["base", *sys.argv[1:]]), interrupted=cli.RESUME)

@@ -330,6 +330,7 @@ def spec_from_args(items: Sequence[str]) -> TinyRMSpec:
 if (
     __name__ == "__main__"
 ):  # the old command; experiments/table1/run.sh calls it (= python -m ts2.models.tiny rm)
+    from ts2 import cli
     from ts2.models.tiny import main
 
-    main(["rm", *sys.argv[1:]])
+    cli.run(lambda: main(["rm", *sys.argv[1:]]), interrupted=cli.RERUN)

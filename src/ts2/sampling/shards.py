@@ -309,4 +309,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ts2 import cli
+
+    cli.run(main, interrupted=cli.RERUN)
