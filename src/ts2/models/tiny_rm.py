@@ -37,7 +37,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,9 +186,18 @@ def bt_loss(model: Any, batch: Sequence[tuple[list[int], list[int]]], pad_id: in
 
 
 def train_rm(
-    model: Any, data: Sequence[tuple[list[int], list[int]]], spec: TinyRMSpec, pad_id: int
+    model: Any,
+    data: Sequence[tuple[list[int], list[int]]],
+    spec: TinyRMSpec,
+    pad_id: int,
+    after_epoch: Callable[[int, Any], None] | None = None,
 ) -> list[float]:
-    """AdamW on the Bradley–Terry loss (:func:`ts2.models.tiny.train_loop`); returns the loss of every step."""
+    """AdamW on the Bradley–Terry loss (:func:`ts2.models.tiny.train_loop`); returns the loss of every step.
+
+    ``after_epoch(epoch, model)`` (1-based) runs after each epoch's last step, e.g. to score a selection split
+    (experiments/judge_selection); it may evaluate, but must not change the model or draw random numbers, so the
+    weights after epoch e are those of a run with ``epochs=e`` (the learning rate is constant).
+    """
     import torch
 
     gen = torch.Generator().manual_seed(spec.seed)
@@ -201,13 +210,20 @@ def train_rm(
 
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     losses: list[float] = []
+    per_epoch = -(-len(data) // spec.batch_size)
+
+    def after_step(step: int, loss: Any, grad_norm: Any) -> None:
+        losses.append(float(loss))
+        if after_epoch is not None and (step + 1) % per_epoch == 0:
+            after_epoch((step + 1) // per_epoch, model)
+
     train_loop(
         model,
         opt,
         batches(),
         lambda m, batch: bt_loss(m, batch, pad_id),
         max_grad_norm=spec.max_grad_norm,
-        after_step=lambda step, loss, grad_norm: losses.append(float(loss)),
+        after_step=after_step,
     )
     return losses
 
