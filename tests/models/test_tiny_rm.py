@@ -148,7 +148,7 @@ def test_a_build_says_what_it_builds_where_and_shows_its_progress(built, monkeyp
         f"{report['pairwise_accuracy']:.3f} -> {path}",
     ]
     bar = capsys.readouterr().err
-    assert "tiny RM (one-off build)" in bar and "2/2" in bar  # 16 pairs / batch 8 x 1 epoch = 2 steps
+    assert "tiny RM training" in bar and "2/2" in bar  # 16 pairs / batch 8 x 1 epoch = 2 steps
     caplog.clear()
     assert build_tiny_rm(spec) == path and caplog.messages == []  # found in the cache: nothing to say
 

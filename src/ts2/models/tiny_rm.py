@@ -38,7 +38,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,9 +189,18 @@ def bt_loss(model: Any, batch: Sequence[tuple[list[int], list[int]]], pad_id: in
 
 
 def train_rm(
-    model: Any, data: Sequence[tuple[list[int], list[int]]], spec: TinyRMSpec, pad_id: int
+    model: Any,
+    data: Sequence[tuple[list[int], list[int]]],
+    spec: TinyRMSpec,
+    pad_id: int,
+    after_epoch: Callable[[int, Any], None] | None = None,
 ) -> list[float]:
-    """AdamW on the Bradley–Terry loss (:func:`ts2.models.tiny.train_loop`); returns the loss of every step."""
+    """AdamW on the Bradley–Terry loss (:func:`ts2.models.tiny.train_loop`); returns the loss of every step.
+
+    ``after_epoch(epoch, model)`` (1-based) runs after each epoch's last step, e.g. to score a selection split
+    (experiments/judge_selection); it may evaluate, but must not change the model or draw random numbers, so the
+    weights after epoch e are those of a run with ``epochs=e`` (the learning rate is constant).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -205,13 +214,15 @@ def train_rm(
 
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     losses: list[float] = []
-    steps = spec.epochs * -(-len(data) // spec.batch_size)
-    with tqdm(total=steps, desc="tiny RM (one-off build)", unit="step", dynamic_ncols=True) as bar:
+    per_epoch = -(-len(data) // spec.batch_size)
+    with tqdm(total=spec.epochs * per_epoch, desc="tiny RM training", unit="step", dynamic_ncols=True) as bar:
 
         def after_step(step: int, loss: Any, grad_norm: Any) -> None:
             losses.append(float(loss))
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
             bar.update(1)
+            if after_epoch is not None and (step + 1) % per_epoch == 0:
+                after_epoch((step + 1) // per_epoch, model)
 
         train_loop(
             model,
