@@ -92,13 +92,21 @@ def test_bradley_terry_fit_matches_sklearn_and_is_stationary(n, d, l2):
 
 
 @pytest.mark.parametrize("pooling", ["last", "mean"])
-def test_built_rm_scores_through_reward_scorer_as_fitted(smollm2_tokenizer, pooling, body):
+def test_built_rm_scores_through_reward_scorer_as_fitted(smollm2_tokenizer, pooling, body, caplog):
     """The saved RM (truncated backbone + score head) gives w · f for every pair, through the common scorer."""
+    import logging
+
     from ts2.models.reward_model import RewardScorer
     from ts2.models.tiny_rm import load_pairs
 
+    caplog.set_level(logging.INFO, logger="ts2.feature_rm")
     spec = FeatureRMSpec(**TINY, pooling=pooling)
     folder = build_feature_rm(spec)
+    assert caplog.messages == [  # a one-off build reached from ts2.evaluate says what, where, how long (#22)
+        "building the small-scale reward model once (a Bradley-Terry head on frozen SmolLM2 features of <= 48 "
+        "training pairs; about 4 min of SmolLM2 forward on 2 CPU cores for the default spec), cached in "
+        f"{folder} for every later run"
+    ]
     ev = json.loads((folder / "rm_eval.json").read_text())
     assert (
         ev["num_eval_pairs"] == 24
@@ -108,6 +116,7 @@ def test_built_rm_scores_through_reward_scorer_as_fitted(smollm2_tokenizer, pool
     conf = {"id": "bt", "bt": {**TINY, "pooling": pooling}, "quirk": False, "pooling": pooling,
             "user_text": "instruction", "dtype": "float32", "batch_size": 5, "max_length": 40, "device": "cpu"}  # fmt: skip
     scorer = RewardScorer.from_config(conf, progress=False)
+    assert len(caplog.messages) == 1  # found in the cache: nothing more to say
     assert scorer.path == str(folder) and scorer.rm_eval["pairwise_accuracy"] == ev["pairwise_accuracy"]
     pairs, _ = load_pairs(spec.eval_glob, 24)
     got = scorer.score([p for p, _, _ in pairs for _ in (0, 1)], [y for _, c, r in pairs for y in (c, r)])

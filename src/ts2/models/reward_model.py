@@ -401,7 +401,7 @@ def resolve_rm_path(cfg: RMConfig) -> str:
     if cfg.bt is not None:
         from ts2.models.feature_rm import FeatureRMSpec, build_feature_rm
 
-        return str(build_feature_rm(FeatureRMSpec.from_dict(cfg.bt)))
+        return str(build_feature_rm(FeatureRMSpec.from_dict(cfg.bt), progress=True))  # minutes: show them
     if cfg.tiny is not None:
         from ts2.models.tiny_rm import TinyRMSpec, build_tiny_rm
 
