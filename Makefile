@@ -60,11 +60,13 @@ ifneq ($(FLASH_ATTN),0)
 endif
 	$(BIN)/python scripts/gpu_stack.py verify cuda
 
-test: install ## Run the default test tier (what CI runs; ~10 min on 2 CPU cores)
-	$(BIN)/python -m pytest
+# ARGS: pytest's own arguments, e.g. a small form that runs in seconds:
+#   make test ARGS=tests/test_config.py      make test ARGS="tests/losses -x -k ts2"
+test: install ## Run the default test tier (what CI runs; ~10 min on 2 CPU cores); ARGS="tests/test_config.py": a part
+	$(BIN)/python -m pytest $(ARGS)
 
-test-full: install ## Run every tier, including tests marked slow
-	$(BIN)/python -m pytest -m ""
+test-full: install ## Run every tier, including tests marked slow (ARGS= as for test)
+	$(BIN)/python -m pytest -m "" $(ARGS)
 
 lint: install ## Ruff lint + format check
 	$(BIN)/ruff check src tests benchmarks
@@ -118,10 +120,17 @@ train-paper: install ## Paper scale, one method: make train-paper METHOD=ts2 [BA
 	PY=$(BIN)/python BACKEND=$(BACKEND) NPROC=$(NPROC) bash experiments/table1/train_paper.sh experiment=$(EXPERIMENT) method=$(METHOD) $(ARGS)
 
 # Known-distribution testbed (experiments/known_distribution/README.md): 8 methods x 5 seeds, CPU, minutes.
+# ARGS: a run of your own instead of the two committed variants, written to OUT (default: a scratch folder, never
+# the committed results/), e.g. the small form (~20 s):  make known-distribution ARGS=--quick
+KD_OUT ?= $(or $(OUT),$${TMPDIR:-/tmp}/ts2-known-distribution)
 .PHONY: known-distribution
-known-distribution: install ## Known-distribution testbed: exact validity/coverage/KL/best-of-N along SFT -> results/
+known-distribution: install ## Known-distribution testbed: exact validity/coverage/KL/best-of-N along SFT -> results/ (ARGS=--quick: ~20 s, scratch)
+ifeq ($(strip $(ARGS)),)
 	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.known_distribution.run --out results
 	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.known_distribution.run --out results --sft-answer mode --suffix _mode
+else
+	OMP_NUM_THREADS=1 $(BIN)/python -m experiments.known_distribution.run --out "$(KD_OUT)" $(ARGS)
+endif
 
 # α sweep of TS² (experiments/alpha_sweep/run.sh; knobs ALPHAS, CLAMPS, OVERRIDES, DRY_RUN=1, ...); sampled and judged
 # as the tiny Table 1 (conf/experiment/table1_tiny.yaml's pipeline: block).

@@ -10,6 +10,7 @@ the call (live tensors only).
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import datetime as _dt
 import math
@@ -25,6 +26,29 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+COMMITTED = REPO / "results" / "benchmarks"  # the CSVs that benchmarks/README.md cites
+
+
+def csv_path(
+    name: str, parser: argparse.ArgumentParser, args: argparse.Namespace, given: str | Path | None
+) -> Path:
+    """Where a benchmark writes its CSV ``name``: ``given`` (its ``--csv``/``--out``) when given; else
+    ``results/benchmarks/<name>``, the committed file that benchmarks/README.md cites, but only for the run that
+    file holds (every option at its default); else a scratch file ``<TMPDIR>/ts2-benchmarks/<name>``, so that a
+    ``--quick`` or partial run never replaces the committed numbers. Says so when it is the scratch file."""
+    if given:
+        return Path(given)
+    defaults = vars(parser.parse_args([]))
+    changed = [k for k, v in vars(args).items() if defaults.get(k) != v]
+    if not changed:
+        return COMMITTED / name
+    path = Path(os.environ.get("TMPDIR") or "/tmp") / "ts2-benchmarks" / name
+    options = " ".join("--" + k.replace("_", "-") for k in changed)
+    print(
+        f"# not the committed run ({options} set): the CSV goes to {path}, not {COMMITTED / name} "
+        "(pass --csv <path> to choose, e.g. that committed file to replace it)"
+    )
+    return path
 
 
 def _git_sha() -> str:

@@ -30,7 +30,8 @@ loss difference; cosine and relative L2 distance between the two gradients with 
 
     python benchmarks/bf16_loss.py [--rows 256] [--vocab 128256] [--threads 2]
 
-Writes results/benchmarks/bf16_loss.csv (one row per regime, with provenance).
+Writes results/benchmarks/bf16_loss.csv (one row per regime, with provenance) for the default run only; any other
+run writes a scratch CSV (printed) unless ``--csv`` names one.
 """
 
 from __future__ import annotations
@@ -44,11 +45,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import csv_path, provenance  # noqa: E402
 
 from ts2.losses import TS2Loss  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "results" / "benchmarks"
 ALPHA, CLAMP = 0.25, 0.99
 REGIMES = {  # name: (head size range, head width w, gap D, bulk sigma, log-uniform head size?)
     "early": ((8, 1024), 2.5, 12.0, 1.5, True),
@@ -224,7 +224,7 @@ def compare(
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=512, help="tokens per regime")
     p.add_argument("--vocab", type=int, default=128256)
@@ -232,7 +232,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smollm2-rows", type=int, default=512, help="real-logit tokens (0: skip)")
+    p.add_argument(
+        "--csv",
+        default=None,
+        help="default: results/benchmarks/ for the default run only, else a scratch file",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = make_parser()
     args = p.parse_args(argv)
+    path = csv_path("bf16_loss.csv", p, args, args.csv)
     torch.set_num_threads(args.threads)
     rows = [compare(r, args.rows, args.vocab, args.block, args.seed + i) for i, r in enumerate(REGIMES)]
     real = smollm2_logits(args.smollm2_rows) if args.smollm2_rows else None
@@ -251,8 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             f" | {r['penalty_grad_cos_mean']:.4f}, {r['penalty_grad_rel_l2_mean']:.3f}/{r['penalty_grad_rel_l2_max']:.3f}"
         )
     prov = provenance(torch.device("cpu"))
-    OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / "bf16_loss.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]) + list(prov))
         w.writeheader()

@@ -10,7 +10,8 @@
 # wheels/, shared/wheels/).
 #
 #   bash benchmarks/gpu.sh                        # N=16384 d=4096 V=128256 bf16 on cuda
-#   DEVICE=cpu bash benchmarks/gpu.sh             # the reduced version on CPU (N=128 d=64, 4 SFT steps, 4 prompts)
+#   DEVICE=cpu bash benchmarks/gpu.sh             # the reduced version on CPU (N=128 d=64, 4 SFT steps, 4 prompts):
+#                                                 # CSVs in $OUT or ${TMPDIR:-/tmp}/ts2-benchmarks, never results/
 #
 # COMPILE=1 (default on cuda) adds a row with the per-chunk kernel under torch.compile (warmup compiles).
 set -euo pipefail
@@ -24,13 +25,15 @@ if [ "$DEVICE" = cuda ] && ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cu
   echo "benchmarks/gpu.sh: no CUDA GPU here (torch.cuda.is_available() is False); for the reduced CPU version run: DEVICE=cpu bash benchmarks/gpu.sh" >&2
   exit 2
 fi
-if [ "$DEVICE" = cpu ]; then  # reduced sizes, unless set
+if [ "$DEVICE" = cpu ]; then  # reduced sizes, unless set; never into results/ (not GPU numbers)
   export N="${N:-128}" D="${D:-64}" REPS="${REPS:-1}" COMPILE="${COMPILE:-0}"
   CHECK_ARGS=(--steps 4 --batch 4 --max-length 256 --prompts 4 --n 4 --tokens 16)
+  OUT_DIR="${OUT:-${TMPDIR:-/tmp}/ts2-benchmarks}"
 else
   CHECK_ARGS=()
+  OUT_DIR="${OUT:-results/benchmarks}"
 fi
-OUT_DIR="${OUT:-results/benchmarks}"
+export OUT_DIR
 
 if ! "$PY" -c "import liger_kernel" 2>/dev/null; then
   wheel="${LIGER_WHEEL:-$(ls wheels/liger_kernel-*.whl shared/wheels/liger_kernel-*.whl 2>/dev/null | head -n1 || true)}"
@@ -139,7 +142,7 @@ for package in ("triton", "liger-kernel"):
         prov[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         prov[package] = "absent"
-out = Path(os.environ["OUT"]) if os.environ.get("OUT") else Path("results/benchmarks")
+out = Path(os.environ["OUT_DIR"])
 out.mkdir(parents=True, exist_ok=True)
 with (out / "gpu_losses.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]) + list(prov))

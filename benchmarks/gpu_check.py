@@ -13,7 +13,8 @@ Needs torch and transformers only (vLLM where importable; the GPU machine may la
     python benchmarks/gpu_check.py --device cuda --out results/benchmarks
     python benchmarks/gpu_check.py --device cpu --steps 4 --prompts 4 --n 4 --tokens 16   # the reduced version
 
-Appends its rows to ``<out>/gpu_check.csv`` (part, metric, value, unit, note + provenance).
+Appends its rows to ``<out>/gpu_check.csv`` (part, metric, value, unit, note + provenance); without ``--out``,
+to results/benchmarks/ for the default run only, else to a scratch folder (printed).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import csv_path, provenance  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_BASE = REPO / "assets" / "tiny_base"
@@ -169,17 +170,27 @@ def sample(device: torch.device, prompts: int, n: int, new_tokens: int) -> list[
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--out", default=str(REPO / "results" / "benchmarks"))
+    p.add_argument(
+        "--out",
+        default=None,
+        help="default: results/benchmarks/ for the default run only, else a scratch folder",
+    )
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--n", type=int, default=8)
     p.add_argument("--tokens", type=int, default=128)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = make_parser()
     args = p.parse_args(argv)
+    path = csv_path("gpu_check.csv", p, args, Path(args.out) / "gpu_check.csv" if args.out else None)
     device = torch.device(args.device)
     rows = sft(device, args.steps, args.batch, args.max_length)
     try:
@@ -195,9 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     prov = provenance(device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "gpu_check.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     with path.open("a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["part", "metric", "value", "unit", "note", *prov])

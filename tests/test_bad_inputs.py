@@ -859,14 +859,11 @@ def test_harness_model_path_without_run_dir_has_a_metrics_dir_and_the_readme_ove
             ],
             return_hydra_config=True,
         )
-        assert cfg.metrics_dir == f"{tmp_path}/metrics/meta-llama_Llama-3.1-8B"
-        assert (
-            cfg.hydra.run.dir == cfg.metrics_dir
-        )  # today: an InterpolationValidationError on ${metrics_dir}
+        assert cfg.metrics_dir == f"{tmp_path}/metrics/meta-llama_Llama-3.1-8B"  # once an interpolation error
+        # Hydra's run dir is never metrics_dir (a refused command would leave evaluate.log there: item 15)
+        assert cfg.hydra.run.dir == "." and cfg.hydra.output_subdir is None
         bare = hcompose("evaluate", ["eval=alpaca_eval"], return_hydra_config=True)
-        assert bare.metrics_dir is None and bare.hydra.run.dir.endswith(
-            "ts2-hydra"
-        )  # evaluate then says what
+        assert bare.metrics_dir is None and bare.hydra.run.dir == "."  # evaluate then says what to set
         readme = (REPO / "evaluation/openllm/harness/README.md").read_text()
         [override] = re.findall(r"'(\+eval\.harness\.model_args=[^']+)'", readme)
         assert "'eval.harness.model_args=" not in readme
@@ -1000,3 +997,366 @@ def test_debug_cpu_saves_the_final_model(compose, finished_run):
     assert model_source(compose([f"run_dir='{run}'", "eval=creative_poem"], "sample")).path == str(
         run / "model"
     )
+
+
+# --- item 13: another run's samples scored as this run's (silent wrong result #3) ----------------------------
+
+
+def _copy_run(src: Path, dst: Path, **run_json) -> Path:
+    """A copy of a finished run folder (run.json, config.yaml, model/), with run.json fields replaced."""
+    import shutil
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("checkpoint-*", "samples", "metrics"))
+    meta = json.loads((dst / "run.json").read_text())
+    (dst / "run.json").write_text(json.dumps({**meta, **run_json}))
+    return dst
+
+
+def _sample_into(compose, run: Path, out: Path, *extra: str) -> Path:
+    """3 creative_poem prompts x 2 samples x 4 new tokens of ``run``'s model, written into ``out``."""
+    cfg = compose(
+        [
+            f"run_dir='{run}'",
+            "eval=creative_poem",
+            "sample.limit=3",
+            "sample.n=2",
+            "sample.max_new_tokens=4",
+            "sampler.torch_threads=1",
+            f"out_dir='{out}'",
+            *extra,
+        ],
+        "sample",
+    )
+    [path] = sample([cfg])
+    return path
+
+
+@pytest.fixture
+def runs_ab(finished_run, tmp_path):
+    """Run A (a copy of the debug run: same config hash) and run B, another run (method gem, another hash)."""
+    _, run = finished_run
+    a = _copy_run(run, tmp_path / "A")
+    b = _copy_run(run, tmp_path / "B", method="gem", config_hash="0" * 64)
+    return a, b
+
+
+def test_another_runs_samples_in_this_runs_folder_are_refused_naming_both(compose, runs_ab, tmp_path):
+    """Issue #22: B sampled with out_dir=<A>/samples, then `ts2.evaluate run_dir=<A>` scored B's samples as A's
+    method and said the result was complete."""
+    from ts2.evaluate import evaluate_bench
+
+    a, b = runs_ab
+    _sample_into(compose, b, a / "samples")
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError) as err:
+        evaluate_bench(compose([f"run_dir={a}", "eval=creative_poem"], "evaluate"))
+    assert str(err.value) == (
+        f"{a}/samples/creative_poem.meta.json: these samples were made by run {b.resolve()}, not by "
+        f"run_dir={a}'s model ({a}/model (method 'ce')): score them as that run's (run_dir=<its folder>), or "
+        f"resample this run (python -m ts2.sample \"run_dir='{a}'\" eval=creative_poem overwrite=true)."
+    )
+    assert snapshot(tmp_path) == before and not (a / "metrics").exists()
+
+
+def test_a_frontier_folder_is_checked_against_its_run_and_samples_elsewhere_are_not(
+    compose, runs_ab, tmp_path
+):
+    import shutil
+
+    from ts2.evaluate import check_samples_model, evaluate_bench, samples_run
+
+    a, b = runs_ab
+    frontier = a / "frontier" / "t0.6"
+    _sample_into(compose, b, frontier / "samples", "sample.temperature=0.6")
+    args = [f"samples_dir={frontier}/samples", f"metrics_dir={frontier}/metrics", "eval=creative_poem"]
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError) as err:
+        evaluate_bench(compose(args, "evaluate"))
+    assert str(err.value).startswith(
+        f"{frontier}/samples/creative_poem.meta.json: these samples were made by run {b.resolve()}, not by "
+        f"run_dir={a}'s model"
+    )
+    assert str(err.value).endswith(f"eval=creative_poem overwrite=true \"out_dir='{frontier}/samples'\").")
+    assert snapshot(tmp_path) == before
+    # the same file outside any run folder: no run to compare with, scored as any sample file of the format
+    shutil.copytree(frontier / "samples", tmp_path / "elsewhere" / "samples")
+    cfg = compose([f"samples_dir={tmp_path}/elsewhere/samples", "eval=creative_poem"], "evaluate")
+    assert samples_run(cfg) is None
+    # B's own frontier samples, checked against B (the run folder above the frontier folder)
+    shutil.copytree(frontier, b / "frontier" / "t0.6")
+    cfg = compose([f"samples_dir={b}/frontier/t0.6/samples", "eval=creative_poem"], "evaluate")
+    assert samples_run(cfg) == b
+    meta = b / "frontier" / "t0.6" / "samples" / "creative_poem.meta.json"
+    check_samples_model(b, json.loads(meta.read_text()), meta, cfg)  # no error
+
+
+def test_judge_control_samples_match_their_control_folder_only(compose, tmp_path):
+    import shutil
+
+    from ts2.evaluate import check_samples_model, evaluate_bench, samples_run
+    from ts2.runs import mark_control
+
+    shuffled = tmp_path / "runs" / "control=shuffled"
+    cfg = compose(
+        ["model=tiny_base", "sampler=control", "sampler.kind=shuffled", "eval=alpaca_eval"]
+        + ["sample.limit=2", "sample.n=1", f"out_dir='{shuffled}/samples'"],
+        "sample",
+    )
+    sample([cfg])
+    ecfg = compose([f"run_dir='{shuffled}'", "eval=alpaca_eval"], "evaluate")
+    meta = shuffled / "samples" / "alpaca_eval.meta.json"
+    check_samples_model(samples_run(ecfg), json.loads(meta.read_text()), meta, ecfg)  # its own: accepted
+    random = mark_control(tmp_path / "runs" / "control=random", "random", "tiny_base")
+    shutil.copytree(shuffled / "samples", random / "samples")
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError) as err:
+        evaluate_bench(compose([f"run_dir='{random}'", "eval=alpaca_eval"], "evaluate"))
+    assert str(err.value).startswith(
+        f"{random}/samples/alpaca_eval.meta.json: these samples were made by control=shuffled of model "
+        f"'tiny_base', not by run_dir={random}'s model (control=random of model 'tiny_base'): "
+    )
+    assert snapshot(tmp_path) == before
+
+
+# --- item 14: evaluate scores the samples on the sizes they were made with ------------------------------------
+
+
+def test_a_moved_run_is_scored_on_its_sampled_limit_and_n_without_typing_them(compose, runs_ab, caplog):
+    """Issue #22: the README's evaluate marked every benchmark incomplete unless the limit was typed again.
+    Here A is sampled with sample.limit=3 sample.n=2, copied (a moved run folder: same config hash), and the
+    copy is evaluated with no limit: 3 prompts x 2 samples, complete, and the log and metrics file say why."""
+    import logging
+    import shutil
+
+    from ts2.evaluate import evaluate_bench
+
+    a, _ = runs_ab
+    _sample_into(compose, a, a / "samples")
+    moved = a.parent / "A_moved"
+    shutil.copytree(a, moved)
+    caplog.set_level(logging.INFO, logger="ts2.evaluate")
+    out = json.loads(
+        evaluate_bench(compose([f"run_dir={moved}", "eval=creative_poem"], "evaluate")).read_text()
+    )
+    assert out["complete"] is True and (out["num_prompts"], out["num_samples"]) == (3, 6)
+    assert out["limit"] == 3 and out["config"]["eval"]["sample"]["n"] == 2
+    assert {k: out["sizes"][k] for k in ("limit", "limit_from", "n", "n_from")} == {
+        "limit": 3,
+        "limit_from": "samples",
+        "n": 2,
+        "n_from": "samples",
+    }
+    meta = moved / "samples" / "creative_poem.meta.json"
+    assert (
+        f"creative_poem: scoring the first 3 prompts x 2 samples, as sampled ({meta}: sample.limit=3, sample.n=2)"
+        in caplog.messages
+    )
+    assert (moved / "metrics" / "evaluate.log").read_text().count("as sampled") == 1
+    # a limit given is used as given: fewer prompts, or more (missing ones then read incomplete)
+    caplog.clear()
+    two = json.loads(
+        evaluate_bench(compose([f"run_dir={moved}", "eval=creative_poem", "limit=2"], "evaluate")).read_text()
+    )
+    assert two["complete"] is True and two["num_prompts"] == 2 and two["sizes"]["limit_from"] == "config"
+    assert "creative_poem: limit=2 as given (the samples were made with sample.limit=3)" in caplog.messages
+    five = json.loads(
+        evaluate_bench(
+            compose([f"run_dir={moved}", "eval=creative_poem", "eval.sample.limit=5"], "evaluate")
+        ).read_text()
+    )
+    assert five["complete"] is False and "2 of 5 expected prompts have no samples" in five["note"]
+
+
+def test_sampled_sizes_feed_alpaca_evals_n_and_leave_run_sh_explicit_sizes_alone(compose, tmp_path):
+    from ts2.evaluate import sampled_sizes
+
+    meta = {"sample": {"limit": 40, "n": 8}}
+    cfg, sizes = sampled_sizes(compose(["eval=alpaca_eval"], "evaluate"), meta, tmp_path / "m.json")
+    assert (cfg.limit, cfg.eval.sample.limit, cfg.eval.metrics.n_max) == (
+        40,
+        40,
+        8,
+    )  # n_max: ${eval.sample.n}
+    assert (sizes["limit_from"], sizes["n_from"]) == ("samples", "samples")
+    # experiments/table1/run.sh passes the sizes it sampled with: used as given, nothing changed
+    given = compose(["eval=alpaca_eval", "eval.sample.limit=40", "eval.sample.n=8"], "evaluate")
+    cfg, sizes = sampled_sizes(given, meta, tmp_path / "m.json")
+    assert cfg is given and (sizes["limit_from"], sizes["n_from"]) == ("config", "config")
+    # fewer samples per prompt than were drawn is honoured; more is capped at what was drawn
+    cfg, _ = sampled_sizes(compose(["eval=alpaca_eval", "eval.sample.n=4"], "evaluate"), meta, tmp_path)
+    assert cfg.eval.metrics.n_max == 4
+    cfg, _ = sampled_sizes(compose(["eval=alpaca_eval", "eval.sample.n=64"], "evaluate"), meta, tmp_path)
+    assert cfg.eval.metrics.n_max == 8
+
+
+# --- item 15: a refused evaluate writes nothing, evaluate.log included ------------------------------------------
+
+
+def test_refused_evaluate_on_the_command_line_is_one_line_and_creates_no_metrics_dir(
+    compose, runs_ab, tmp_path
+):
+    """Hydra's run dir was metrics_dir: a refused evaluate still created <metrics_dir>/evaluate.log."""
+    a, b = runs_ab
+    _sample_into(compose, b, a / "samples")
+    before = snapshot(tmp_path)
+    res = cli("evaluate", f"run_dir={a}", "eval=creative_poem", cwd=tmp_path)
+    assert res.returncode == 1
+    assert _one_line(res.stderr).startswith(
+        f"error: {a}/samples/creative_poem.meta.json: these samples were made by run {b.resolve()}"
+    )
+    assert snapshot(tmp_path) == before and not (a / "metrics").exists()
+
+
+def test_a_refusal_after_log_lines_takes_them_back(poem_file, monkeypatch, tmp_path):
+    """A scorer that logs, then refuses: no metrics folder (it did not exist), and an existing evaluate.log is
+    left byte- and mtime-identical; an accepted benchmark's lines stay in the log."""
+    import logging
+
+    from ts2.eval.result import ScoreResult
+    from ts2.evaluate import evaluate_bench
+
+    cfg, path, lines = poem_file
+    path.write_text("\n".join(lines) + "\n")
+
+    def refusing(samples, cfg):
+        logging.getLogger("ts2.test").warning("loading the scorer's model")
+        raise ValueError("rm.name_or_path='x' is not a folder: fix it.")
+
+    monkeypatch.setattr("ts2.eval.creative_writing.score", refusing)
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="rm.name_or_path='x'"):
+        evaluate_bench(cfg)
+    assert snapshot(tmp_path) == before and not (tmp_path / "m").exists()
+
+    def accepting(samples, cfg):
+        logging.getLogger("ts2.test").warning("scored")
+        return ScoreResult({"x": 1.0}, 3, 6, True)
+
+    monkeypatch.setattr("ts2.eval.creative_writing.score", accepting)
+    evaluate_bench(cfg)
+    log_file = tmp_path / "m" / "evaluate.log"
+    assert "scored" in log_file.read_text()
+    monkeypatch.setattr("ts2.eval.creative_writing.score", refusing)
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match="rm.name_or_path='x'"):
+        evaluate_bench(cfg)
+    assert snapshot(tmp_path) == before  # the refused rerun's lines are taken back
+
+
+# --- item 16: OpenLLM results on a subset of the questions are incomplete -----------------------------------
+
+
+def test_openllm_on_the_first_questions_is_marked_incomplete_with_the_task_size(compose):
+    from ts2.eval.openllm import score
+    from ts2.paths import data_dir
+    from ts2.sampling.store import Sample
+
+    gsm8k = data_dir() / "openllm" / "gsm8k" / "test.jsonl"
+    total = sum(1 for line in gsm8k.read_text(encoding="utf-8").splitlines() if line.strip())
+    answer = "The answer is: 7"
+    samples = [
+        Sample(i, j, "p", answer, fields={"reference": "7", "reference_raw": "7"})
+        for i in range(2)
+        for j in range(2)
+    ]
+    res = score(samples, compose(["eval=openllm_gsm8k", "limit=2", "eval.metrics.ns=[1,2]"], "evaluate"))
+    assert res.metrics["majority@2"] == 100.0 and res.complete is False
+    assert res.note == f"INCOMPLETE: limit=2 of {total} questions: a subset, not the task's accuracy"
+    assert res.details["questions_of_task"] == total == 1319
+
+
+def test_openllm_harness_with_a_limit_is_marked_incomplete(compose, monkeypatch, tmp_path):
+    """The harness protocol's limit (lm-eval's own run faked here; the real one: tests/eval/test_openllm_harness)."""
+    from ts2.eval import openllm_harness as oh
+
+    def fake_run(model_path, **kw):
+        names = {t: (name, key) for t, (name, _, key) in oh.HARNESS_TASKS.items()}
+        return {
+            "results": {name: {key: 0.5} for name, key in names.values()},
+            "n-samples": {name: {"effective": kw["limit"] or 100} for name, _ in names.values()},
+        }
+
+    monkeypatch.setattr(oh, "run_harness", fake_run)
+    base = ["eval=openllm_harness", "eval.harness.model_path=x", f"metrics_dir={tmp_path}"]
+    limited = oh.score(None, compose([*base, "limit=2"], "evaluate"))
+    assert limited.complete is False and limited.note.startswith("INCOMPLETE: limit=2 documents per task")
+    full = oh.score(None, compose(base, "evaluate"))
+    assert full.complete is True and full.metrics["average"] == 50.0
+
+
+# --- item 17: a partial benchmark run never overwrites the committed CSV --------------------------------------
+
+
+def _bench_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize(
+    ("script", "csv", "committed_args", "partial_args"),
+    [
+        (
+            "losses",
+            "losses.csv",
+            [],
+            [["--quick"], ["--V", "32000", "--N", "512", "--linear-N", "0"], ["--full"]],
+        ),
+        ("train_throughput", "train_throughput.csv", [], [["--quick"], ["--batch", "4"]]),
+        ("bf16_loss", "bf16_loss.csv", [], [["--rows", "64"], ["--smollm2-rows", "0"]]),
+        ("gpu_check", "gpu_check.csv", [], [["--device", "cpu", "--steps", "4"]]),
+    ],
+)
+def test_only_the_default_benchmark_run_writes_its_committed_csv(
+    script, csv, committed_args, partial_args, monkeypatch, tmp_path, capsys
+):
+    """Issue #22: `benchmarks/losses.py` with other sizes overwrote results/benchmarks/losses.csv, which the
+    README cites. The rule (benchmarks/_common.csv_path), per script: the default run writes the committed
+    file; any other writes a scratch file and says so; --csv/--out is used as given."""
+    mod = _bench_module(script)
+    common = sys.modules["_common"]
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    parser = mod.make_parser()
+
+    def path(argv):
+        args = parser.parse_args(argv)
+        given = getattr(args, "csv", None) or (Path(args.out) / csv if getattr(args, "out", None) else None)
+        return common.csv_path(csv, parser, args, given)
+
+    assert path(committed_args) == REPO / "results" / "benchmarks" / csv
+    for argv in partial_args:
+        assert path(argv) == tmp_path / "ts2-benchmarks" / csv
+        said = capsys.readouterr().out
+        assert f"not the committed run (--{argv[0].lstrip('-')}" in said and "pass --csv <path>" in said
+    flag = ["--out", str(tmp_path / "o")] if script == "gpu_check" else ["--csv", str(tmp_path / "o" / csv)]
+    assert path([*partial_args[0], *flag]) == tmp_path / "o" / csv
+    if script == "train_throughput":  # another model's CSV is never the committed one either
+        assert path(["--model", "smollm2_135m"]) == tmp_path / "ts2-benchmarks" / csv
+
+
+def test_gpu_sh_on_cpu_writes_to_a_scratch_folder_not_results():
+    text = (REPO / "benchmarks" / "gpu.sh").read_text()
+    assert (
+        'OUT_DIR="${OUT:-${TMPDIR:-/tmp}/ts2-benchmarks}"' in text.split('if [ "$DEVICE" = cpu ]; then  #')[1]
+    )
+    assert 'out = Path(os.environ["OUT_DIR"])' in text
+
+
+# --- item 18: the small forms of `make test` and `make known-distribution` ---------------------------------------
+
+
+def test_make_test_and_known_distribution_take_a_small_form():
+    def dry(*args: str) -> str:
+        res = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        return res.stdout.splitlines()[-1]
+
+    assert dry("test", "ARGS=tests/test_config.py -x").endswith("-m pytest tests/test_config.py -x")
+    quick = dry("known-distribution", "ARGS=--quick")
+    assert quick.endswith(
+        '-m experiments.known_distribution.run --out "${TMPDIR:-/tmp}/ts2-known-distribution" --quick'
+    )
+    assert dry("known-distribution", "ARGS=--quick", "OUT=/tmp/kd").endswith('--out "/tmp/kd" --quick')
+    assert dry("known-distribution").endswith("--out results --sft-answer mode --suffix _mode")

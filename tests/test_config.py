@@ -211,9 +211,17 @@ def test_the_tiny_table_pipeline_holds_the_sizes_run_sh_used(compose):
     assert (p.settings["jobs"], p.settings["threads"], p.settings["launcher"]) == (2, 1, "python")
     assert p.settings["sampler"] == ["sampler=hf", "sampler.torch_threads=1"]
     # the judge: the RM build's TinyRMSpec and the evaluate overrides say the same
-    assert p.settings["rm"] == ["quirk=false", "epochs=6"]
-    judged = [o.removeprefix("+rm.tiny.") for o in p.settings["evaluate"] if o.startswith("+rm.tiny.")]
-    assert judged == p.settings["rm"] and "rm.quirk=false" in p.settings["evaluate"]
+    # the judge: the RM build's TinyRMSpec is the one conf/rm/tiny.yaml gives the evaluation (one folder, one judge)
+    from omegaconf import OmegaConf
+
+    from ts2.models.tiny_rm import TinyRMSpec, spec_from_args
+
+    assert p.settings["rm"] == ["quirk=false", "max_train_pairs=400", "epochs=2"]
+    conf = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "rm" / "tiny.yaml").tiny)
+    assert spec_from_args(p.settings["rm"]) == TinyRMSpec.from_dict(conf)
+    assert "rm=tiny" in p.settings["evaluate"] and not any(
+        o.startswith(("rm.", "+rm.")) for o in p.settings["evaluate"]
+    )
     paper = pipeline("paper_llama31_8b").settings
     assert (paper["launcher"], paper["shards"], paper["gpus"]) == ("accelerate", "gpus", 8)
     assert paper["evaluate"] == ["rm=fsfairx", "diversity=paper"] and paper["sample"]["prompts"] is None
@@ -228,12 +236,12 @@ def test_training_jobs_seeds_per_method_and_the_two_ts2_rows():
     assert p.settings["selected_alpha"] == 1.0
     assert [j.key for j in p.jobs] == [
         "ce/1234", "ce/1235", "ce_wd/1234", "neft/1234", "gem/1234", "gem/1235", "ce_ls/1234", "sparsemax/1234",
-        "entmax15/1234", "ts2/1234", "ts2@loss.alpha=1.0/1234", "ts2@loss.alpha=1.0/1235",
+        "entmax15/1234", "ts2/1234", "ts2@loss.alpha=1/1234", "ts2@loss.alpha=1/1235",
     ]  # fmt: skip
-    assert [j.key for j in p.frontier] == ["ce/1234", "gem/1234", "ts2@loss.alpha=1.0/1234"]
+    assert [j.key for j in p.frontier] == ["ce/1234", "gem/1234", "ts2@loss.alpha=1/1234"]
     sel = p.jobs[-1]
     assert p.job_overrides(sel) == [
-        "experiment=table1_tiny", "method=ts2", "name=table1_tiny", "seed=1235", "loss.alpha=1.0",
+        "experiment=table1_tiny", "method=ts2", "name=table1_tiny", "seed=1235", "loss.alpha=1",
         "train.resume=true",
     ]  # fmt: skip
     assert (
@@ -242,7 +250,7 @@ def test_training_jobs_seeds_per_method_and_the_two_ts2_rows():
     # SEEDS=3 (run.sh: pipeline.seeds=3 pipeline.seeds_for=null): every method and row 3 seeds
     three = pipeline("table1_tiny", ["pipeline.seeds=3", "pipeline.seeds_for=null"])
     assert len(three.jobs) == 9 * 3 and {j.seed for j in three.jobs} == {1234, 1235, 1236}
-    assert [j.key for j in three.frontier] == ["ce/1234", "gem/1234", "ts2@loss.alpha=1.0/1234"]
+    assert [j.key for j in three.frontier] == ["ce/1234", "gem/1234", "ts2@loss.alpha=1/1234"]
     # the selected α equal to TS²'s own (the paper's 0.25), or none: one TS² row, with TS²'s seeds
     for a in ("0.25", "null"):
         one = pipeline("table1_tiny", [f"pipeline.selected_alpha={a}", "pipeline.methods=[ts2]"])
@@ -253,8 +261,8 @@ def test_training_jobs_seeds_per_method_and_the_two_ts2_rows():
     assert [j.key for j in every.frontier] == [
         "ce/1234",
         "ce/1235",
-        "ts2@loss.alpha=1.0/1234",
-        "ts2@loss.alpha=1.0/1235",
+        "ts2@loss.alpha=1/1234",
+        "ts2@loss.alpha=1/1235",
     ]
 
 
@@ -333,8 +341,8 @@ def test_run_sh_reads_the_pipeline_as_bash_assignments():
     )
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.split() == [
-        "1235", "8", "28", "8", "debug=cpu", "8", "48", "table1_tiny", "ts2", "[]", "4", "1.0", "2",
-        "ts2_alpha.selected=1.0", "tiny_base", "smollm2_135m", "0", "0", "eval.metrics.samples_per_prompt=2",
+        "1235", "8", "28", "5", "debug=cpu", "8", "48", "table1_tiny", "ts2", "[]", "4", "1.0", "2",
+        "ts2_alpha.selected=1", "tiny_base", "smollm2_135m", "0", "0", "eval.metrics.samples_per_prompt=2",
     ]  # fmt: skip
     bad = subprocess.run([sys.executable, "-m", "ts2.conf", "pipeline", "table1_tiny", "pipeline.seeds=-1"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip

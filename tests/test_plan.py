@@ -361,20 +361,21 @@ def test_the_tiny_dry_run_lists_every_stage(tiny_dry_run):
     threads = f"env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {py}"
     seed2 = run.with_name(run.name + ",seed=1235")
     root = run.parent
-    evaluate = ("rm=tiny rm.quirk=false +rm.tiny.quirk=false +rm.tiny.epochs=6 diversity.num_workers=1 "
+    evaluate = ("rm=tiny diversity.num_workers=1 "
                 "diversity.text=response diversity.secondary=[paper] diversity.length_cut=8")  # fmt: skip
     ae = "eval.sample.limit=28 eval.sample.n=8 eval.sample.max_new_tokens=48"
     ref = ("eval=ref_lm eval.sample.limit=28 eval.sample.n=8 eval.sample.max_new_tokens=48 "
            "eval.metrics.samples_per_prompt=2 eval.metrics.answer_tokens=48 eval.metrics.context_tokens=64 "
            "eval.metrics.batch_size=16")  # fmt: skip
     t03 = run / "frontier" / "t0.3"
-    assert "TinyRMSpec(quirk=false, epochs=6)" in out  # the judge's settings
+    assert "TinyRMSpec(quirk=false, max_train_pairs=400, epochs=2)" in out  # the judge's settings
     assert "methods ce; seeds [1234] (ce,gem,ts2: 2); 2 training jobs" in out
     assert "temperature frontiers: T = 0.3, 1.0 besides the table's, for ce/1234" in out
     assert "judge controls: reference, shuffled, random, base (AlpacaEval + ref_lm)" in out
     for line in [
         f"base tiny_base: env OMP_NUM_THREADS=1 {py} -m ts2.models.tiny_base",
-        f"rm tiny_rm: env OMP_NUM_THREADS=1 {py} -m ts2.models.tiny_rm --set quirk=false --set epochs=6",
+        f"rm tiny_rm: env OMP_NUM_THREADS=1 {py} -m ts2.models.tiny_rm --set quirk=false --set max_train_pairs=400 "
+        "--set epochs=2",
         f"[todo] train ce/1234: {threads} -m ts2.train experiment=table1_tiny method=ce name=table1_tiny_subset_ce "
         f"train.resume=true paths.runs_dir={run.parents[1]}",
         f"[todo] train ce/1235: {threads} -m ts2.train experiment=table1_tiny method=ce name=table1_tiny_subset_ce "
@@ -407,7 +408,7 @@ def test_the_tiny_dry_run_lists_every_stage(tiny_dry_run):
         f"token_distribution table1_tiny_subset_ce: env OMP_NUM_THREADS=1 {py} -m ts2.analysis.token_distribution "
         f"{run} {seed2} --out results/table1_tiny_subset_ce",
         f"report table1_tiny_subset_ce: {py} -m ts2.report runs_dir={run.parent} name=table1_tiny_subset_ce "
-        "out_dir=results/table1_tiny_subset_ce frontier.quality=ref_lm/ref_lm ts2_alpha.selected=1.0",
+        "out_dir=results/table1_tiny_subset_ce frontier.quality=ref_lm/ref_lm ts2_alpha.selected=1",
     ]:  # a subset never writes over results/table1_tiny.*
         assert line in out, line
     # the GGUF conversion first (the cache is empty): SmolLM2, the reference LM of ref_lm
@@ -475,13 +476,13 @@ def test_judge_control_folders_never_conflict_and_runs_shell_names_every_job(deb
     p = pipeline("table1_tiny", [*overrides, "pipeline.methods=[ce,ts2]"])
     jobs, _ = train_jobs(p)
     script = runs_shell(jobs, [], p.frontier) + (
-        '\necho "${JOB_KEYS[*]}|${METHOD_OF[ts2@loss.alpha=1.0/1235]}|${JOB_ARGS[ts2@loss.alpha=1.0/1235]}|'
+        '\necho "${JOB_KEYS[*]}|${METHOD_OF[ts2@loss.alpha=1/1235]}|${JOB_ARGS[ts2@loss.alpha=1/1235]}|'
         '${JOB_ARGS[ce/1234]:-none}|${FRONTIER_KEYS[*]}|${#TRAINED[@]}"'
     )
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.strip()
     assert out == (
-        "ce/1234 ce/1235 ts2/1234 ts2@loss.alpha=1.0/1234 ts2@loss.alpha=1.0/1235|ts2|seed=1235 loss.alpha=1.0|"
-        "none|ce/1234 ts2@loss.alpha=1.0/1234|0"
+        "ce/1234 ce/1235 ts2/1234 ts2@loss.alpha=1/1234 ts2@loss.alpha=1/1235|ts2|seed=1235 loss.alpha=1|"
+        "none|ce/1234 ts2@loss.alpha=1/1234|0"
     )
 
 

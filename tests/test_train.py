@@ -134,7 +134,7 @@ def test_alpha_multirun_gives_one_folder_per_value(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "train_summary.json").exists())
     # debug=cpu is part of the name: a debug run never shares a folder with a full run (issue #10).
     assert runs == [f"debug=cpu,loss.alpha={a},method=ts2,train.max_steps=2" for a in ("0.1", "0.25", "1.0")]
-    run = tmp_path / "sweep" / "debug=cpu,loss.alpha=1.0,method=ts2,train.max_steps=2"
+    run = tmp_path / "sweep" / "debug=cpu,loss.alpha=1,method=ts2,train.max_steps=2"
     assert "alpha: 1.0" in (run / "config.yaml").read_text()
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "finished" and meta["choices"]["debug"] == "cpu"
@@ -334,3 +334,48 @@ def test_training_arguments_come_from_the_train_block(compose):
     assert not {"resume", "save_final_model", "extra_args", "warmup_ratio"} & set(kw)
     with pytest.raises(ValueError, match=r"train.bogus is not a transformers.TrainingArguments field"):
         training_kwargs(compose(["+train.bogus=1"]))
+
+
+@pytest.mark.parametrize(
+    ("model_args", "frozen_prefixes"),
+    [
+        # the tiny model (untied): layer 0, the embedding and the separate head stay; layer 1 and the norm train
+        ([], ("model.layers.0.", "model.embed_tokens.", "lm_head.")),
+        # SmolLM2 cut to 2 layers (tied: one embedding = head tensor), fused head at V = 49,152, TS²
+        (["model=smollm2_135m", "model.gguf.num_hidden_layers=2", "model.max_length=96", "loss.fused=true"],
+         ("model.layers.0.", "model.embed_tokens.")),
+    ],
+    ids=["tiny", "smollm2_2layer_fused"],
+)  # fmt: skip
+def test_frozen_parameters_do_not_move_and_trained_ones_do(compose, tmp_path, model_args, frozen_prefixes):
+    """model.trainable_layers=1 + model.train_embeddings=false (ts2.models.freeze), through ts2.train."""
+    from ts2.models import resolve_model_path
+
+    cfg = compose(
+        ["method=ts2", "debug=cpu", *model_args, "model.trainable_layers=1", "model.train_embeddings=false",
+         "train.max_steps=2", "train.per_device_train_batch_size=2", "data.limit=8", "train.save_final_model=true"]
+    )  # fmt: skip
+    summary = train(cfg, tmp_path)
+    before = load_file(Path(resolve_model_path(cfg.model)) / "model.safetensors")
+    after = load_file(tmp_path / "model" / "model.safetensors")
+    assert set(after) == set(before)
+    for k in before:
+        if k.startswith(frozen_prefixes):
+            assert torch.equal(after[k], before[k]), k
+        else:
+            assert k.startswith(("model.layers.1.", "model.norm.")), k
+            assert not torch.equal(after[k], before[k]), k  # every trained tensor moved
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert (meta["trainable_layers"], meta["train_embeddings"]) == (1, False)
+    t = summary["trainable"]
+    assert t["trainable_params"] == sum(
+        v.numel() for k, v in before.items() if not k.startswith(frozen_prefixes)
+    )
+    saved = (tmp_path / "config.yaml").read_text()
+    assert "trainable_layers: 1" in saved and "train_embeddings: false" in saved  # the table header reads it
+
+
+def test_bad_trainable_layers_stops_before_anything_is_written(compose, tmp_path):
+    with pytest.raises(ValueError, match=r"model.trainable_layers=0: give a positive number"):
+        train(compose(["debug=cpu", "model.trainable_layers=0"]), tmp_path / "run")
+    assert not (tmp_path / "run").exists()

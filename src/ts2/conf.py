@@ -367,14 +367,6 @@ def _metrics_dir(run_dir: str | None, model_path: str | None, runs_dir: str) -> 
     return None
 
 
-def _hydra_dir(folder: str | None) -> str:
-    """Hydra's run folder (its job log) for a stage whose output folder may be unset: a scratch folder then,
-    so that the stage, not an interpolation error, says what to set."""
-    import tempfile
-
-    return folder or str(Path(tempfile.gettempdir()) / "ts2-hydra")
-
-
 def _slurm_mem_gb(model_id: Any, tasks_per_node: Any) -> int | None:
     """``hydra.launcher.mem_gb``: TS2_SLURM_MEM_GB, else the plan's host-RAM peak for a paper model
     (`ts2.plan.slurm_mem_gb`), else None (the partition's default)."""
@@ -395,7 +387,6 @@ def register_resolvers() -> None:
         ("ts2_subdir", _subdir),
         ("ts2_slurm_mem_gb", _slurm_mem_gb),
         ("ts2_metrics_dir", _metrics_dir),
-        ("ts2_hydra_dir", _hydra_dir),
     )
     for name, fn in resolvers:
         if not OmegaConf.has_resolver(name):

@@ -902,11 +902,11 @@ TINY_COSTS: dict[str, float] = {
     "eval_sample_s_humaneval": 0.02,  # sandboxed tests and the diversity of short completions
     "eval_sample_s_control": 0.125,  # a control's full-length reference answers (~870 tokens: Sent-BERT, RM)
     "heldout_row_s": 0.025,  # one held-out row's forward (held-out CE; TSPD assumed the same)
-    "rm_s": 310.0,  # the tiny RM's build (6 epochs over 996 pairs), once, when not cached (780 s at load ~4.5)
+    "rm_s": 60.0,  # the tiny RM's build (conf/rm/tiny.yaml: 2 epochs over 400 pairs; 6 over 996 took 780 s at load 4.5)
     "base_s": 1.0,  # checking the committed tiny base against its manifest
     "report_s": 8.0,
     # the measures of issue 19 (SmolLM2-135M as the reference LM, one thread)
-    "gguf_s": 25.0,  # converting SmolLM2's GGUF to the cached safetensors folder, once (~20 s idle)
+    "gguf_s": 35.0,  # converting SmolLM2's GGUF to the cached safetensors folder, once (about 35 s of one core)
     "ref_lm_load_s": 3.0,  # loading the converted SmolLM2 (beside the process start-up)
     "ref_lm_token_s": 0.0018,  # one SmolLM2 forward token (measured 542 tokens/s, one thread, load ~1.2)
     "ref_lm_fixed_tokens": 45.0,  # per scored sample besides its answer: ChatML + system line + instruction (<= 64)
@@ -933,7 +933,7 @@ SMALL_COSTS: dict[str, float] = {
     "rm_s": 540.0,  # the BT judge's build: 0.29 M tokens of SmolLM2 forward at one thread, once, when not cached
     "base_s": 0.0,
     "report_s": 10.0,
-    "gguf_s": 25.0,
+    "gguf_s": 35.0,
     "ref_lm_load_s": 3.0,
     "ref_lm_token_s": 0.0018,
     "ref_lm_fixed_tokens": 45.0,

@@ -42,6 +42,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from ts2.data import build_sft_dataset
     from ts2.distributed import bind_visible_gpu, check_device, check_launch, export_submitit_env
     from ts2.models import load_model, load_tokenizer, resolve_model_path
+    from ts2.models.freeze import apply_trainable, trainable_of
     from ts2.objective import CausalLMObjective, fused_head, make_loss
 
     # Nothing is written until the config, the folder, the model and the data have all been accepted.
@@ -50,6 +51,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     bind_visible_gpu()  # one GPU bound per SLURM task: use the one it sees
     launch = check_launch(cfg.train)  # batch vs world size, NCCL, deepspeed (ts2.distributed)
     loss, loss_settings = make_loss(cfg.loss)
+    trainable = trainable_of(cfg.model)  # model.trainable_layers / train_embeddings (ts2.models.freeze)
     args = {**training_kwargs(cfg), **launch.training_args()}
     check_output_dir(cfg.paths.runs_dir, "paths.runs_dir")  # not a file, not read-only
     check_output_dir(run_dir, "the run folder (paths.runs_dir/name/overrides)")
@@ -68,6 +70,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "scale": scale_of(cfg.model),
         "model_path": model_path,
         **({"weights": cfg.model.provenance} if cfg.model.get("provenance") else {}),  # e.g. GGUF-dequantized
+        **trainable.settings(),  # what SFT trains (null layers + embeddings: full fine-tuning)
         "examples": len(data.examples),
         "skipped_rows": len(data.skipped),
         "response_tokens": n_tokens,
@@ -88,6 +91,10 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         model = load_model(cfg.model, model_path)
         model.config.use_cache = False
+        # requires_grad of every parameter (model.trainable_layers / train_embeddings), before the Trainer is built
+        trained = apply_trainable(model, trainable)
+        log.info("trains %s: %d of %d parameters", trained["describe"], trained["trainable_params"],
+                 trained["total_params"])  # fmt: skip
         objective = CausalLMObjective(loss, fused=loss_settings.fused, chunk_size=loss_settings.chunk_size)
         if cfg.logger.backend == "wandb" and runs.is_main_process():
             wandb_run = init_wandb(cfg, run_dir)
@@ -123,6 +130,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         summary = {
             **meta,
             "global_step": trainer.state.global_step,
+            "trainable": trained,
             "resumed_from": claim.resume_from.name if claim.resume_from else None,
             "first_loss": losses[0] if losses else None,
             "last_loss": losses[-1] if losses else None,

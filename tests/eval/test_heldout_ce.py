@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from ts2.eval.heldout_ce import response_nll, score, summarize
+from ts2.eval.heldout_ce import response_nll, score, split_rows, summarize
 
 
 def hf_row_loss(model, ex) -> tuple[float, int]:
@@ -27,7 +27,7 @@ def tiny(compose):
     from ts2.data import build_sft_dataset
     from ts2.models import load_model, load_tokenizer, resolve_model_path
 
-    cfg = compose(["model=tiny", "+eval=heldout_ce", "eval.data.limit=6"])
+    cfg = compose(["model=tiny", "+eval=heldout_ce", "eval.data.limit=6", "eval.data.split=all"])
     path = resolve_model_path(cfg.model)
     tok = load_tokenizer(cfg.model, path)
     model = load_model(cfg.model, path)
@@ -74,3 +74,32 @@ def test_score_end_to_end(tiny):
     )
     # an untrained model is about uniform over its vocabulary
     assert abs(res.metrics["heldout_ce"] - math.log(len(tok))) < 0.5
+
+
+def test_split_rows_partitions_by_position():
+    rows = list(range(10))
+    assert split_rows(rows, "selection") == [0, 4, 8]
+    assert split_rows(rows, "report") == [1, 2, 3, 5, 6, 7, 9]
+    assert split_rows(rows, "all") == rows and split_rows(rows, "selection", every=3) == [0, 3, 6, 9]
+    with pytest.raises(ValueError, match=r"eval.data.split='heldout': use one of report, selection, all"):
+        split_rows(rows, "heldout")
+    with pytest.raises(ValueError, match=r"eval.data.selection_every=1"):
+        split_rows(rows, "report", every=1)
+
+
+def test_selection_and_report_rows_are_disjoint_and_cover_every_row(compose):
+    """The α-selection rows are never the rows the table reports (issue 19 item 4); report is the default."""
+    assert compose(["+eval=heldout_ce"]).eval.data.split == "report"
+    ids = {}
+    for split in ("selection", "report", "all"):
+        cfg = compose(["model=tiny", "+eval=heldout_ce", f"eval.data.split={split}", "eval.metrics.max_length=96",
+                       "eval.metrics.n_bootstrap=10"])  # fmt: skip
+        res = score(None, cfg)
+        ids[split] = set(res.prompt_ids)
+        d = res.details["data"]
+        assert (
+            d["split"] == split
+            and d["rows"] + d["skipped"] == {"selection": 50, "report": 150, "all": 200}[split]
+        )
+    assert ids["selection"] and ids["report"] and not ids["selection"] & ids["report"]
+    assert ids["selection"] | ids["report"] == ids["all"]

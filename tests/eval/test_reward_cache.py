@@ -43,8 +43,11 @@ def test_reference_rewards_file_errors(tmp_path):
         rc.load_reference_rewards(p)
 
 
-def test_reference_answers_scored_with_other_rm_are_cached_and_resumable(tmp_path, monkeypatch):
+def test_reference_answers_scored_with_other_rm_are_cached_and_resumable(tmp_path, monkeypatch, caplog):
+    import logging
+
     monkeypatch.setenv("TS2_CACHE_DIR", str(tmp_path / "cache"))
+    caplog.set_level(logging.INFO, logger="ts2.rewards")
 
     class LenScorer(FloatScorer):
         fingerprint = "len-scorer-v1"
@@ -61,10 +64,18 @@ def test_reference_answers_scored_with_other_rm_are_cached_and_resumable(tmp_pat
     assert np.isnan(got[0]) and s.calls == 3
     cache = tmp_path / "cache" / "rewards" / "len-scorer-v1.jsonl"
     assert len(cache.read_text().splitlines()) == 3
+    # the one-off scoring says what it scores and where it is cached (issue #22: no silent build)
+    assert caplog.messages == [
+        f"reference answers: scoring 3 of 3 with the reward model len-scorer-v1 (0 in the cache), appended to "
+        f"{cache} as they are done"
+    ]
     with open(cache, "a") as fh:  # an interrupted append
         fh.write('{"key": 7, "dig')
     with pytest.warns(UserWarning, match="torn last line"):
         again = rc.score_reference_rewards(s, [1, 2, 4, 5])
+    assert caplog.messages[-1].startswith(
+        "reference answers: scoring 1 of 4 with the reward model len-scorer-v1 (3 in"
+    )
     assert s.calls == 4 and again[5] == pytest.approx(
         len(outputs[5]["instruction"]) + 0.001 * len(outputs[5]["output"])
     )

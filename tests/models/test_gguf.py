@@ -54,6 +54,28 @@ def test_missing_package_and_wrong_sha_name_the_fix(smollm2_spec):
     assert not cached_folder(wrong).exists()
 
 
+def test_the_one_off_conversion_says_what_it_builds_where_and_how_long(
+    smollm2_spec, tmp_path, monkeypatch, caplog
+):
+    """Issue #22: a one-off build reached from a stage logs an INFO line (the conversion itself is stubbed
+    here; transformers' reader shows its own progress bar)."""
+    import logging
+
+    from ts2.models import gguf
+
+    monkeypatch.setenv("TS2_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(gguf, "_convert", lambda src, dest: (dest / "config.json").write_text("{}") and {})
+    caplog.set_level(logging.INFO, logger="ts2.gguf")
+    folder = build_gguf_model(smollm2_spec)
+    assert caplog.messages == [
+        f"converting {smollm2_spec.file} (sha256 {smollm2_spec.sha256[:12]}...) to a safetensors folder once "
+        f"(dequantized to fp32; about 35 s of one CPU core), cached in {folder} for every later run"
+    ]
+    assert folder == tmp_path / "gguf" / f"{Path(smollm2_spec.file).stem}-{smollm2_spec.sha256[:16]}"
+    caplog.clear()
+    assert build_gguf_model(smollm2_spec) == folder and caplog.messages == []
+
+
 def test_converted_weights_are_exactly_the_gguf_readers(reader, smollm2_folder, smollm2_spec):
     from transformers import AutoModelForCausalLM
 
@@ -157,3 +179,16 @@ def test_sample_command_equals_the_gguf_readers_greedy_decoding(reader, smollm2_
         out_ids = gguf_model.generate(ids, do_sample=False, max_new_tokens=16)[0, ids.shape[1] :]
         assert s["completion"] == gguf_tok.decode(out_ids, skip_special_tokens=True)
         assert s["num_tokens"] == len(out_ids)
+
+
+def test_spec_of_a_model_id_and_is_built(smollm2_spec, tmp_path, monkeypatch):
+    """The pipeline's GGUF stage (`python -m ts2.models.gguf <model id>`, `ts2.plan done gguf <model id>`)."""
+    from ts2.models.gguf import is_built, main, spec_of
+
+    assert spec_of("smollm2_135m") == spec_of() == smollm2_spec
+    with pytest.raises(ValueError, match=r"model 'tiny': conf/model/tiny.yaml has no gguf: block"):
+        spec_of("tiny")
+    monkeypatch.setenv("TS2_CACHE_DIR", str(tmp_path))
+    assert not is_built(smollm2_spec)  # an empty cache
+    with pytest.raises(ValueError, match=r"usage: python -m ts2.models.gguf \[<model id>\] \[--force\]"):
+        main(["smollm2_135m", "tiny"])

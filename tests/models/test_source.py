@@ -23,6 +23,7 @@ def _run(tmp_path: Path, status: str = "finished", final: bool = True) -> Path:
         "loss": "ts2",
         "data": "tiny",
         "git_sha": "abc",
+        "config_hash": "c0ffee",
     }
     (run / "run.json").write_text(json.dumps(meta))
     saved = {"model": {"id": "tiny", "max_length": 128, "tiny": {"hidden": 8}, "chat_template_from": "x"}}
@@ -59,6 +60,7 @@ def test_a_finished_run_folder_brings_its_final_model_and_settings(tmp_path):
         "loss": "ts2",
         "data": "tiny",
         "git_sha": "abc",
+        "config_hash": "c0ffee",  # what ts2.evaluate matches a sample file's model against
     }
     assert model_source_of(run, {}).path == src.path  # a positional run folder: the same resolver
 

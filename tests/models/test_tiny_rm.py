@@ -129,6 +129,30 @@ def test_cached_and_deterministic(built, monkeypatch):
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+def test_a_build_says_what_it_builds_where_and_shows_its_progress(built, monkeypatch, caplog, capsys):
+    """Issue #22: the first evaluate was silent for ~3 min while it trained the tiny RM."""
+    import dataclasses
+    import logging
+
+    _, cache = built  # the random-init backbone is already there
+    monkeypatch.setenv("TS2_CACHE_DIR", str(cache))
+    caplog.set_level(logging.INFO, logger="ts2.tiny_rm")
+    spec = dataclasses.replace(SPEC, max_train_pairs=16, max_eval_pairs=4, epochs=1)
+    path = build_tiny_rm(spec)
+    report = json.loads((path / "rm_eval.json").read_text())
+    assert caplog.messages == [
+        "building the tiny reward model once (Bradley-Terry, 1 epoch(s) on <data_dir>/ultrafeedback/*train*.jsonl, "
+        "from the random-init backbone; about 2.5 min of one CPU core for the default spec), cached in "
+        f"{path} for every later run",
+        f"tiny reward model built in {report['train_seconds']:.0f} s: held-out pairwise accuracy "
+        f"{report['pairwise_accuracy']:.3f} -> {path}",
+    ]
+    bar = capsys.readouterr().err
+    assert "tiny RM training" in bar and "2/2" in bar  # 16 pairs / batch 8 x 1 epoch = 2 steps
+    caplog.clear()
+    assert build_tiny_rm(spec) == path and caplog.messages == []  # found in the cache: nothing to say
+
+
 def test_spec_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="Unknown tiny RM spec key"):
         TinyRMSpec.from_dict({"epoch": 3})

@@ -126,11 +126,31 @@ def summarize(
     )
 
 
+SPLITS = ("report", "selection", "all")
+
+
+def split_rows(rows: Sequence[Any], split: str, every: int = 4) -> list[Any]:
+    """The held-out rows of one split (``eval.data.split``), by position in file order (0-based).
+
+    ``selection``: positions 0, every, 2 every, ... (a quarter of the rows at ``every`` = 4), the rows on which a
+    setting such as TS²'s α is chosen (experiments/alpha_selection); ``report``: the remaining rows, the ones the
+    table reports, so a chosen setting is never judged on the rows that chose it; ``all``: every row.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"eval.data.split={split!r}: use one of {', '.join(SPLITS)}.")
+    if every < 2:
+        raise ValueError(f"eval.data.selection_every={every}: must be >= 2 (1 would leave no report rows).")
+    if split == "all":
+        return list(rows)
+    return [r for i, r in enumerate(rows) if (i % every == 0) == (split == "selection")]
+
+
 def score(source: str | Path | None, cfg: Any) -> ScoreResult:
     """Held-out response CE of one model (``eval.kind: model`` scorer of conf/eval/heldout_ce.yaml).
 
     ``source``: a finished training run folder; None: ``cfg.model_path`` (a model folder), else ``cfg.model``.
-    Rows: ``cfg.eval.data`` (first ``cfg.limit`` when set); settings: ``cfg.eval.metrics`` (batch_size, chunk_size, max_length,
+    Rows: ``cfg.eval.data``, its ``split`` (:func:`split_rows`; the first ``cfg.limit`` rows of it when set);
+    settings: ``cfg.eval.metrics`` (batch_size, chunk_size, max_length,
     n_bootstrap, seed).
     """
     import torch
@@ -144,11 +164,11 @@ def score(source: str | Path | None, cfg: Any) -> ScoreResult:
     tokenizer = load_tokenizer(src.model_cfg, src.path)
     max_length = int(cfg_get(m, "max_length") or src.model_cfg.get("max_length") or 2048)
     data_cfg = cfg.eval.data
-    limit = cfg_get(cfg, "limit")
-    if limit:
-        data_cfg = OmegaConf.merge(data_cfg, {"limit": int(limit)})
+    limit = cfg_get(cfg, "limit") or data_cfg.get("limit")
+    rows = load_conversations(OmegaConf.merge(data_cfg, {"limit": None}))
+    rows = split_rows(rows, data_cfg.get("split") or "all", int(data_cfg.get("selection_every") or 4))
     examples, ids, skipped = [], [], []
-    for rid, messages in load_conversations(data_cfg):
+    for rid, messages in rows[: int(limit)] if limit else rows:
         try:
             examples.append(tokenize_conversation(messages, tokenizer, max_length))
             ids.append(rid)
@@ -176,7 +196,12 @@ def score(source: str | Path | None, cfg: Any) -> ScoreResult:
     res.details.update(
         {
             "model": src.info,
-            "data": {"id": data_cfg.get("id"), "rows": len(examples), "skipped": len(skipped)},
+            "data": {
+                "id": data_cfg.get("id"),
+                "split": data_cfg.get("split") or "all",
+                "rows": len(examples),
+                "skipped": len(skipped),
+            },  # fmt: skip
             "max_length": max_length,
         }
     )

@@ -24,6 +24,10 @@ both ×100. Two parsers (``eval.metrics.parser``):
     The last "The answer is: X" only (X a letter, or a number with thousands separators, "$" allowed);
     numbers compared by value; the gold is the full number after "####". "…C. This is a good choice."
     after "The answer is: C" reads C; "The answer is: **18**" reads nothing.
+
+A run on the first ``limit`` questions of a task (``limit=20`` of GSM8K's 1,319) is a subset, not the task's
+accuracy: its result is marked incomplete ("limit=20 of 1319 questions"), as the harness protocol marks a
+limited run (:mod:`ts2.eval.openllm_harness`), so a table shows it with the partial mark.
 """
 
 from __future__ import annotations
@@ -184,10 +188,18 @@ def score(samples: Sequence[Any], cfg: Any) -> ScoreResult:
         questions.append((gold, answers))
     metrics, details, per = score_questions(questions, ns)
     sizes = {len(a) for _, a in questions}
-    complete, note = True, None
+    notes = []
     if len(sizes) > 1:
-        complete = False
-        note = f"INCOMPLETE: questions have {min(sizes)}..{max(sizes)} samples; n capped at {min(sizes)}"
+        notes.append(f"questions have {min(sizes)}..{max(sizes)} samples; n capped at {min(sizes)}")
+    limit = cfg.get("limit")
+    if limit:  # the first `limit` questions (ts2.evaluate's coverage keeps them): how many the task has
+        from hydra.utils import instantiate
+
+        details["questions_of_task"] = total = len(instantiate(cfg.eval.prompts))
+        if limit < total:
+            notes.append(f"limit={limit} of {total} questions: a subset, not the task's accuracy")
+    complete = not notes
+    note = "INCOMPLETE: " + "; ".join(notes) if notes else None
     details.update(parser=parser, numeric=numeric)
     return ScoreResult(
         metrics=metrics,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -32,6 +33,8 @@ from ts2.eval.alpaca_data import (
 )
 from ts2.paths import cache_dir, data_file
 from ts2.sampling.store import SampleFileError, iter_json_lines, repair_torn_tail
+
+log = logging.getLogger("ts2.rewards")
 
 
 def as_scorer(rm: Any) -> Scorer:
@@ -140,6 +143,16 @@ def score_cached(
             out[i] = row["reward"]
         else:
             todo.append(i)
+    if todo:
+        log.info(
+            "%s: scoring %d of %d with the reward model %s (%d in the cache), appended to %s as they are done",
+            desc,
+            len(todo),
+            len(keys),
+            scorer.fingerprint,
+            len(keys) - len(todo),
+            cache,
+        )
     for start in range(0, len(todo), chunk):
         part = todo[start : start + chunk]
         r = scorer.score(

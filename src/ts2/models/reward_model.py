@@ -69,8 +69,9 @@ _HOW_TO_GET = (
 class RMConfig:
     """One reward model and how it is applied (``conf/rm/*.yaml``).
 
-    Either ``name_or_path`` (hub id or local folder) or ``tiny`` (``TinyRMSpec`` fields: the offline tiny RM of
-    :mod:`ts2.models.tiny_rm`) is set. ``ref_rewards`` is the reward source of the AlpacaEval reference answers:
+    Exactly one of ``name_or_path`` (hub id or local folder), ``tiny`` (``TinyRMSpec`` fields: the offline tiny RM
+    of :mod:`ts2.models.tiny_rm`) and ``bt`` (``FeatureRMSpec`` fields: the small scale's Bradley–Terry head on
+    frozen SmolLM2 features, :mod:`ts2.models.feature_rm`) is set. ``ref_rewards`` is the reward source of the AlpacaEval reference answers:
     a file under the data directory (the shipped FsfairX scores) or ``"score"`` (score them with this RM).
     """
 
@@ -78,7 +79,13 @@ class RMConfig:
     name_or_path: str | None = None
     revision: str | None = None  # pinned hub commit of name_or_path
     tiny: Mapping[str, Any] | None = None
+    bt: Mapping[str, Any] | None = (
+        None  # FeatureRMSpec fields: the small scale's BT head (ts2.models.feature_rm)
+    )
     quirk: bool = True
+    pooling: str = (
+        "last"  # last: the score at the read position; mean: averaged over tokens (bt pooling=mean)
+    )
     user_text: str = "paper_detok"
     dtype: str = "bfloat16"
     batch_size: int = 8
@@ -87,8 +94,10 @@ class RMConfig:
     ref_rewards: str = "score"
 
     def __post_init__(self) -> None:
-        if (self.name_or_path is None) == (self.tiny is None):
-            raise ValueError(f"rm {self.id!r}: set exactly one of name_or_path and tiny.")
+        if sum(x is not None for x in (self.name_or_path, self.tiny, self.bt)) != 1:
+            raise ValueError(f"rm {self.id!r}: set exactly one of name_or_path, tiny and bt.")
+        if self.pooling not in ("last", "mean"):
+            raise ValueError(f"rm {self.id!r}: pooling must be 'last' or 'mean', got {self.pooling!r}.")
         if self.user_text not in USER_TEXT_MODES:
             raise ValueError(
                 f"rm {self.id!r}: user_text must be one of {USER_TEXT_MODES}, got {self.user_text!r}."
@@ -232,6 +241,7 @@ class RewardScorer:
         name: str = "rm",
         progress: bool = True,
         detokenizer: Any = None,
+        pooling: str = "last",
     ) -> None:
         if int(model.config.num_labels) != 1:
             raise ValueError(
@@ -247,6 +257,9 @@ class RewardScorer:
         self.user_text = user_text
         self.batch_size = int(batch_size)
         self.max_length = max_length
+        if pooling not in ("last", "mean"):
+            raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}.")
+        self.pooling = pooling
         self.name = name
         self.progress = progress
         self.num_truncated = 0
@@ -281,10 +294,11 @@ class RewardScorer:
             batch_size=cfg.batch_size,
             max_length=cfg.max_length,
             name=cfg.id,
+            pooling=cfg.pooling,
             **kw,
         )
         scorer.path = path
-        # The judge's own held-out quality (the tiny RM writes it at build time), for the report's header.
+        # The judge's own held-out quality (the tiny and BT RMs write it at build time), for the report's header.
         ev = Path(path) / "rm_eval.json"
         scorer.rm_eval = json.loads(ev.read_text()) if ev.is_file() else None
         return scorer
@@ -306,6 +320,10 @@ class RewardScorer:
                 _tensor_digest(h, p)
             dtype = str(params[0][1].dtype)
             h.update(json.dumps([self.quirk, self.user_text, self.max_length, dtype]).encode())
+            if (
+                self.pooling != "last"
+            ):  # (the last-token fingerprints of existing reward caches stay as they were)
+                h.update(f"pooling={self.pooling}".encode())
             if self.user_text == "paper_detok" and self.detokenizer is not None:
                 h.update(tokenizer_digest(self.detokenizer).encode())
             safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name)
@@ -368,13 +386,22 @@ class RewardScorer:
                 full = full[-self.max_length :]
             seqs.append(full)
         return score_token_sequences(
-            self.model, seqs, batch_size=self.batch_size, desc=desc, progress=self.progress
+            self.model,
+            seqs,
+            batch_size=self.batch_size,
+            desc=desc,
+            progress=self.progress,
+            pooling=self.pooling,
         )
 
 
 # -------------------------------------------------------------------------------------------------- loading
 def resolve_rm_path(cfg: RMConfig) -> str:
-    """Local folder or hub id of the RM; builds the tiny RM on first use (as ``resolve_model_path`` for LMs)."""
+    """Local folder or hub id of the RM; builds the tiny or BT RM on first use (as ``resolve_model_path`` for LMs)."""
+    if cfg.bt is not None:
+        from ts2.models.feature_rm import FeatureRMSpec, build_feature_rm
+
+        return str(build_feature_rm(FeatureRMSpec.from_dict(cfg.bt), progress=True))  # minutes: show them
     if cfg.tiny is not None:
         from ts2.models.tiny_rm import TinyRMSpec, build_tiny_rm
 
@@ -421,14 +448,20 @@ def load_reward_model(
 
 
 def _check_tiny_build(path: str, cfg: RMConfig) -> None:
-    """Warn when a tiny RM is applied with another read convention or length than it was trained with."""
+    """Warn when a built RM (tiny, BT) is applied with another read convention or length than it was trained with;
+    a BT head fitted on mean-pooled features read at one token (or the other way round) is an error."""
     build = Path(path) / "rm_build.json"
     if not build.is_file():
         return
     spec = json.loads(build.read_text()).get("spec", {})
+    if spec.get("pooling", "last") != cfg.pooling:
+        raise ValueError(
+            f"RM {path} was fitted with pooling={spec.get('pooling', 'last')!r} but rm.pooling={cfg.pooling!r}: "
+            "set rm.pooling to the spec's (conf/rm/smollm2_bt.yaml interpolates it from rm.bt.pooling)."
+        )
     for key, used in (("quirk", cfg.quirk), ("max_length", cfg.max_length)):
         if key in spec and spec[key] != used:
             warnings.warn(
-                f"Tiny RM {path} was trained with {key}={spec[key]!r} but is applied with {key}={used!r}.",
+                f"RM {path} was trained with {key}={spec[key]!r} but is applied with {key}={used!r}.",
                 stacklevel=3,
             )

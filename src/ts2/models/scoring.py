@@ -58,8 +58,11 @@ def score_token_sequences(
     pad_id: int | None = None,
     desc: str = "RM scoring",
     progress: bool = True,
+    pooling: str = "last",
 ) -> np.ndarray:
-    """Score each token sequence with a sequence-classification model (num_labels=1): the logit at its last token.
+    """Score each token sequence with a sequence-classification model (num_labels=1): the logit at its last token
+    (``pooling="last"``), or the mean over its tokens of the score head applied at each (``"mean"``, the reward of
+    the mean-pooled feature, as the head is linear: :mod:`ts2.models.feature_rm`).
 
     Rows are length-sorted (longest first, so memory problems show at once), right-padded, and batched; results
     come back in input order as float64.
@@ -68,6 +71,8 @@ def score_token_sequences(
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if pooling not in ("last", "mean"):
+        raise ValueError(f"pooling must be 'last' or 'mean', got {pooling!r}.")
     for i, s in enumerate(seqs):
         if len(s) == 0:
             raise ValueError(f"Sequence {i} is empty: nothing to score.")
@@ -90,6 +95,9 @@ def score_token_sequences(
                 ids[j, : len(r)] = torch.tensor(r, dtype=torch.long)
                 mask[j, : len(r)] = 1
             text_cfg.pad_token_id = pid  # the model finds the read position from it
+            if pooling == "mean":
+                out[idx] = _mean_pooled(model, ids.to(device), mask.to(device))
+                continue
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             if logits.shape[-1] != 1:
                 raise ValueError(f"Reward model returns {logits.shape[-1]} logits per sequence; expected 1.")
@@ -97,6 +105,19 @@ def score_token_sequences(
     finally:
         text_cfg.pad_token_id = saved
     return out
+
+
+def _mean_pooled(model: Any, ids: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Mean over the real tokens of ``score(h_t)`` (the decoder's last hidden states, the linear score head)."""
+    head = getattr(model, "score", None)
+    if head is None or getattr(head, "out_features", 1) != 1:
+        raise ValueError(
+            f"pooling='mean' needs a single-output `score` head; {type(model).__name__} has none."
+        )
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    per_token = head(hidden)[..., 0].float()
+    m = mask.to(per_token.dtype)
+    return ((per_token * m).sum(1) / m.sum(1)).cpu().numpy()
 
 
 def _tensor_digest(h: Any, t: torch.Tensor, limit: int = 1 << 16) -> None:

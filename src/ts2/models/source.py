@@ -69,7 +69,7 @@ def model_source(cfg: DictConfig) -> ModelSource:
         info = {
             "run_dir": str(run.resolve()),
             "model_path": str(final.resolve()),
-            **{k: meta.get(k) for k in ("method", "model", "loss", "data", "git_sha")},
+            **{k: meta.get(k) for k in ("method", "model", "loss", "data", "git_sha", "config_hash")},
             **({"weights": meta["weights"]} if meta.get("weights") else {}),
         }
         return ModelSource(str(final), model_cfg, info)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -53,6 +54,8 @@ from typing import Any
 from ts2.models.corpus import Document, corpus_fingerprint, corpus_record, load_corpus
 from ts2.models.tiny import chat_ids, init_llama, spec_from_dict, spec_hash, train_bpe, train_loop
 from ts2.paths import atomic_dir, cache_dir
+
+logger = logging.getLogger("ts2.tiny_base")
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 ASSETS_DIR = REPO_ROOT / "assets" / "tiny_base"
@@ -335,6 +338,10 @@ def build_tiny_base(
         target = target.with_name(target.name + f"-first{stop_after}")
     if (target / "manifest.json").is_file() and not force:
         return target
+    logger.info(
+        "building the pretrained tiny base from its corpus (about 1 h of one CPU core; resumable), cached in %s",
+        target,
+    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ckpt = target.parent / f".{target.name}.ckpt.pt"
     threads = torch.get_num_threads()

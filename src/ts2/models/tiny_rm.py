@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ from typing import Any
 from ts2.eval.stats import wilson_interval  # the statistics live in one module
 from ts2.models.tiny import TinySpec, build_tiny_model, init_llama, spec_from_dict, train_loop
 from ts2.paths import atomic_dir, cache_dir, data_dir
+
+log = logging.getLogger("ts2.tiny_rm")
 
 
 @dataclass(frozen=True)
@@ -186,10 +189,20 @@ def bt_loss(model: Any, batch: Sequence[tuple[list[int], list[int]]], pad_id: in
 
 
 def train_rm(
-    model: Any, data: Sequence[tuple[list[int], list[int]]], spec: TinyRMSpec, pad_id: int
+    model: Any,
+    data: Sequence[tuple[list[int], list[int]]],
+    spec: TinyRMSpec,
+    pad_id: int,
+    after_epoch: Callable[[int, Any], None] | None = None,
 ) -> list[float]:
-    """AdamW on the Bradley–Terry loss (:func:`ts2.models.tiny.train_loop`); returns the loss of every step."""
+    """AdamW on the Bradley–Terry loss (:func:`ts2.models.tiny.train_loop`); returns the loss of every step.
+
+    ``after_epoch(epoch, model)`` (1-based) runs after each epoch's last step, e.g. to score a selection split
+    (experiments/judge_selection); it may evaluate, but must not change the model or draw random numbers, so the
+    weights after epoch e are those of a run with ``epochs=e`` (the learning rate is constant).
+    """
     import torch
+    from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(spec.seed)
 
@@ -201,14 +214,24 @@ def train_rm(
 
     opt = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=spec.weight_decay)
     losses: list[float] = []
-    train_loop(
-        model,
-        opt,
-        batches(),
-        lambda m, batch: bt_loss(m, batch, pad_id),
-        max_grad_norm=spec.max_grad_norm,
-        after_step=lambda step, loss, grad_norm: losses.append(float(loss)),
-    )
+    per_epoch = -(-len(data) // spec.batch_size)
+    with tqdm(total=spec.epochs * per_epoch, desc="tiny RM training", unit="step", dynamic_ncols=True) as bar:
+
+        def after_step(step: int, loss: Any, grad_norm: Any) -> None:
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            bar.update(1)
+            if after_epoch is not None and (step + 1) % per_epoch == 0:
+                after_epoch((step + 1) // per_epoch, model)
+
+        train_loop(
+            model,
+            opt,
+            batches(),
+            lambda m, batch: bt_loss(m, batch, pad_id),
+            max_grad_norm=spec.max_grad_norm,
+            after_step=after_step,
+        )
     return losses
 
 
@@ -273,6 +296,14 @@ def build_tiny_rm(spec: TinyRMSpec | None = None, *, force: bool = False, progre
     target = rm_folder(spec)
     if (target / "rm_eval.json").is_file() and not force:
         return target
+    log.info(
+        "building the tiny reward model once (Bradley-Terry, %d epoch(s) on <data_dir>/%s, from the %s backbone; "
+        "about 2.5 min of one CPU core for the default spec), cached in %s for every later run",
+        spec.epochs,
+        spec.train_glob,
+        spec.base.pretrained or "random-init",
+        target,
+    )
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     tok = AutoTokenizer.from_pretrained(build_tiny_model(spec.base))
     if tok.pad_token_id is None:
@@ -294,6 +325,12 @@ def build_tiny_rm(spec: TinyRMSpec | None = None, *, force: bool = False, progre
             json.dumps({"spec": asdict(spec), "train_losses": losses}, indent=2)
         )
         (tmp / "rm_eval.json").write_text(json.dumps(report, indent=2))
+    log.info(
+        "tiny reward model built in %.0f s: held-out pairwise accuracy %.3f -> %s",
+        report["train_seconds"],
+        report["pairwise_accuracy"],
+        target,
+    )
     return target
 
 
