@@ -96,7 +96,7 @@ reproduce-table1: install ## Table 1 end to end: train, sample, score, controls,
 # the table's own). DRY_RUN=1 prints its plan and estimate.
 STUDY_OVERRIDES := pipeline.seeds_for={methods:[ce,gem,ts2],seeds:3} pipeline.frontier.temperatures=[0.3,0.45,0.8,1.0] pipeline.frontier.seeds=null
 .PHONY: tiny-study
-tiny-study: install ## Tiny Table 1 with 3 seeds of CE/GEM/TS² and 5-point frontiers of every seed run (~55 min idle; DRY_RUN=1: plan)
+tiny-study: install ## Tiny Table 1 with 3 seeds of CE/GEM/TS² and 5-point frontiers of every seed run (~45 min idle; DRY_RUN=1: plan)
 	SCALE=tiny RUN_NAME=table1_tiny_study OVERRIDES="$(STUDY_OVERRIDES) $(OVERRIDES)" PY=$(BIN)/python bash experiments/table1/run.sh
 
 benchmarks: install ## Loss, sampling, diversity and HumanEval benchmarks (prints tables, writes CSVs)

@@ -912,10 +912,10 @@ TINY_COSTS: dict[str, float] = {
     "ref_lm_fixed_tokens": 45.0,  # per scored sample besides its answer: ChatML + system line + instruction (<= 64)
     "control_sample_s": 3.0,  # a made control's answers (reference, shuffled, random: the tokenizer only)
     "token_distribution_s": 10.0,
-    # the share of rows within model.max_length (longer ones are skipped), counted on the data: SFT 330 of the first
-    # 400 rows at 512 tokens (81 steps, not 100); held-out CE 161 of 200 rows
+    # the share of rows scored, counted on the data: SFT 330 of the first 400 rows within 512 tokens (81 steps, not
+    # 100); held-out CE the report rows (3 of every 4, eval.data.split=report) within 512 tokens, ~120 of 200
     "train_rows_kept": 0.83,
-    "heldout_rows_kept": 0.8,
+    "heldout_rows_kept": 0.6,
 }
 SMALL_COSTS: dict[str, float] = {
     # Seconds of one torch thread at small scale (SmolLM2-135M, V = 49,152; conf/experiment/table1_small.yaml),
@@ -927,10 +927,11 @@ SMALL_COSTS: dict[str, float] = {
     "sample_token_s": 0.0104,  # one generated token (batched HF generate, short prompts)
     "sample_token_s_humaneval": 0.021,  # HumanEval's ~400-token prompts: prefill about doubles the cost
     "eval_sample_s": 0.03,  # diversity metrics per sample (Sent-BERT MiniLM, N-gram, Self-BLEU)
-    "eval_sample_s_alpaca_eval": 0.4,  # + the SmolLM2 BT judge's forward (<= 192 tokens per sample)
-    "eval_sample_s_control": 0.5,  # a control's full-length reference answers (the judge reads its 192 tokens)
+    # + the BT judge's forward: <= 192 tokens through the first 10 of SmolLM2's 30 layers (conf/rm/smollm2_bt.yaml)
+    "eval_sample_s_alpaca_eval": 0.15,
+    "eval_sample_s_control": 0.25,  # a control's full-length reference answers (diversity of ~870-token texts)
     "heldout_row_s": 0.4,  # one held-out row's forward (~220 tokens)
-    "rm_s": 540.0,  # the BT judge's build: 0.29 M tokens of SmolLM2 forward at one thread, once, when not cached
+    "rm_s": 200.0,  # the BT judge's build: 0.29 M tokens through 10 of 30 layers at one thread, once, when not cached
     "base_s": 0.0,
     "report_s": 10.0,
     "gguf_s": 35.0,
@@ -940,7 +941,7 @@ SMALL_COSTS: dict[str, float] = {
     "control_sample_s": 3.0,
     "token_distribution_s": 60.0,
     "train_rows_kept": 0.735,  # 294 of the first 400 rows within 256 SmolLM2 tokens (37 steps of 8, not 50)
-    "heldout_rows_kept": 0.7,  # ~141 of the 200 held-out rows within 256 tokens
+    "heldout_rows_kept": 0.53,  # 106 report rows (3 of every 4) of the 200 held-out rows within 256 tokens
 }
 COSTS = {"tiny": TINY_COSTS, "small": SMALL_COSTS}
 """Unit costs per scale (the plan's estimates of experiments/table1/run.sh; paper scale: :func:`paper_plan`)."""
