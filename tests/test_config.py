@@ -373,3 +373,40 @@ def test_scale_key_reads_the_metrics_labels():
     assert (
         scale_key(["tinyish"]) == "unspecified"
     )  # a label is a scale name, or starts with it and "-" or " "
+
+
+@pytest.mark.parametrize("experiment", ["table1_tiny", "table1_small"])
+def test_every_command_of_the_pipeline_composes(compose, experiment):
+    """The overrides run.sh gives each stage compose into the entry points' configs (a bad key would fail the run
+    after its training): evaluate of every benchmark, ref_lm, held-out CE and the frontier's folders; the controls'
+    sampling; and the report's overrides."""
+    from ts2.conf import pipeline, shell_assignments
+
+    p = pipeline(experiment)
+    s = p.settings
+    n, new = s["sample"]["n"], s["sample"]["max_new_tokens"]
+    for bench in s["evals"]:
+        subset = [
+            f"eval.sample.limit={p.limit(bench)}",
+            f"eval.sample.n={n}",
+            f"eval.sample.max_new_tokens={new}",
+        ]
+        cfg = compose([f"eval={bench}", *subset, *s["evaluate"]], config_name="evaluate")
+        assert cfg.eval.sample.limit == p.limit(bench)
+    assert cfg.diversity.text == "response" and list(cfg.diversity.secondary) == ["paper"]
+    ref_args = [x.split("=", 1)[1] for x in shell_assignments(p).splitlines() if x.startswith("REF_LM=")]
+    ref = compose(
+        ["eval=ref_lm", "samples_dir=/x/frontier/t0.3/samples", *ref_args[0][1:-1].split()], "evaluate"
+    )
+    assert (ref.eval.metrics.samples_per_prompt, ref.eval.metrics.answer_tokens) == (2, 48)
+    held = compose(["eval=heldout_ce", *s["heldout_ce"]], "evaluate")
+    assert held.eval.metrics.max_length == (256 if experiment == "table1_small" else 512)
+    for kind in s["controls"]:
+        over = [f"model={p.model}", "eval=alpaca_eval", f"sample.limit={p.limit('alpaca_eval')}"]
+        made = [] if kind == "base" else ["sampler=control", f"sampler.kind={kind}"]
+        cfg = compose([*over, *made, *([] if made else s["sampler"])], "sample")
+        assert cfg.sampler.get("kind", "base") == kind
+    report = compose(list(s["report"]), "report")
+    assert report.frontier.quality == (
+        "ref_lm/ref_lm" if experiment == "table1_tiny" else "alpaca_eval/win_rate@1"
+    )
