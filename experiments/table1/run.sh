@@ -48,7 +48,7 @@ esac
 export HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-$([ "$SCALE" = paper ] && echo 0 || echo 1)}
 export TOKENIZERS_PARALLELISM=false WANDB_MODE=${WANDB_MODE:-offline}
 read -r -a ARGS <<<"${OVERRIDES:-}"  # the knobs as overrides of the experiment config (ts2.conf.pipeline)
-ARGS+=(${METHODS:+"pipeline.methods=[$METHODS]"} ${SEEDS:+"pipeline.seeds=$SEEDS" pipeline.seeds_for=null}
+ARGS+=(${METHODS:+"pipeline.methods=[$METHODS]"} ${SEEDS:+"pipeline.seeds=$SEEDS" ++pipeline.seeds_for=null}
        ${JOBS:+"pipeline.jobs=$JOBS"} ${RUN_NAME:+"name=$RUN_NAME"})
 LAUNCH_ARGS=()  # paper: the training overrides of the launcher's BACKEND, so the planner composes what it launches
 if [ "$SCALE" = paper ]; then
