@@ -249,7 +249,9 @@ def test_training_jobs_seeds_per_method_and_the_two_ts2_rows():
     )  # seed 1234: no seed= (a one-seed run is reused)
     # SEEDS=3 (run.sh: pipeline.seeds=3 ++pipeline.seeds_for=null): every method and row 3 seeds, at any scale
     three = pipeline("table1_tiny", ["pipeline.seeds=3", "++pipeline.seeds_for=null"])
-    paper = pipeline("paper_llama31_8b", ["pipeline.seeds=3", "++pipeline.seeds_for=null", "pipeline.methods=[ce]"])
+    paper = pipeline(
+        "paper_llama31_8b", ["pipeline.seeds=3", "++pipeline.seeds_for=null", "pipeline.methods=[ce]"]
+    )
     assert [j.key for j in paper.jobs] == ["ce/1234", "ce/1235", "ce/1236"]
     assert len(three.jobs) == 9 * 3 and {j.seed for j in three.jobs} == {1234, 1235, 1236}
     assert [j.key for j in three.frontier] == ["ce/1234", "gem/1234", "ts2@loss.alpha=1/1234"]
