@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -186,21 +187,126 @@ def test_the_tiny_table_pipeline_holds_the_sizes_run_sh_used(compose):
     from ts2.conf import pipeline
 
     p = pipeline("table1_tiny")
-    assert [p.limit(b) for b in p.settings["evals"]] == [40, 40, 40, 20]  # HumanEval: 20 prompts
+    assert [p.limit(b) for b in p.settings["evals"]] == [28, 28, 28, 8]  # HumanEval: 8 prompts
     assert (p.settings["sample"]["n"], p.settings["sample"]["max_new_tokens"], p.settings["tspd_rows"]) == (
         8,
         48,
         40,
     )
+    # the measures of issue 19: the answers' diversity with the paper's string beside and K = 8, ref_lm on 2 samples
+    # per prompt, the four controls, frontiers at 0.3 and 1.0 besides the table's 0.6
+    assert p.settings["evaluate"][-3:] == [
+        "diversity.text=response",
+        "diversity.secondary=[paper]",
+        "diversity.length_cut=8",
+    ]
+    assert p.settings["ref_lm"] == {
+        "samples_per_prompt": 2,
+        "answer_tokens": 48,
+        "context_tokens": 64,
+        "batch_size": 16,
+    }
+    assert p.settings["controls"] == ["reference", "shuffled", "random", "base"]
+    assert p.settings["frontier"] == {"temperatures": [0.3, 1.0], "methods": ["ce", "gem", "ts2"], "seeds": 1}
     assert (p.settings["jobs"], p.settings["threads"], p.settings["launcher"]) == (2, 1, "python")
     assert p.settings["sampler"] == ["sampler=hf", "sampler.torch_threads=1"]
     # the judge: the RM build's TinyRMSpec and the evaluate overrides say the same
-    assert p.settings["rm"] == ["quirk=false", "epochs=6"]
-    judged = [o.removeprefix("+rm.tiny.") for o in p.settings["evaluate"] if o.startswith("+rm.tiny.")]
-    assert judged == p.settings["rm"] and "rm.quirk=false" in p.settings["evaluate"]
+    # the judge: the RM build's TinyRMSpec is the one conf/rm/tiny.yaml gives the evaluation (one folder, one judge)
+    from omegaconf import OmegaConf
+
+    from ts2.models.tiny_rm import TinyRMSpec, spec_from_args
+
+    assert p.settings["rm"] == ["quirk=false", "max_train_pairs=400", "epochs=2"]
+    conf = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "rm" / "tiny.yaml").tiny)
+    assert spec_from_args(p.settings["rm"]) == TinyRMSpec.from_dict(conf)
+    assert "rm=tiny" in p.settings["evaluate"] and not any(
+        o.startswith(("rm.", "+rm.")) for o in p.settings["evaluate"]
+    )
     paper = pipeline("paper_llama31_8b").settings
     assert (paper["launcher"], paper["shards"], paper["gpus"]) == ("accelerate", "gpus", 8)
     assert paper["evaluate"] == ["rm=fsfairx", "diversity=paper"] and paper["sample"]["prompts"] is None
+
+
+def test_training_jobs_seeds_per_method_and_the_two_ts2_rows():
+    """Issue 19 items 4-5: CE, GEM and TS² train 2 seeds (seeds_for), the others 1; TS² has its paper-α row (one
+    seed) and the selected-α row (TS²'s seeds); the frontier takes the first seed of each claim row."""
+    from ts2.conf import pipeline
+
+    p = pipeline("table1_tiny")
+    assert p.settings["selected_alpha"] == 1.0
+    assert [j.key for j in p.jobs] == [
+        "ce/1234", "ce/1235", "ce_wd/1234", "neft/1234", "gem/1234", "gem/1235", "ce_ls/1234", "sparsemax/1234",
+        "entmax15/1234", "ts2/1234", "ts2@loss.alpha=1/1234", "ts2@loss.alpha=1/1235",
+    ]  # fmt: skip
+    assert [j.key for j in p.frontier] == ["ce/1234", "gem/1234", "ts2@loss.alpha=1/1234"]
+    sel = p.jobs[-1]
+    assert p.job_overrides(sel) == [
+        "experiment=table1_tiny", "method=ts2", "name=table1_tiny", "seed=1235", "loss.alpha=1",
+        "train.resume=true",
+    ]  # fmt: skip
+    assert (
+        p.job_overrides(p.jobs[0])[3] == "train.resume=true"
+    )  # seed 1234: no seed= (a one-seed run is reused)
+    # SEEDS=3 (run.sh: pipeline.seeds=3 ++pipeline.seeds_for=null): every method and row 3 seeds, at any scale
+    three = pipeline("table1_tiny", ["pipeline.seeds=3", "++pipeline.seeds_for=null"])
+    paper = pipeline(
+        "paper_llama31_8b", ["pipeline.seeds=3", "++pipeline.seeds_for=null", "pipeline.methods=[ce]"]
+    )
+    assert [j.key for j in paper.jobs] == ["ce/1234", "ce/1235", "ce/1236"]
+    assert len(three.jobs) == 9 * 3 and {j.seed for j in three.jobs} == {1234, 1235, 1236}
+    assert [j.key for j in three.frontier] == ["ce/1234", "gem/1234", "ts2@loss.alpha=1/1234"]
+    # the selected α equal to TS²'s own (the paper's 0.25), or none: one TS² row, with TS²'s seeds
+    for a in ("0.25", "null"):
+        one = pipeline("table1_tiny", [f"pipeline.selected_alpha={a}", "pipeline.methods=[ts2]"])
+        assert [j.key for j in one.jobs] == ["ts2/1234", "ts2/1235"] and [j.key for j in one.frontier] == [
+            "ts2/1234"
+        ]
+    every = pipeline("table1_tiny", ["pipeline.frontier.seeds=null", "pipeline.methods=[ce,ts2]"])
+    assert [j.key for j in every.frontier] == [
+        "ce/1234",
+        "ce/1235",
+        "ts2@loss.alpha=1/1234",
+        "ts2@loss.alpha=1/1235",
+    ]
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("pipeline.seeds_for={methods:[ce],seeds:0}", "pipeline.seeds_for="),
+        ("pipeline.seeds_for={methods:[nope],seeds:2}", "pipeline.seeds_for="),
+        ("pipeline.selected_alpha=-1", "pipeline.selected_alpha=-1 must be null or TS²'s α"),
+        ("pipeline.controls=[reference,judge]", "pipeline.controls has ['judge']: choose among"),
+        ("pipeline.frontier.temperatures=[0]", "pipeline.frontier="),
+        ("pipeline.frontier.methods=[nope]", "pipeline.frontier="),
+        ("pipeline.ref_lm.samples_per_prompt=0", "pipeline.ref_lm.samples_per_prompt=0 must be >= 1"),
+        ("pipeline.report=x", "pipeline.report='x' must be a list"),
+    ],
+)
+def test_bad_pipeline_settings_are_refused_naming_the_key(override, message):
+    from ts2.conf import pipeline
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        pipeline("table1_tiny", [override])
+
+
+def test_the_small_table_pipeline():
+    """SCALE=small: SmolLM2 as the base (its GGUF converted first), the BT judge, answers with K = 24, the frontier's
+    quality axis the judge's win rate and ref_lm out of the quality gate (report overrides)."""
+    from ts2.conf import gguf_models, pipeline, shell_assignments
+
+    p = pipeline("table1_small")
+    assert (p.model, p.scale, p.name, p.results) == ("smollm2_135m", "small", "table1_small", "results")
+    assert [p.limit(b) for b in p.settings["evals"]] == [32, 16, 16, 12]
+    assert gguf_models(p) == ["smollm2_135m"] and p.ref_lm_n == 2
+    assert "rm=smollm2_bt" in p.settings["evaluate"] and "diversity.length_cut=24" in p.settings["evaluate"]
+    assert len(p.jobs) == 11 and [j.key for j in p.frontier] == ["ce/1234", "gem/1234", "ts2/1234"]
+    sh = shell_assignments(p)
+    assert (
+        "REPORT=(frontier.quality=alpaca_eval/win_rate@1 'quality.metrics={ref_lm/ref_lm:{margin:null}}')"
+        in sh
+    )
+    assert "BASE_MODEL=smollm2_135m" in sh and "RM=()" in sh and "RM_BUILD=(-m ts2.models.feature_rm)" in sh
 
 
 def test_a_method_subset_never_takes_the_full_tables_name():
@@ -234,10 +340,14 @@ def test_run_sh_reads_the_pipeline_as_bash_assignments():
     script = (
         f'eval "$({sys.executable} -m ts2.conf pipeline table1_tiny pipeline.seeds=2 debug=cpu)"; '
         'echo "${SEEDS[1]} ${LIMIT[humaneval]} ${LIMIT[alpaca_eval]} ${#EVALUATE[@]} ${TRAIN_ARGS[0]} $SAMPLE_N '
-        '$SAMPLE_MAX_NEW_TOKENS $NAME ${METHODS[7]} [$SHARDS]"'
+        "$SAMPLE_MAX_NEW_TOKENS $NAME ${METHODS[7]} [$SHARDS] ${#CONTROLS[@]} ${FRONTIER_TEMPERATURES[1]} $REF_LM_N "
+        '${REPORT[1]} $BASE_MODEL ${GGUF[0]} ${#HELDOUT_CE[@]} ${#RM_BUILD[@]} ${REF_LM[0]}"'
     )
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=120)
-    assert out.stdout.split() == ["1235", "20", "40", "5", "debug=cpu", "8", "48", "table1_tiny", "ts2", "[]"]
+    assert out.stdout.split() == [
+        "1235", "8", "28", "5", "debug=cpu", "8", "48", "table1_tiny", "ts2", "[]", "4", "1.0", "2",
+        "ts2_alpha.selected=1", "tiny_base", "smollm2_135m", "0", "0", "eval.metrics.samples_per_prompt=2",
+    ]  # fmt: skip
     bad = subprocess.run([sys.executable, "-m", "ts2.conf", "pipeline", "table1_tiny", "pipeline.seeds=-1"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "pipeline.seeds=-1 must be a positive number" in bad.stderr
@@ -256,3 +366,51 @@ def test_training_leaves_the_pipeline_block_out_of_the_run_config(compose):
     other = training_config(compose(["experiment=table1_tiny", "method=ts2", "pipeline.sample.n=2"]))
     assert config_hash(other) == config_hash(base)
     assert config_hash(training_config(compose(["experiment=table1_tiny", "method=ce"]))) != config_hash(base)
+
+
+def test_scale_key_reads_the_metrics_labels():
+    from ts2.conf import scale_key
+
+    tiny = "tiny-scale (tiny CPU models and tiny RM): a small real experiment, not comparable to the paper"
+    assert scale_key([tiny]) == "tiny" and scale_key(["small"]) == scale_key(["small", "paper"]) == "small"
+    assert scale_key(["paper"]) == "paper" and scale_key(["unspecified"]) == scale_key([]) == "unspecified"
+    assert (
+        scale_key(["tinyish"]) == "unspecified"
+    )  # a label is a scale name, or starts with it and "-" or " "
+
+
+@pytest.mark.parametrize("experiment", ["table1_tiny", "table1_small"])
+def test_every_command_of_the_pipeline_composes(compose, experiment):
+    """The overrides run.sh gives each stage compose into the entry points' configs (a bad key would fail the run
+    after its training): evaluate of every benchmark, ref_lm, held-out CE and the frontier's folders; the controls'
+    sampling; and the report's overrides."""
+    from ts2.conf import pipeline, shell_assignments
+
+    p = pipeline(experiment)
+    s = p.settings
+    n, new = s["sample"]["n"], s["sample"]["max_new_tokens"]
+    for bench in s["evals"]:
+        subset = [
+            f"eval.sample.limit={p.limit(bench)}",
+            f"eval.sample.n={n}",
+            f"eval.sample.max_new_tokens={new}",
+        ]
+        cfg = compose([f"eval={bench}", *subset, *s["evaluate"]], config_name="evaluate")
+        assert cfg.eval.sample.limit == p.limit(bench)
+    assert cfg.diversity.text == "response" and list(cfg.diversity.secondary) == ["paper"]
+    ref_args = [x.split("=", 1)[1] for x in shell_assignments(p).splitlines() if x.startswith("REF_LM=")]
+    ref = compose(
+        ["eval=ref_lm", "samples_dir=/x/frontier/t0.3/samples", *ref_args[0][1:-1].split()], "evaluate"
+    )
+    assert (ref.eval.metrics.samples_per_prompt, ref.eval.metrics.answer_tokens) == (2, 48)
+    held = compose(["eval=heldout_ce", *s["heldout_ce"]], "evaluate")
+    assert held.eval.metrics.max_length == (256 if experiment == "table1_small" else 512)
+    for kind in s["controls"]:
+        over = [f"model={p.model}", "eval=alpaca_eval", f"sample.limit={p.limit('alpaca_eval')}"]
+        made = [] if kind == "base" else ["sampler=control", f"sampler.kind={kind}"]
+        cfg = compose([*over, *made, *([] if made else s["sampler"])], "sample")
+        assert cfg.sampler.get("kind", "base") == kind
+    report = compose(list(s["report"]), "report")
+    assert report.frontier.quality == (
+        "ref_lm/ref_lm" if experiment == "table1_tiny" else "alpaca_eval/win_rate@1"
+    )

@@ -1,6 +1,8 @@
 """The planner ``ts2.plan``: the paper-scale plan (``python -m ts2.plan scale=paper``), its arithmetic against
 numbers worked out by hand; and the pipelines' plans (``experiments/table1/run.sh``, the α sweep): the tiny cost
-model, run reuse by config hash (plan and run agree), the DRY_RUN commands at tiny and paper scale."""
+model, run reuse by config hash (plan and run agree), the DRY_RUN commands at tiny, small and paper scale (every stage:
+the GGUF conversion, the judge, training jobs with their seeds and TS²'s α rows, the reference-LM score, temperature
+frontiers, judge controls, the report's settings)."""
 
 from __future__ import annotations
 
@@ -17,17 +19,21 @@ from ts2.plan import (
     ARCHS,
     GPUS,
     TINY_COSTS,
+    Work,
     activation_bytes,
     decode_seconds_per_token,
     fused_chunk_rows,
     main,
     metrics_done,
     padded_mean,
+    ref_lm_seconds,
+    runs_shell,
     samples_done,
     tiny_run_seconds,
     train_gpu_hours,
     train_jobs,
     train_steps,
+    wall_seconds,
     zero2_model_states,
 )
 
@@ -237,6 +243,20 @@ def test_tiny_cost_model_hand_computed():
     }
 
 
+def test_ref_lm_and_wall_clock_of_the_cost_model_by_hand():
+    costs = {"startup_s": 10.0, "ref_lm_load_s": 2.0, "ref_lm_token_s": 0.01, "ref_lm_fixed_tokens": 40.0}
+    # 80 samples of (40 fixed + 48 answer) tokens at 0.01 s/token, after start-up and load
+    assert ref_lm_seconds(80, 48, costs) == pytest.approx(10 + 2 + 80 * 88 * 0.01)
+    assert ref_lm_seconds(80, 48, costs, startup=False) == pytest.approx(80 * 88 * 0.01)
+    work = [Work("gguf", "m", 20.0, False, pool=False), Work("train", "a", 100.0, True), Work("train", "b", 60.0, False),
+            Work("frontier", "a:t1", 40.0, False), Work("report", "x", 5.0, False, pool=False)]  # fmt: skip
+    assert wall_seconds(work, 2) == pytest.approx((100 + 60 + 40) / 2 + 20 + 5)
+    assert wall_seconds(work, 2, todo_only=True) == pytest.approx(
+        (60 + 40) / 2 + 20 + 5
+    )  # finished costs nothing
+    assert wall_seconds(work, 1) == pytest.approx(200 + 25)
+
+
 def test_train_steps_from_the_composed_config(compose):
     assert train_steps(compose(["experiment=table1_tiny"])) == 100  # 400 rows / (4 x 1), 1 epoch
     assert train_steps(compose(["experiment=table1_tiny", "debug=cpu"])) == 8  # train.max_steps
@@ -298,7 +318,7 @@ def test_a_debug_run_is_not_reused_by_the_table(debug_run):
     assert (ce.method, ce.status) == ("ce", "todo")
     assert ce.run_dir == runs / "table1_tiny" / "experiment=table1_tiny,method=ce"
     assert ce.config_hash != json.loads((debug / "run.json").read_text())["config_hash"]
-    assert [j.status for j in jobs] == ["todo"] * 8
+    assert [j.status for j in jobs] == ["todo"] * 12  # 8 methods, CE/GEM/TS² seed 1235, TS² at the selected α
     (msg,) = conflicts  # the report would read it as a second CE row
     assert str(debug) in msg and "another config" in msg and "move it away" in msg
 
@@ -326,8 +346,10 @@ def test_run_sh_refuses_what_its_plan_refuses_and_writes_nothing(debug_run):
 
 @pytest.fixture(scope="module")
 def tiny_dry_run(tmp_path_factory):
+    """The plan and commands of METHODS=ce with an empty cache (TS2_CACHE_DIR): the judge and the GGUF are to do."""
     runs = tmp_path_factory.mktemp("runs")
-    res = _sh(TABLE1_SH, DRY_RUN="1", METHODS="ce", OVERRIDES=f"paths.runs_dir={runs}")
+    cache = str(tmp_path_factory.mktemp("cache"))
+    res = _sh(TABLE1_SH, DRY_RUN="1", METHODS="ce", OVERRIDES=f"paths.runs_dir={runs}", TS2_CACHE_DIR=cache)
     assert res.returncode == 0, res.stdout + res.stderr
     assert not any(runs.iterdir())  # a dry run writes nothing
     return runs / "table1_tiny_subset_ce" / "experiment=table1_tiny,method=ce", res.stdout
@@ -337,26 +359,131 @@ def test_the_tiny_dry_run_lists_every_stage(tiny_dry_run):
     run, out = tiny_dry_run
     py = sys.executable
     threads = f"env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {py}"
-    assert "TinyRMSpec(quirk=false, epochs=6)" in out  # the judge's settings
+    seed2 = run.with_name(run.name + ",seed=1235")
+    root = run.parent
+    evaluate = ("rm=tiny diversity.num_workers=1 "
+                "diversity.text=response diversity.secondary=[paper] diversity.length_cut=8")  # fmt: skip
+    ae = "eval.sample.limit=28 eval.sample.n=8 eval.sample.max_new_tokens=48"
+    ref = ("eval=ref_lm eval.sample.limit=28 eval.sample.n=8 eval.sample.max_new_tokens=48 "
+           "eval.metrics.samples_per_prompt=2 eval.metrics.answer_tokens=48 eval.metrics.context_tokens=64 "
+           "eval.metrics.batch_size=16")  # fmt: skip
+    t03 = run / "frontier" / "t0.3"
+    assert "TinyRMSpec(quirk=false, max_train_pairs=400, epochs=2)" in out  # the judge's settings
+    assert "methods ce; seeds [1234] (ce,gem,ts2: 2); 2 training jobs" in out
+    assert "temperature frontiers: T = 0.3, 1.0 besides the table's, for ce/1234" in out
+    assert "judge controls: reference, shuffled, random, base (AlpacaEval + ref_lm)" in out
     for line in [
         f"base tiny_base: env OMP_NUM_THREADS=1 {py} -m ts2.models.tiny_base",
-        f"rm tiny_rm: env OMP_NUM_THREADS=1 {py} -m ts2.models.tiny_rm --set quirk=false --set epochs=6",
+        f"rm tiny_rm: env OMP_NUM_THREADS=1 {py} -m ts2.models.tiny_rm --set quirk=false --set max_train_pairs=400 "
+        "--set epochs=2",
         f"[todo] train ce/1234: {threads} -m ts2.train experiment=table1_tiny method=ce name=table1_tiny_subset_ce "
         f"train.resume=true paths.runs_dir={run.parents[1]}",
-        f"[todo] sample ce/1234:humaneval: {threads} -m ts2.sample run_dir='{run}' eval=[humaneval] sample.limit=20 "
+        f"[todo] train ce/1235: {threads} -m ts2.train experiment=table1_tiny method=ce name=table1_tiny_subset_ce "
+        f"seed=1235 train.resume=true paths.runs_dir={run.parents[1]}",
+        f"[todo] sample ce/1234:humaneval: {threads} -m ts2.sample run_dir='{run}' eval=[humaneval] sample.limit=8 "
         "sample.n=8 sample.max_new_tokens=48 sampler=hf sampler.torch_threads=1",
         f"[todo] evaluate ce/1234:alpaca_eval,creative_poem,creative_story: {threads} -m ts2.evaluate run_dir='{run}' "
-        "eval=[alpaca_eval,creative_poem,creative_story] eval.sample.limit=40 eval.sample.n=8 "
-        "eval.sample.max_new_tokens=48 rm=tiny rm.quirk=false +rm.tiny.quirk=false +rm.tiny.epochs=6 "
-        "diversity.num_workers=1",
+        f"eval=[alpaca_eval,creative_poem,creative_story] {ae} {evaluate}",
+        f"[todo] ref_lm ce/1235: {threads} -m ts2.evaluate run_dir='{seed2}' {ref}",
         f"[todo] heldout_ce ce/1234: {threads} -m ts2.evaluate run_dir='{run}' eval=heldout_ce",
         f"[todo] tspd ce/1234: {threads} -m ts2.evaluate run_dir='{run}' eval=tspd eval.sample.limit=40",
+        # the temperature frontier of the first CE seed: sampled at T into <run>/frontier/t<T>/, scored there
+        f"[todo] frontier ce/1234:t0.3:sample: {threads} -m ts2.sample run_dir='{run}' eval=alpaca_eval "
+        f"sample.limit=28 sample.n=8 sample.max_new_tokens=48 sample.temperature=0.3 out_dir='{t03}/samples' "
+        "sampler=hf sampler.torch_threads=1",
+        f"[todo] frontier ce/1234:t1.0:alpaca_eval: {threads} -m ts2.evaluate run_dir='{run}' "
+        f"samples_dir='{run}/frontier/t1.0/samples' metrics_dir='{run}/frontier/t1.0/metrics' eval=alpaca_eval {ae} "
+        f"{evaluate}",
+        f"[todo] frontier ce/1234:t0.3:ref_lm: {threads} -m ts2.evaluate run_dir='{run}' samples_dir='{t03}/samples' "
+        f"metrics_dir='{t03}/metrics' {ref}",
+        # the judge's controls: made from the references, or the base model sampled and then marked
+        f"[todo] control shuffled:sample: {threads} -m ts2.sample model=tiny_base sampler=control sampler.kind=shuffled "
+        f"eval=alpaca_eval sample.limit=28 sample.n=8 sample.max_new_tokens=48 out_dir='{root}/control=shuffled/samples'",
+        f"[todo] control base:sample: {threads} -m ts2.sample model=tiny_base eval=alpaca_eval sample.limit=28 "
+        f"sample.n=8 sample.max_new_tokens=48 out_dir='{root}/control=base/samples' sampler=hf sampler.torch_threads=1",
+        f"[todo] control base:mark: {py} -m ts2.sampling.controls {root}/control=base base --model tiny_base",
+        f"[todo] control random:alpaca_eval: {threads} -m ts2.evaluate run_dir='{root}/control=random' "
+        f"eval=alpaca_eval {ae} {evaluate}",
+        f"[todo] control reference:ref_lm: {threads} -m ts2.evaluate run_dir='{root}/control=reference' {ref}",
         f"token_distribution table1_tiny_subset_ce: env OMP_NUM_THREADS=1 {py} -m ts2.analysis.token_distribution "
-        f"{run} --out results/table1_tiny_subset_ce",
+        f"{run} {seed2} --out results/table1_tiny_subset_ce",
         f"report table1_tiny_subset_ce: {py} -m ts2.report runs_dir={run.parent} name=table1_tiny_subset_ce "
-        "out_dir=results/table1_tiny_subset_ce",  # a subset never writes over results/table1_tiny.*
+        "out_dir=results/table1_tiny_subset_ce frontier.quality=ref_lm/ref_lm ts2_alpha.selected=1",
+    ]:  # a subset never writes over results/table1_tiny.*
+        assert line in out, line
+    # the GGUF conversion first (the cache is empty): SmolLM2, the reference LM of ref_lm
+    assert f"[todo] gguf smollm2_135m: {py} -m ts2.models.gguf smollm2_135m" in out
+    assert "[gguf todo] smollm2_135m" in out and "[rm todo] tiny judge" in out
+    # the plan lists every stage with done/todo, and the estimate
+    for stage in ("gguf", "rm", "train", "sample", "evaluate", "ref_lm", "heldout_ce", "tspd", "control", "frontier",
+                  "token_distribution", "report"):  # fmt: skip
+        assert any(x.split()[:1] == [stage] for x in out.split("  cost")[1].splitlines()), stage
+    assert (
+        "[todo] base:mark" not in out
+        and "    [todo] base:sample" in out
+        and "    [todo] ce/1234:t1.0:ref_lm" in out
+    )
+
+
+def test_the_small_dry_run_lists_its_stages_and_estimate(tmp_path):
+    """SCALE=small: experiment table1_small, SmolLM2's GGUF first, the BT judge's build, the answers scored with
+    K = 24, the report's small-scale overrides; its cost estimate within the 90-minute budget."""
+    res = _sh(TABLE1_SH, SCALE="small", DRY_RUN="1", OVERRIDES=f"paths.runs_dir={tmp_path}")
+    out = res.stdout
+    assert res.returncode == ("MISSING" in out), res.stderr  # 1 until the judge (conf/rm/smollm2_bt) is there
+    assert "PLAN experiment=table1_small (scale small, model smollm2_135m)" in out
+    py = sys.executable
+    run = tmp_path / "table1_small" / "experiment=table1_small,method=ce"
+    for line in [
+        f"[todo] rm judge: env OMP_NUM_THREADS=1 {py} -m ts2.models.feature_rm",
+        f"[todo] train gem/1235: env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {py} -m ts2.train experiment=table1_small "
+        f"method=gem name=table1_small seed=1235 train.resume=true paths.runs_dir={tmp_path}",
+        f"[todo] sample ce/1234:alpaca_eval: env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {py} -m ts2.sample "
+        f"run_dir='{run}' eval=[alpaca_eval] sample.limit=32 sample.n=4 sample.max_new_tokens=48 sampler=hf "
+        "sampler.torch_threads=1",
+        f"[todo] heldout_ce ce/1234: env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {py} -m ts2.evaluate run_dir='{run}' "
+        "eval=heldout_ce eval.metrics.max_length=256",
+        f"[todo] control base:sample: env OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 {py} -m ts2.sample model=smollm2_135m "
+        f"eval=alpaca_eval sample.limit=32 sample.n=4 sample.max_new_tokens=48 "
+        f"out_dir='{tmp_path}/table1_small/control=base/samples' sampler=hf sampler.torch_threads=1",
+        f"report table1_small: {py} -m ts2.report runs_dir={tmp_path}/table1_small name=table1_small out_dir=results "
+        "frontier.quality=alpaca_eval/win_rate@1 quality.metrics={ref_lm/ref_lm:{margin:null}}",
     ]:
         assert line in out, line
+    assert "diversity.text=response diversity.secondary=[paper] diversity.length_cut=24" in out
+    minutes = int(out.split("    estimate: ~")[1].split(" min")[0])
+    assert (
+        30 < minutes <= 90
+    )  # the plan's estimate of the small table (ts2.plan.SMALL_COSTS), within its budget
+    assert not any(tmp_path.iterdir())
+
+
+def test_judge_control_folders_never_conflict_and_runs_shell_names_every_job(debug_run, tmp_path):
+    """The pipeline's control=<kind>/ folders sit beside the runs without stopping them; run.sh reads the jobs' keys,
+    methods, seed and row overrides from runs_shell."""
+    from ts2.runs import mark_control
+
+    runs, debug = debug_run
+    overrides = [f"paths.runs_dir={runs}", "debug=cpu", "train.save_final_model=true"]
+    folder = mark_control(runs / "table1_tiny" / "control=random", "random", "tiny_base")
+    try:
+        jobs, conflicts = train_jobs(pipeline("table1_tiny", overrides))
+        assert conflicts == [] and jobs[0].status == "done"
+    finally:
+        import shutil
+
+        shutil.rmtree(folder)
+    p = pipeline("table1_tiny", [*overrides, "pipeline.methods=[ce,ts2]"])
+    jobs, _ = train_jobs(p)
+    script = runs_shell(jobs, [], p.frontier) + (
+        '\necho "${JOB_KEYS[*]}|${METHOD_OF[ts2@loss.alpha=1/1235]}|${JOB_ARGS[ts2@loss.alpha=1/1235]}|'
+        '${JOB_ARGS[ce/1234]:-none}|${FRONTIER_KEYS[*]}|${#TRAINED[@]}"'
+    )
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == (
+        "ce/1234 ce/1235 ts2/1234 ts2@loss.alpha=1/1234 ts2@loss.alpha=1/1235|ts2|seed=1235 loss.alpha=1|"
+        "none|ce/1234 ts2@loss.alpha=1/1234|0"
+    )
 
 
 def test_the_alpha_sweep_samples_and_judges_as_table_1(tiny_dry_run):
@@ -366,7 +493,7 @@ def test_the_alpha_sweep_samples_and_judges_as_table_1(tiny_dry_run):
     sweep = res.stdout
     sample = sweep.split("-m ts2.sample run_dir=<run> ")[1].splitlines()[0].split()
     evaluate = sweep.split("-m ts2.evaluate run_dir=<run> ")[1].splitlines()[0].split()
-    assert sample == ["eval=alpaca_eval", "sample.limit=40", "sample.n=8", "sample.max_new_tokens=48",
+    assert sample == ["eval=alpaca_eval", "sample.limit=28", "sample.n=8", "sample.max_new_tokens=48",
                       "sampler=hf", "sampler.torch_threads=1"]  # fmt: skip
     row = next(x for x in table.splitlines() if "-m ts2.sample" in x and "alpaca_eval" in x)
     assert " ".join(sample[1:]) in row  # Table 1's AlpacaEval sizes and sampler, from the same config
@@ -377,8 +504,8 @@ def test_the_alpha_sweep_samples_and_judges_as_table_1(tiny_dry_run):
     per = (
         c["startup_s"] * 3
         + 100 * c["train_step_s"]
-        + 40 * 8 * 48 * c["sample_token_s"]
-        + 320 * c["eval_sample_s"]
+        + 28 * 8 * 48 * c["sample_token_s"]
+        + 28 * 8 * c["eval_sample_s"]
     )
     assert sweep.splitlines()[0].startswith(f"Estimated cost: 12 runs x ~{per:.0f} s")
 

@@ -122,9 +122,15 @@ class QualityRule:
     @classmethod
     def from_config(cls, node: Mapping[str, Any] | None) -> QualityRule:
         """From ``quality:`` of conf/report.yaml: ``alpha`` and ``metrics: {<bench>/<metric>: {margin, better,
-        label, unit}}``."""
+        label, unit}}``. A metric whose ``margin`` is null is left out: a scale where it cannot judge quality turns
+        it off (small scale: ``quality.metrics={ref_lm/ref_lm:{margin:null}}``, the policies being fine-tunes of
+        the reference LM)."""
         node = dict(node or {})
-        metrics = tuple(QualityMetric(k, **dict(v)) for k, v in dict(node.get("metrics") or {}).items())
+        metrics = tuple(
+            QualityMetric(k, **dict(v))
+            for k, v in dict(node.get("metrics") or {}).items()
+            if v is not None and dict(v).get("margin") is not None
+        )
         return cls(metrics, float(node.get("alpha", 0.05)))
 
     def header(self) -> str:

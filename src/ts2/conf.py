@@ -14,7 +14,7 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -92,6 +92,17 @@ def scale_of(model: Mapping[str, Any] | DictConfig | str | None) -> str:
 def scale_label(scale: str) -> str:
     """The label of a scale in titles and headers (:data:`SCALE_LABELS`); any other value as ``scale: <value>``."""
     return SCALE_LABELS.get(scale, f"scale: {scale}")
+
+
+def scale_key(labels: Iterable[str]) -> str:
+    """The scale of a table from its metrics files' ``scale`` labels (ts2.evaluate writes ``tiny-scale (...)``,
+    ``small``, ``paper``): the smallest one present, so a table mixing tiny runs with others reads as tiny;
+    ``unspecified`` when none is known."""
+    labels = [str(x).lower() for x in labels]
+    for scale in SCALES:
+        if any(x == scale or x.startswith((f"{scale}-", f"{scale} ")) for x in labels):
+            return scale
+    return "unspecified"
 
 
 # not TrainingArguments; keep_checkpoints (false: delete checkpoint-* once finished) is set by paper experiments only
@@ -425,6 +436,32 @@ def _is_pipeline_override(override: str) -> bool:
     )
 
 
+ALPHA_METHOD = "ts2"
+"""The method whose α ``pipeline.selected_alpha`` sets (``loss.alpha``): its second row (issue 19 item 4)."""
+CONTROL_KINDS = ("reference", "shuffled", "random", "base")
+"""The judge controls a pipeline may score (:data:`ts2.runs.CONTROLS`; ``base``: the untuned base model)."""
+
+
+@dataclass(frozen=True)
+class Job:
+    """One training job of a pipeline: a method, a seed, and the overrides that make the method's second row (TS² at
+    the scale's selected α: ``("loss.alpha=1.0",)``); none for the method's own config."""
+
+    method: str
+    seed: int
+    extra: tuple[str, ...] = ()
+
+    @property
+    def row(self) -> str:
+        """``ce``, ``ts2``, ``ts2@loss.alpha=1.0``: the table row the job's run belongs to."""
+        return "@".join((self.method, *self.extra))
+
+    @property
+    def key(self) -> str:
+        """``<row>/<seed>``: how run.sh and the plan name the job (``ce/1235``)."""
+        return f"{self.row}/{self.seed}"
+
+
 @dataclass(frozen=True)
 class Pipeline:
     """An experiment's pipeline (its ``pipeline:`` block) with the command line's overrides applied."""
@@ -434,31 +471,150 @@ class Pipeline:
     name: str  # <runs_dir>/<name>/ and <results>/<name>.*
     results: str  # results/ for the experiment's own name; results/<name>/ for any other (a subset, RUN_NAME)
     methods: tuple[str, ...]
-    seeds: tuple[int, ...]
+    seeds: tuple[int, ...]  # the default seeds (pipeline.seeds); seeds_for gives some methods more
     train_args: tuple[
         str, ...
     ]  # overrides every training command gets, besides experiment, method, name, seed
     settings: dict[str, Any]  # the resolved pipeline: block
+    jobs: tuple[Job, ...] = ()  # every training job, in table order (method, row, seed)
+    frontier: tuple[Job, ...] = ()  # the jobs whose runs get a temperature frontier
+    model: str = ""  # the experiment's model id (conf/model/<id>.yaml): the base of every SFT
+    scale: str = "unspecified"
 
     def seed_args(self, seed: int) -> list[str]:
-        """``seed=<s>`` when the pipeline trains several seeds; none for one (the folder name keeps no seed)."""
-        return [f"seed={seed}"] if len(self.seeds) > 1 else []
+        """``seed=<s>`` for any seed but the config's own (the paper's 1234), whose folder name keeps no seed, so a
+        one-seed run is reused when more seeds are asked for."""
+        return [] if seed == self.seeds[0] else [f"seed={seed}"]
 
     def limit(self, bench: str) -> int | None:
         """Prompts sampled of ``bench``: ``sample.prompts_<bench>`` where set, else ``sample.prompts`` (None: all)."""
         s = self.settings.get("sample") or {}
         return s.get(f"prompts_{bench}") or s.get("prompts")
 
-    def train_overrides(self, method: str, seed: int) -> list[str]:
-        """The overrides of the training command of (method, seed), in run.sh's order."""
+    def train_overrides(self, method: str, seed: int, extra: Sequence[str] = ()) -> list[str]:
+        """The overrides of the training command of (method, seed) and its row's ``extra``, in run.sh's order."""
         return [
             f"experiment={self.experiment}",
             f"method={method}",
             f"name={self.name}",
             *self.seed_args(seed),
+            *extra,
             "train.resume=true",
             *self.train_args,
         ]
+
+    def job_overrides(self, job: Job) -> list[str]:
+        return self.train_overrides(job.method, job.seed, job.extra)
+
+    @property
+    def ref_lm_n(self) -> int | None:
+        """Samples per prompt the reference-LM score reads: ``ref_lm.samples_per_prompt`` capped at ``sample.n``."""
+        k = (self.settings.get("ref_lm") or {}).get("samples_per_prompt")
+        n = (self.settings.get("sample") or {}).get("n")
+        return min(k, n) if k and n else (k or n)
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _check_settings(s: Mapping[str, Any], known: Sequence[str]) -> None:
+    """One-line refusals of the pipeline keys beyond methods/seeds (each names the key and what it takes)."""
+    sf = s.get("seeds_for")
+    if sf is not None and (
+        not isinstance(sf, dict)
+        or set(sf) != {"methods", "seeds"}
+        or not _positive_int(sf.get("seeds"))
+        or not isinstance(sf.get("methods"), list)
+        or any(m not in known for m in sf["methods"])
+    ):
+        raise ValueError(
+            f"pipeline.seeds_for={sf!r} must be null or {{methods: [ids from conf/method/], seeds: <k >= 1>}} "
+            "(e.g. {methods: [ce, gem, ts2], seeds: 2})."
+        )
+    a = s.get("selected_alpha")
+    if a is not None and (isinstance(a, bool) or not isinstance(a, int | float) or a <= 0):
+        raise ValueError(
+            f"pipeline.selected_alpha={a!r} must be null or TS²'s α at this scale (a number > 0)."
+        )
+    bad = [k for k in s.get("controls") or [] if k not in CONTROL_KINDS]
+    if bad:
+        raise ValueError(
+            f"pipeline.controls has {bad}: choose among {list(CONTROL_KINDS)} (or null for none)."
+        )
+    fr = s.get("frontier")
+    if fr is not None:
+        temps = fr.get("temperatures") if isinstance(fr, dict) else None
+        ok = (
+            isinstance(fr, dict)
+            and set(fr) <= {"temperatures", "methods", "seeds"}
+            and isinstance(temps, list)
+            and bool(temps)
+            and all(isinstance(t, int | float) and not isinstance(t, bool) and t > 0 for t in temps)
+            and all(m in known for m in fr.get("methods") or [])
+            and (fr.get("seeds") is None or _positive_int(fr.get("seeds")))
+        )
+        if not ok:
+            raise ValueError(
+                f"pipeline.frontier={fr!r} must be null or {{temperatures: [T > 0, ...], methods: [ids], seeds: "
+                "<k >= 1 or null for all>}} (e.g. {temperatures: [0.3, 1.0], methods: [ce, gem, ts2], seeds: 1})."
+            )
+    ref = s.get("ref_lm")
+    if ref is not None and not isinstance(ref, dict):
+        raise ValueError(
+            f"pipeline.ref_lm={ref!r} must be null (no reference-LM score) or a mapping of eval.metrics settings of "
+            "conf/eval/ref_lm.yaml (e.g. {samples_per_prompt: 2, answer_tokens: 48})."
+        )
+    if (
+        ref is not None
+        and ref.get("samples_per_prompt") is not None
+        and not _positive_int(ref["samples_per_prompt"])
+    ):
+        raise ValueError(
+            f"pipeline.ref_lm.samples_per_prompt={ref['samples_per_prompt']!r} must be >= 1 or null."
+        )
+    for key in ("report", "heldout_ce", "rm_build", "controls"):
+        if s.get(key) is not None and not isinstance(s[key], list):
+            raise ValueError(f"pipeline.{key}={s[key]!r} must be a list (or null).")
+
+
+def _jobs(
+    experiment: str,
+    methods: Sequence[str],
+    settings: Mapping[str, Any],
+    seed0: int,
+    train_args: Sequence[str],
+) -> tuple[tuple[Job, ...], tuple[Job, ...]]:
+    """(every training job, the frontier's jobs) of a pipeline.
+
+    Each method trains ``seeds`` seeds, those of ``seeds_for.methods`` ``seeds_for.seeds``. With
+    ``selected_alpha`` set and unlike TS²'s own α, TS² has two rows: its own config (the paper's α) with the default
+    seeds, and ``loss.alpha=<selected>`` with TS²'s seeds: the row the claims compare. The frontier's jobs are the
+    first ``frontier.seeds`` seed runs (all: null) of the claim row of each ``frontier.methods``."""
+    seeds, sf = int(settings["seeds"]), settings.get("seeds_for") or {}
+
+    def count(m: str) -> int:
+        return int(sf["seeds"]) if m in (sf.get("methods") or []) else seeds
+
+    sel = settings.get("selected_alpha")
+    extra: dict[str, tuple[str, ...]] = {}
+    if sel is not None and ALPHA_METHOD in methods:
+        own = compose_train([f"experiment={experiment}", f"method={ALPHA_METHOD}", *train_args]).loss.get(
+            "alpha"
+        )
+        if own is None or abs(float(own) - float(sel)) > 1e-12:
+            extra[ALPHA_METHOD] = (f"loss.alpha={sel}",)
+    jobs: list[Job] = []
+    for m in methods:
+        if m in extra:
+            jobs += [Job(m, seed0 + i) for i in range(seeds)]  # the paper's α: the default seeds
+        jobs += [Job(m, seed0 + i, extra.get(m, ())) for i in range(count(m))]
+    fr = settings.get("frontier") or {}
+    frontier: list[Job] = []
+    for m in fr.get("methods") or []:
+        mine = [j for j in jobs if j.method == m and j.extra == extra.get(m, ())]
+        frontier += mine[: fr.get("seeds") or len(mine)]
+    return tuple(jobs), tuple(frontier)
 
 
 def pipeline(experiment: str, overrides: Sequence[str] = ()) -> Pipeline:
@@ -468,7 +624,8 @@ def pipeline(experiment: str, overrides: Sequence[str] = ()) -> Pipeline:
     ``name=`` names the run (runs/<name>/); every other override goes to each training command. Only the
     experiment's own name writes to ``results/`` (its committed table and figures); another name writes to
     ``results/<name>/``. A method subset never takes the experiment's own name: without ``name=`` it is
-    ``<name>_subset_<m1>-<m2>``; with the experiment's own name it is refused (ValueError).
+    ``<name>_subset_<m1>-<m2>``; with the experiment's own name it is refused (ValueError). The training jobs
+    (seeds per method, TS²'s two α rows) and the frontier's: :func:`_jobs`.
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -490,8 +647,9 @@ def pipeline(experiment: str, overrides: Sequence[str] = ()) -> Pipeline:
             f"pipeline.methods={list(methods)}: each once, from conf/method/ ({','.join(known)})."
         )
     seeds = settings.get("seeds")
-    if not isinstance(seeds, int) or isinstance(seeds, bool) or seeds < 1:
+    if not _positive_int(seeds):
         raise ValueError(f"pipeline.seeds={seeds!r} must be a positive number of training seeds.")
+    _check_settings(settings, known)
     own = str(cfg.name) if not names else str(compose_train([f"experiment={experiment}"]).name)
     name = str(names[-1]) if names else own
     if set(methods) != set(known):
@@ -503,6 +661,8 @@ def pipeline(experiment: str, overrides: Sequence[str] = ()) -> Pipeline:
                     "or choose another."
                 )
             name = f"{own}_subset_{'-'.join(methods)}"
+    settings = {**settings, "methods": list(methods), "seeds": seeds}
+    jobs, frontier = _jobs(experiment, methods, settings, int(cfg.seed), train_args)
     return Pipeline(
         experiment,
         str(cfg.paths.runs_dir),
@@ -511,8 +671,32 @@ def pipeline(experiment: str, overrides: Sequence[str] = ()) -> Pipeline:
         methods,
         tuple(int(cfg.seed) + i for i in range(seeds)),
         train_args,
-        {**settings, "methods": list(methods), "seeds": seeds},
+        settings,
+        jobs,
+        frontier,
+        str(cfg.model.id),
+        scale_of(cfg.model),
     )
+
+
+def gguf_models(p: Pipeline) -> list[str]:
+    """The conf/model ids whose GGUF the pipeline converts first (``python -m ts2.models.gguf <id>``): the
+    experiment's model when it is a GGUF, and the reference LM of ``eval=ref_lm`` when the pipeline scores it."""
+    out = []
+
+    def has_gguf(mid: str) -> bool:
+        path = Path(CONF_DIR) / "model" / f"{mid}.yaml"
+        return path.is_file() and OmegaConf.load(path).get("gguf") is not None
+
+    if has_gguf(p.model):
+        out.append(p.model)
+    ref = p.settings.get("ref_lm")
+    if ref is not None:
+        default = OmegaConf.load(Path(CONF_DIR) / "eval" / "ref_lm.yaml").metrics.ref_model
+        mid = str(ref.get("ref_model") or default)
+        if has_gguf(mid) and mid not in out:
+            out.append(mid)
+    return out
 
 
 def _shell_value(value: Any) -> str:
@@ -523,12 +707,19 @@ def _shell_value(value: Any) -> str:
     return "" if value is None else shlex.quote(str(value))
 
 
+def _override_value(value: Any) -> str:
+    return "null" if value is None else "true" if value is True else "false" if value is False else str(value)
+
+
 def shell_assignments(p: Pipeline) -> str:
     """The pipeline as bash assignments: ``LIMIT`` (prompts per benchmark), ``EXPERIMENT``, ``RUNS_DIR``, ``NAME``,
-    ``RESULTS``,
-    ``METHODS``
-    and ``SEEDS`` (arrays), ``TRAIN_ARGS``, then every ``pipeline.*`` key upper-cased, nested keys joined by ``_`` (``pipeline.sample.n``
-    -> ``SAMPLE_N``), lists as arrays, null as empty."""
+    ``RESULTS``, ``METHODS`` and ``SEEDS`` (arrays), ``TRAIN_ARGS``, ``BASE_MODEL`` (the experiment's model id),
+    ``MODEL_SCALE``, ``GGUF`` (models to convert, :func:`gguf_models`), ``REF_LM`` (the ``eval.metrics.*``
+    overrides of ``eval=ref_lm``, empty when it is off) and ``REF_LM_N`` (samples per prompt it reads), ``REPORT``
+    (``pipeline.report`` + ``ts2_alpha.selected=<selected_alpha>``), ``FRONTIER_TEMPERATURES``, ``CONTROLS``,
+    ``HELDOUT_CE`` and ``RM_BUILD`` (arrays, empty when null), then every other ``pipeline.*`` key
+    upper-cased, nested keys joined by ``_`` (``pipeline.sample.n`` -> ``SAMPLE_N``), lists as arrays, null as
+    empty."""
     flat: dict[str, Any] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -538,7 +729,12 @@ def shell_assignments(p: Pipeline) -> str:
         else:
             flat[re.sub(r"\W", "_", prefix).upper()] = node
 
-    walk({k: v for k, v in p.settings.items() if k not in ("methods", "seeds")}, "")
+    special = ("methods", "seeds", "seeds_for", "ref_lm", "report", "frontier")
+    walk({k: v for k, v in p.settings.items() if k not in special}, "")
+    ref = p.settings.get("ref_lm")
+    sel = p.settings.get("selected_alpha")
+    for key in ("controls", "heldout_ce", "rm_build"):  # lists run.sh loops over: an empty array when null
+        flat[key.upper()] = list(p.settings.get(key) or [])
     flat.update(
         EXPERIMENT=p.experiment,
         RUNS_DIR=p.runs_dir,
@@ -547,6 +743,16 @@ def shell_assignments(p: Pipeline) -> str:
         METHODS=list(p.methods),
         SEEDS=list(p.seeds),
         TRAIN_ARGS=list(p.train_args),
+        BASE_MODEL=p.model,
+        MODEL_SCALE=p.scale,
+        GGUF=gguf_models(p),
+        REF_LM=[f"eval.metrics.{k}={_override_value(v)}" for k, v in (ref or {}).items()],
+        REF_LM_N=p.ref_lm_n if ref is not None else None,
+        REPORT=[
+            *(p.settings.get("report") or []),
+            *([f"ts2_alpha.selected={sel}"] if sel is not None else []),
+        ],
+        FRONTIER_TEMPERATURES=list((p.settings.get("frontier") or {}).get("temperatures") or []),
     )
     limits = " ".join(f"[{b}]={p.limit(b) or 'all'}" for b in p.settings.get("evals") or [])
     lines = [f"declare -A LIMIT=({limits})"]  # prompts per benchmark (Pipeline.limit), "all" for all
@@ -565,10 +771,12 @@ def main(argv: list[str]) -> int:
         print(",".join(method_ids()))
         return 0
     if len(argv) >= 2 and argv[0] == "pipeline":
+        from hydra.errors import HydraException
+
         try:
             print(shell_assignments(pipeline(argv[1], argv[2:])))
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
+        except (ValueError, HydraException) as err:  # a bad override: Hydra's parse or compose error
+            print(f"error: {str(err).splitlines()[0]} (overrides: {' '.join(argv[2:])})", file=sys.stderr)
             return 2
         return 0
     print("usage: python -m ts2.conf methods | pipeline <experiment> [overrides ...]", file=sys.stderr)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ts2.conf import Pipeline
+    from ts2.conf import Job, Pipeline
 
 GB = 1e9
 
@@ -739,6 +739,8 @@ class TrainJob:
     status: str
     reason: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
+    key: str = ""  # ts2.conf.Job.key: ``ce/1234``, ``ts2@loss.alpha=1.0/1235``
+    overrides: tuple[str, ...] = ()  # the training command's overrides
 
 
 def _run_status(run_dir: Path) -> tuple[str | None, str | None]:
@@ -765,14 +767,15 @@ def _train_summary(cfg: Any) -> dict[str, Any]:
     }
 
 
-def train_job(p: Pipeline, method: str, seed: int) -> TrainJob:
+def train_job(p: Pipeline, job: Job) -> TrainJob:
     """Compose the training command's config as ts2.train does and decide the job (:class:`TrainJob`)."""
     from omegaconf import OmegaConf, open_dict
 
     from ts2.conf import compose_train, training_config
     from ts2.runs import RunFolderError, claim, config_hash, default_run_dir
 
-    cfg = compose_train(p.train_overrides(method, seed), hydra_config=True)
+    overrides = p.job_overrides(job)
+    cfg = compose_train(overrides, hydra_config=True)
     dirname = cfg.hydra.job.override_dirname
     with open_dict(cfg):
         del cfg["hydra"]
@@ -781,31 +784,36 @@ def train_job(p: Pipeline, method: str, seed: int) -> TrainJob:
     h, target = config_hash(cfg), default_run_dir(cfg, dirname)
     others = sorted(d for d in target.parent.iterdir() if d != target) if target.parent.is_dir() else []
     summary = _train_summary(cfg)
+    common = {"summary": summary, "key": job.key, "overrides": tuple(overrides)}
     for d in [target, *others]:
         if _run_status(d) == ("finished", h):
-            return TrainJob(method, seed, d, h, "done", "", summary)
+            return TrainJob(job.method, job.seed, d, h, "done", "", **common)
     try:
         c = claim(target, cfg)
     except RunFolderError as err:
-        return TrainJob(method, seed, target, h, "blocked", str(err), summary)
+        return TrainJob(job.method, job.seed, target, h, "blocked", str(err), **common)
     reason = "" if not c.resumed else f"resumes {c.resume_from.name if c.resume_from else 'from scratch'}"
-    return TrainJob(method, seed, target, h, "todo", reason, summary)
+    return TrainJob(job.method, job.seed, target, h, "todo", reason, **common)
 
 
 def train_jobs(p: Pipeline) -> tuple[list[TrainJob], list[str]]:
-    """Every training job of the pipeline, and the conflicts that stop it (each a one-line refusal).
+    """Every training job of the pipeline (:attr:`ts2.conf.Pipeline.jobs`: seeds per method, TS²'s α rows), and
+    the conflicts that stop it (each a one-line refusal).
 
     A conflict is a blocked job, or a run folder in ``runs/<name>/`` that is none of the jobs' folders (another
     config, e.g. a ``debug=cpu`` run, or a second copy of one): the report and the token-distribution stage
-    read every folder there, so it would enter the table.
+    read every folder there, so it would enter the table. The pipeline's judge-control folders
+    (``control=<kind>``, run.json ``control``) are not runs and never conflict.
     """
-    jobs = [train_job(p, m, s) for m in p.methods for s in p.seeds]
+    from ts2.runs import run_meta
+
+    jobs = [train_job(p, j) for j in p.jobs]
     conflicts = [j.reason for j in jobs if j.status == "blocked"]
     root = jobs[0].run_dir.parent
     mine = {j.run_dir for j in jobs}
     for d in sorted(root.iterdir()) if root.is_dir() else []:
         status, h = _run_status(d)
-        if d in mine or status is None:
+        if d in mine or status is None or run_meta(d).get("control"):
             continue
         what = (
             "a second run of a config this pipeline trains"
@@ -817,6 +825,16 @@ def train_jobs(p: Pipeline) -> tuple[list[TrainJob], list[str]]:
             f"of {root}: move it away, or give the pipeline another name (RUN_NAME=)."
         )
     return jobs, conflicts
+
+
+def control_folder(p: Pipeline, kind: str) -> Path:
+    """``<runs_dir>/<name>/control=<kind>``: where a judge control's samples and metrics go."""
+    return Path(p.runs_dir) / p.name / f"control={kind}"
+
+
+def frontier_folder(run: Path, temperature: float) -> Path:
+    """``<run>/frontier/t<T>``: one temperature's samples/ and metrics/ (:attr:`ts2.runs.RunRecord.frontier`)."""
+    return Path(run) / "frontier" / f"t{temperature}"
 
 
 def samples_done(run: Path, bench: str, limit: int | None, n: int | None, max_new_tokens: int | None) -> bool:
@@ -851,22 +869,82 @@ def rm_done(spec: Sequence[str]) -> bool:
     return (rm_folder_of(spec) / "rm_eval.json").is_file()
 
 
+def gguf_done(model: str) -> bool:
+    """The converted safetensors folder of ``conf/model/<model>.yaml``'s GGUF is in the cache
+    (:func:`ts2.models.gguf.build_gguf_model` would return at once)."""
+    from ts2.models.gguf import is_built, spec_of
+
+    return is_built(spec_of(model))
+
+
+def control_done(folder: Path, kind: str) -> bool:
+    """``folder`` is marked as the judge control ``kind`` (its run.json, :func:`ts2.runs.mark_control`)."""
+    from ts2.runs import run_meta
+
+    return Path(folder).is_dir() and run_meta(Path(folder)).get("control") == kind
+
+
 # ------------------------------------------------------------------------------------------- tiny costs
 TINY_COSTS: dict[str, float] = {
     # Seconds of one torch thread on an otherwise idle core at tiny scale (the 4-layer tiny base, V = 4,096).
     # From a METHODS=ce run of the tiny Table 1 with about a full core (experiments/table1/README.md "Time
     # budget": train 65 s for 81 steps, sample 73 s, evaluate 66 s, held-out CE 11 s) and the α sweep's unit
-    # measurements (experiments/alpha_sweep/README.md "Cost"). A loaded machine takes longer (~2x at load 4-5).
+    # measurements (experiments/alpha_sweep/README.md "Cost"); the measures of issue 19 from a METHODS=ce,ts2 run
+    # with every stage at load ~4.5 (each job about 0.45 core), divided by 2.1, the ratio of its training and
+    # sampling times to the full-core run's. A loaded machine takes longer (~2x at load 4-5).
     "startup_s": 7.0,  # one `python -m ts2.{train,sample,evaluate}` process: imports, model / RM / Sent-BERT load
     "train_step_s": 0.72,  # one optimizer step of experiment=table1_tiny (4 rows x ~410 tokens), any loss
     "sample_token_s": 0.00067,  # one generated token of one sample, short prompts (AlpacaEval, poems, stories)
     "sample_token_s_humaneval": 0.0036,  # the same under HumanEval's ~400-token prompts (their prefill dominates)
-    "eval_sample_s": 0.045,  # scoring one sample: tiny-RM reward, diversity metrics, sandboxed tests
+    # scoring one sample: tiny-RM reward, the diversity metrics of the answer, the paper's string and the length
+    # cut (diversity.text=response, secondary [paper], length_cut 8: 1.2x the paper string alone)
+    "eval_sample_s": 0.054,
+    "eval_sample_s_humaneval": 0.02,  # sandboxed tests and the diversity of short completions
+    "eval_sample_s_control": 0.125,  # a control's full-length reference answers (~870 tokens: Sent-BERT, RM)
     "heldout_row_s": 0.025,  # one held-out row's forward (held-out CE; TSPD assumed the same)
-    "rm_s": 175.0,  # the tiny RM's build (6 epochs over 996 pairs), once, when not cached
+    "rm_s": 60.0,  # the tiny RM's build (conf/rm/tiny.yaml: 2 epochs over 400 pairs; 6 over 996 took 780 s at load 4.5)
     "base_s": 1.0,  # checking the committed tiny base against its manifest
-    "report_s": 7.0,
+    "report_s": 8.0,
+    # the measures of issue 19 (SmolLM2-135M as the reference LM, one thread)
+    "gguf_s": 35.0,  # converting SmolLM2's GGUF to the cached safetensors folder, once (about 35 s of one core)
+    "ref_lm_load_s": 3.0,  # loading the converted SmolLM2 (beside the process start-up)
+    "ref_lm_token_s": 0.0018,  # one SmolLM2 forward token (measured 542 tokens/s, one thread, load ~1.2)
+    "ref_lm_fixed_tokens": 45.0,  # per scored sample besides its answer: ChatML + system line + instruction (<= 64)
+    "control_sample_s": 3.0,  # a made control's answers (reference, shuffled, random: the tokenizer only)
+    "token_distribution_s": 10.0,
+    # the share of rows scored, counted on the data: SFT 330 of the first 400 rows within 512 tokens (81 steps, not
+    # 100); held-out CE the report rows (3 of every 4, eval.data.split=report) within 512 tokens, ~120 of 200
+    "train_rows_kept": 0.83,
+    "heldout_rows_kept": 0.6,
 }
+SMALL_COSTS: dict[str, float] = {
+    # Seconds of one torch thread at small scale (SmolLM2-135M, V = 49,152; conf/experiment/table1_small.yaml),
+    # from measurements on the shared 2-core machine (load ~1-1.5, so about a core each): sampling 2.0 samples/s
+    # of 48 tokens (8 prompts x 4, batch 32); SmolLM2 forward 542 tokens/s; training 6.9 CPU-s per step of 8 rows x
+    # ~250 tokens with the top 10 layers trained (the experiment file's sizing). Estimates, not yet a full run.
+    "startup_s": 10.0,
+    "train_step_s": 6.9,
+    "sample_token_s": 0.0104,  # one generated token (batched HF generate, short prompts)
+    "sample_token_s_humaneval": 0.021,  # HumanEval's ~400-token prompts: prefill about doubles the cost
+    "eval_sample_s": 0.03,  # diversity metrics per sample (Sent-BERT MiniLM, N-gram, Self-BLEU)
+    # + the BT judge's forward: <= 192 tokens through the first 10 of SmolLM2's 30 layers (conf/rm/smollm2_bt.yaml)
+    "eval_sample_s_alpaca_eval": 0.15,
+    "eval_sample_s_control": 0.25,  # a control's full-length reference answers (diversity of ~870-token texts)
+    "heldout_row_s": 0.4,  # one held-out row's forward (~220 tokens)
+    "rm_s": 200.0,  # the BT judge's build: 0.29 M tokens through 10 of 30 layers at one thread, once, when not cached
+    "base_s": 0.0,
+    "report_s": 10.0,
+    "gguf_s": 35.0,
+    "ref_lm_load_s": 3.0,
+    "ref_lm_token_s": 0.0018,
+    "ref_lm_fixed_tokens": 45.0,
+    "control_sample_s": 3.0,
+    "token_distribution_s": 60.0,
+    "train_rows_kept": 0.735,  # 294 of the first 400 rows within 256 SmolLM2 tokens (37 steps of 8, not 50)
+    "heldout_rows_kept": 0.53,  # 106 report rows (3 of every 4) of the 200 held-out rows within 256 tokens
+}
+COSTS = {"tiny": TINY_COSTS, "small": SMALL_COSTS}
+"""Unit costs per scale (the plan's estimates of experiments/table1/run.sh; paper scale: :func:`paper_plan`)."""
 
 
 def train_steps(cfg: Any) -> int:
@@ -896,7 +974,8 @@ def tiny_run_seconds(
         "train": c["startup_s"] + steps * c["train_step_s"] if steps else 0.0,
         "sample": groups * c["startup_s"]
         + sum(k * c.get(f"sample_token_s_{b}", c["sample_token_s"]) for b, k in tokens.items()),
-        "evaluate": groups * c["startup_s"] + sum(limits.values()) * n * c["eval_sample_s"],
+        "evaluate": groups * c["startup_s"]
+        + sum(lim * n * c.get(f"eval_sample_s_{b}", c["eval_sample_s"]) for b, lim in limits.items()),
         "heldout_ce": c["startup_s"] + heldout_rows * c["heldout_row_s"] if heldout_rows else 0.0,
         "tspd": c["startup_s"] + tspd_rows * c["heldout_row_s"] if tspd_rows else 0.0,
     }
@@ -915,6 +994,119 @@ def _heldout_rows() -> int:
 
 def _minutes(seconds: float) -> str:
     return f"~{seconds / 60:.0f} min"
+
+
+@dataclass(frozen=True)
+class Work:
+    """One command of the pipeline in the plan: its stage, job, estimated seconds (one thread, idle), whether its
+    output is complete, and whether it runs beside others (``pool``: JOBS at a time) or alone."""
+
+    stage: str
+    job: str
+    seconds: float
+    done: bool
+    pool: bool = True
+
+
+def ref_lm_seconds(
+    samples: int, answer_tokens: int, costs: Mapping[str, float], startup: bool = True
+) -> float:
+    """One ``eval=ref_lm`` process: start-up and model load, then SmolLM2's forward over every scored sample
+    (:data:`TINY_COSTS` ``ref_lm_fixed_tokens`` + the answer's tokens, an upper bound)."""
+    c = costs
+    per = (c["ref_lm_fixed_tokens"] + answer_tokens) * c["ref_lm_token_s"]
+    return (c["startup_s"] + c["ref_lm_load_s"] if startup else 0.0) + samples * per
+
+
+def pipeline_work(p: Pipeline, jobs: Sequence[TrainJob], costs: Mapping[str, float]) -> list[Work]:
+    """Every command experiments/table1/run.sh runs for the pipeline ``p`` (tiny or small scale), with its estimated
+    seconds and whether its output is already complete (the same checks run.sh makes)."""
+    from ts2.conf import compose_train, gguf_models
+
+    c, s = costs, p.settings
+    size = s.get("sample") or {}
+    n, new = int(size.get("n") or 0), int(size.get("max_new_tokens") or 0)
+    evals = list(s.get("evals") or [])
+    limits = {b: int(p.limit(b) or 0) for b in evals}
+    groups = sorted(set(limits.values()))
+    ref = s.get("ref_lm")
+    ref_n = p.ref_lm_n or n
+    answer = min(int((ref or {}).get("answer_tokens") or new), new)
+    ae = limits.get("alpaca_eval", 0)
+    heldout, tspd = round(_heldout_rows() * c.get("heldout_rows_kept", 1.0)), int(s.get("tspd_rows") or 0)
+    work = [Work("gguf", m, c["gguf_s"], gguf_done(m), pool=False) for m in gguf_models(p)]
+    if p.scale == "tiny":
+        from ts2.models import tiny_base as tb
+
+        work.append(
+            Work("base", "tiny_base", c["base_s"], bool(tb._committed(tb.TinyBaseSpec())), pool=False)
+        )
+    if s.get("rm"):
+        work.append(Work("rm", "tiny_rm", c["rm_s"], rm_done(s["rm"])))
+    if s.get("rm_build"):
+        work.append(Work("rm", "rm_build", c["rm_s"], False))
+    # every job trains as long; train_steps counts every row, the costs' train_rows_kept those within max_length
+    steps = (
+        math.ceil(train_steps(compose_train(list(jobs[0].overrides))) * c.get("train_rows_kept", 1.0))
+        if jobs
+        else 0
+    )
+    for j in jobs:
+        per = tiny_run_seconds(steps, limits, n, new, len(groups), heldout, tspd, c)
+        work.append(Work("train", j.key, per["train"], j.status == "done"))
+        for lim in groups:
+            mine = [b for b in evals if limits[b] == lim]
+            k = {b: limits[b] for b in mine}
+            part = tiny_run_seconds(0, k, n, new, 1, 0, 0, c)
+            work.append(Work("sample", f"{j.key}:{','.join(mine)}", part["sample"],
+                             all(samples_done(j.run_dir, b, lim, n, new) for b in mine)))  # fmt: skip
+            work.append(Work("evaluate", f"{j.key}:{','.join(mine)}", part["evaluate"],
+                             all(metrics_done(j.run_dir, b, lim, n) for b in mine)))  # fmt: skip
+        if ref is not None and "alpaca_eval" in evals:
+            work.append(Work("ref_lm", j.key, ref_lm_seconds(ae * ref_n, answer, c),
+                             metrics_done(j.run_dir, "ref_lm", ae, ref_n)))  # fmt: skip
+        work.append(Work("heldout_ce", j.key, per["heldout_ce"], metrics_done(j.run_dir, "heldout_ce")))
+        if "tspd" in per:
+            work.append(Work("tspd", j.key, per["tspd"], metrics_done(j.run_dir, "tspd")))
+    one = tiny_run_seconds(0, {"alpaca_eval": ae}, n, new, 1, 0, 0, c)
+    for kind in s.get("controls") or []:
+        folder = control_folder(p, kind)
+        made = c["startup_s"] + c["control_sample_s"]
+        work.append(Work("control", f"{kind}:sample", one["sample"] if kind == "base" else made,
+                         samples_done(folder, "alpaca_eval", ae, n, new) and control_done(folder, kind)))  # fmt: skip
+        made_eval = c["startup_s"] + ae * n * c.get("eval_sample_s_control", c["eval_sample_s"])
+        work.append(Work("control", f"{kind}:evaluate", one["evaluate"] if kind == "base" else made_eval,
+                         metrics_done(folder, "alpaca_eval", ae, n)))  # fmt: skip
+        if ref is not None:
+            work.append(Work("control", f"{kind}:ref_lm", ref_lm_seconds(ae * ref_n, answer, c),
+                             metrics_done(folder, "ref_lm", ae, ref_n)))  # fmt: skip
+    by_key = {j.key: j for j in jobs}
+    for fj in p.frontier:
+        j = by_key[fj.key]
+        for t in (s.get("frontier") or {}).get("temperatures") or []:
+            f = frontier_folder(j.run_dir, t)
+            job = f"{j.key}:t{t}"
+            work.append(
+                Work("frontier", f"{job}:sample", one["sample"], samples_done(f, "alpaca_eval", ae, n, new))
+            )
+            work.append(
+                Work("frontier", f"{job}:evaluate", one["evaluate"], metrics_done(f, "alpaca_eval", ae, n))
+            )
+            if ref is not None:
+                work.append(Work("frontier", f"{job}:ref_lm", ref_lm_seconds(ae * ref_n, answer, c),
+                                 metrics_done(f, "ref_lm", ae, ref_n)))  # fmt: skip
+    if s.get("token_distribution"):
+        work.append(Work("token_distribution", p.name, c["token_distribution_s"], False, pool=False))
+    work.append(Work("report", p.name, c["report_s"], False, pool=False))
+    return work
+
+
+def wall_seconds(work: Sequence[Work], slots: int, todo_only: bool = False) -> float:
+    """Wall clock of ``work`` on ``slots`` parallel jobs: the pooled commands' sum spread over the slots, plus the
+    commands that run alone (the GGUF conversion, the base check, the report). ``todo_only``: finished outputs
+    cost nothing (a rerun)."""
+    kept = [w for w in work if not (todo_only and w.done)]
+    return sum(w.seconds for w in kept if w.pool) / max(slots, 1) + sum(w.seconds for w in kept if not w.pool)
 
 
 # ------------------------------------------------------------------------------------------- prerequisites
@@ -951,19 +1143,20 @@ def prerequisites(
         mem = [torch.cuda.get_device_properties(i).total_memory / 2**30 for i in range(n_gpu)]
     except Exception:
         n_gpu, mem = 0, []
-    if scale == "tiny":
-        from ts2.models import tiny_base as tb
+    if scale in ("tiny", "small"):
+        if scale == "tiny":
+            from ts2.models import tiny_base as tb
 
-        try:
-            found = tb._committed(tb.TinyBaseSpec())
-            rows.append(("pretrained tiny base", True, f"committed copy {found}" if found else
-                         "no committed copy matches the spec: it will be BUILT (~1 h of one core)"))  # fmt: skip
-        except ValueError as err:
-            rows.append(("pretrained tiny base", False, str(err)))
+            try:
+                found = tb._committed(tb.TinyBaseSpec())
+                rows.append(("pretrained tiny base", True, f"committed copy {found}" if found else
+                             "no committed copy matches the spec: it will be BUILT (~1 h of one core)"))  # fmt: skip
+            except ValueError as err:
+                rows.append(("pretrained tiny base", False, str(err)))
         rows.append(
-            ("vllm (optional at tiny scale; sampler=hf)", True, "installed" if has_vllm else "absent")
+            (f"vllm (optional at {scale} scale; sampler=hf)", True, "installed" if has_vllm else "absent")
         )
-        rows.append(("GPUs (not needed at tiny scale)", True, f"{n_gpu}"))
+        rows.append((f"GPUs (not needed at {scale} scale)", True, f"{n_gpu}"))
     else:
         ok = n_gpu >= 8 and all(m >= 75 for m in mem)
         rows.append(("GPUs: 8 x 80 GB for training (ZeRO-2), >= 1 for sampling/RM", ok, f"{n_gpu} visible"))
@@ -991,83 +1184,166 @@ def prerequisites(
     return rows
 
 
+def pipeline_prerequisites(p: Pipeline) -> list[tuple[str, bool, str]]:
+    """(what, ok, detail) rows of what the pipeline's own stages need: each GGUF to convert (its package and pinned
+    sha256), the judge's config (``rm=<id>`` of ``pipeline.evaluate``) and build module (``pipeline.rm_build``)."""
+    import importlib.util
+
+    from ts2.conf import CONF_DIR, gguf_models
+    from ts2.models.gguf import GGUFError, find_gguf, spec_of
+
+    rows: list[tuple[str, bool, str]] = []
+    for m in gguf_models(p):
+        try:
+            rows.append((f"GGUF of {m}", True, str(find_gguf(spec_of(m)))))
+        except (GGUFError, ValueError) as err:
+            rows.append((f"GGUF of {m}", False, str(err).splitlines()[0]))
+    for o in p.settings.get("evaluate") or []:
+        if o.startswith("rm="):
+            rm = o.partition("=")[2]
+            ok = (Path(CONF_DIR) / "rm" / f"{rm}.yaml").is_file()
+            rows.append((f"judge {o}", ok, f"conf/rm/{rm}.yaml" + ("" if ok else " is missing")))
+    build = list(p.settings.get("rm_build") or [])
+    if build[:1] == ["-m"] and len(build) > 1:
+        ok = importlib.util.find_spec(build[1]) is not None
+        rows.append(
+            (f"judge build {build[1]}", ok, "importable" if ok else "not importable (not in this checkout)")
+        )
+    return rows
+
+
 # ------------------------------------------------------------------------------------------- the plans
 def table1_plan(p: Pipeline) -> tuple[str, bool]:
     """The plan of one experiment of experiments/table1/run.sh (what DRY_RUN=1 prints before the commands):
-    settings, each training job's config and status with the done/todo of its outputs, the judge, the cost and
-    the prerequisites. Returns (text, ok): ok is false when a prerequisite is missing or a job is refused."""
-    from ts2.conf import compose_train, scale_of
+    settings, each training job's config and status with the done/todo of its outputs, the judge's controls and
+    the temperature frontiers, the cost and the prerequisites. Returns (text, ok): ok is false when a prerequisite
+    is missing or a job is refused."""
+    from ts2.conf import compose_train, gguf_models
 
     jobs, conflicts = train_jobs(p)
     s = p.settings
     model_cfg = compose_train([f"experiment={p.experiment}"]).model
-    scale = scale_of(model_cfg)
+    scale = p.scale
     size = s.get("sample") or {}
     evals = list(s.get("evals") or [])
+    n, new = size.get("n"), size.get("max_new_tokens")
+    sf = s.get("seeds_for") or {}
     lines = [
-        f"PLAN experiment={p.experiment} (scale {scale}) -> runs/{p.name}/, {p.results}/{p.name}.{{md,csv,tex}}",
-        f"  methods {','.join(p.methods)}; seeds {list(p.seeds)}; {s.get('jobs')} job(s) at a time; "
-        f"launcher {s.get('launcher')}",
+        f"PLAN experiment={p.experiment} (scale {scale}, model {p.model}) -> runs/{p.name}/, "
+        f"{p.results}/{p.name}.{{md,csv,tex}}",
+        f"  methods {','.join(p.methods)}; seeds {list(p.seeds)}"
+        + (f" ({','.join(sf['methods'])}: {sf['seeds']})" if sf else "")
+        + f"; {len(jobs)} training jobs; {s.get('jobs')} job(s) at a time; launcher {s.get('launcher')}",
         "  sampling: "
         + ", ".join(f"{b} {p.limit(b) or 'all'} prompts" for b in evals)
-        + (
-            f"; N={size.get('n')}, {size.get('max_new_tokens')} new tokens"
-            if size.get("n")
-            else "; the paper's N, tokens"
-        )
+        + (f"; N={n}, {new} new tokens" if n else "; the paper's N, tokens")
         + f"; {' '.join(s.get('sampler') or [])}"
         + (f"; shards: {s['shards']}" if s.get("shards") else ""),
-        f"  evaluate: {' '.join(s.get('evaluate') or [])}; held-out CE (all rows); TSPD "
-        f"({s.get('tspd_rows') or 'all'} rows)"
+        f"  evaluate: {' '.join(s.get('evaluate') or [])}; held-out CE (all rows"
+        + (f"; {' '.join(s['heldout_ce'])}" if s.get("heldout_ce") else "")
+        + f"); TSPD ({s.get('tspd_rows') or 'all'} rows)"
         + ("; token distribution" if s.get("token_distribution") else ""),
     ]
+    if s.get("selected_alpha") is not None:
+        two = any(j.key.startswith("ts2@") for j in jobs)
+        lines.append(
+            f"  TS² α: selected {s['selected_alpha']} ("
+            + ("a second TS² row beside the paper's α; " if two else "the method's own α: one row; ")
+            + "the claims compare it)"
+        )
+    ref = s.get("ref_lm")
+    lines.append(
+        "  reference-LM score: "
+        + (
+            f"eval=ref_lm {' '.join(f'{k}={v}' for k, v in ref.items())} of every run, control, frontier point"
+            if ref is not None
+            else "off"
+        )  # fmt: skip
+    )
+    if s.get("controls"):
+        lines.append(f"  judge controls: {', '.join(s['controls'])} (AlpacaEval{' + ref_lm' if ref else ''})")
+    if p.frontier:
+        fr = s["frontier"]
+        lines.append(
+            f"  temperature frontiers: T = {', '.join(map(str, fr['temperatures']))} besides the table's, for "
+            f"{', '.join(j.key for j in p.frontier)}"
+        )
+    if s.get("report"):
+        lines.append(f"  report: {' '.join(s['report'])}")
+    lines.append("")
+    for m in gguf_models(p):
+        lines.append(
+            f"  [gguf {'done' if gguf_done(m) else 'todo'}] {m}: its GGUF converted once (ts2.models.gguf)"
+        )
     if s.get("rm"):
         folder = rm_folder_of(s["rm"])
         lines.append(
             f"  [rm {'done' if rm_done(s['rm']) else 'todo'}] tiny judge TinyRMSpec({', '.join(s['rm'])}) "
             f"-> {folder}"
         )
+    if s.get("rm_build"):
+        lines.append(
+            f"  [rm run] the judge's build: python {' '.join(s['rm_build'])} (returns at once when cached)"
+        )
     lines.append("")
-    header = f"  {'method':10s} {'seed':>5s} {'train':8s} {'samples':8s} {'metrics':8s} {'heldout':8s} {'tspd':5s} run folder"
-    lines.append(header)
-    n, new = size.get("n"), size.get("max_new_tokens")
+    ref_on = ref is not None and "alpaca_eval" in evals
+    lines.append(
+        f"  {'job':24s} {'train':8s} {'samples':8s} {'metrics':8s} {'ref_lm':7s} {'heldout':8s} {'tspd':5s} run folder"
+    )
     todo = 0
+    ae = p.limit("alpaca_eval")
     for j in jobs:
         samples = sum(samples_done(j.run_dir, b, p.limit(b), n if p.limit(b) else None,
                                    new if p.limit(b) else None) for b in evals)  # fmt: skip
         metrics = sum(metrics_done(j.run_dir, b, p.limit(b), n) for b in evals)
+        ref_ok = metrics_done(j.run_dir, "ref_lm", ae, p.ref_lm_n) if ref_on else True
         held = metrics_done(j.run_dir, "heldout_ce")
         tspd = metrics_done(j.run_dir, "tspd")
-        todo += (j.status != "done") + 2 * len(evals) - samples - metrics + (not held) + (not tspd)
+        todo += (
+            (j.status != "done") + 2 * len(evals) - samples - metrics + (not held) + (not tspd) + (not ref_ok)
+        )
         lines.append(
-            f"  {j.method:10s} {j.seed:5d} {j.status:8s} {samples}/{len(evals):<6d} {metrics}/{len(evals):<6d} "
+            f"  {j.key:24s} {j.status:8s} {samples}/{len(evals):<6d} {metrics}/{len(evals):<6d} "
+            f"{('done' if ref_ok else 'todo') if ref_on else '-':7s} "
             f"{'done' if held else 'todo':8s} {'done' if tspd else 'todo':5s} {j.run_dir}"
             + (f"  ({j.reason})" if j.reason and j.status != "blocked" else "")
         )
-    lines.append("  training configs (every job of a method trains the same but for its seed):")
-    for j in jobs[:: len(p.seeds)]:
-        lines.append(f"    {j.method}: {j.summary}")
+    costs = COSTS.get(scale)
+    work = pipeline_work(p, jobs, costs) if costs else []
+    for stage in ("control", "frontier"):
+        mine = [w for w in work if w.stage == stage]
+        if mine:
+            lines.append(f"  {stage}s:")
+            for w in mine:
+                lines.append(f"    [{'done' if w.done else 'todo'}] {w.job}")
+            todo += sum(not w.done for w in mine)
+    lines.append("  training configs (every job of a row trains the same but for its seed):")
+    for j in jobs:
+        if j.seed == p.seeds[0]:
+            lines.append(f"    {j.key.rsplit('/', 1)[0]}: {j.summary}")
     lines.append(f"  {todo} output(s) to do")
     lines += ["", "  cost"]
-    if scale == "tiny":
-        limits = {b: p.limit(b) or 0 for b in evals}
-        per = tiny_run_seconds(
-            train_steps(compose_train(p.train_overrides(p.methods[0], p.seeds[0]))),
-            limits, int(n or 0), int(new or 0), len(set(limits.values())), _heldout_rows(),
-            int(s.get("tspd_rows") or 0),
-        )  # fmt: skip
-        runs = len(jobs)
-        total = (TINY_COSTS["rm_s"] * bool(s.get("rm")) + runs * sum(per.values())) / max(
-            int(s.get("jobs") or 1), 1
-        )
-        total += TINY_COSTS["base_s"] + TINY_COSTS["report_s"]
+    if costs:
+        slots = int(s.get("jobs") or 1)
+        by: dict[str, list[Work]] = {}
+        for w in work:
+            by.setdefault(w.stage, []).append(w)
         lines.append(
-            "    per run (upper bound, CPU seconds on an idle core): "
-            + ", ".join(f"{k} {v:.0f}" for k, v in per.items())
-            + f"; {runs} run(s) + the judge's build on {s.get('jobs')} job(s): {_minutes(total)} wall on an idle "
-            f"2-core machine, about twice that on a loaded one (ts2.plan.TINY_COSTS; finished outputs cost nothing)"
+            f"    {'stage':20s} {'commands':>8s} {'todo':>5s} {'CPU-s (all)':>12s} {'CPU-s (todo)':>12s}"
         )
-        need_gb = 0.1 * runs + 0.5
+        for stage, ws in by.items():
+            lines.append(
+                f"    {stage:20s} {len(ws):8d} {sum(not w.done for w in ws):5d} {sum(w.seconds for w in ws):12.0f} "
+                f"{sum(w.seconds for w in ws if not w.done):12.0f}"
+            )
+        total, left = wall_seconds(work, slots), wall_seconds(work, slots, todo_only=True)
+        lines.append(
+            f"    estimate: {_minutes(total)} wall from a fresh clone ({total:.0f} s), {_minutes(left)} for what is "
+            f"left ({left:.0f} s), on an idle 2-core machine with {slots} job(s) at a time (one thread each; unit "
+            f"costs ts2.plan.{scale.upper()}_COSTS: upper bounds, sampling runs to max_new_tokens); about twice "
+            "that on a loaded machine"
+        )
+        need_gb = 0.1 * len(jobs) + 0.5 if scale == "tiny" else 0.6 * len(jobs) + 1.0
     else:
         import contextlib
         import io
@@ -1076,7 +1352,7 @@ def table1_plan(p: Pipeline) -> tuple[str, bool]:
         with contextlib.redirect_stdout(buf):
             main(["scale=paper", f"model={model_cfg.id}", f"methods={len(jobs)}"])
         lines += ["    " + x for x in buf.getvalue().splitlines()]
-        cfg = compose_train(p.train_overrides(p.methods[0], p.seeds[0]))
+        cfg = compose_train(list(jobs[0].overrides))
         t = cfg.train
         batch = (
             t.get("global_batch_size")
@@ -1094,7 +1370,8 @@ def table1_plan(p: Pipeline) -> tuple[str, bool]:
         need_gb = (disk["table_after"] + disk["peak_per_run"] - disk["per_run_after"]) / 2**30
     lines += ["", "  prerequisites"]
     missing = []
-    for what, ok, detail in prerequisites(scale, str(model_cfg.id), evals, need_gb):
+    rows = prerequisites(scale, str(model_cfg.id), evals, need_gb) + pipeline_prerequisites(p)
+    for what, ok, detail in rows:
         lines.append(f"    [{'ok' if ok else 'MISSING'}] {what}: {detail}")
         missing += [] if ok else [what]
     if missing:
@@ -1137,20 +1414,39 @@ def alpha_sweep_plan(p: Pipeline, train_overrides: Sequence[str]) -> str:
     )
 
 
-def runs_shell(jobs: Sequence[TrainJob], conflicts: Sequence[str]) -> str:
-    """The jobs as bash assignments for run.sh: ``RUN[<method>/<seed>]`` (the folder), ``TRAINED[...]`` (1 when
-    a finished run of the exact config is reused) and ``CONFLICTS`` (refusals, one per line)."""
+def runs_shell(jobs: Sequence[TrainJob], conflicts: Sequence[str], frontier: Sequence[Job] = ()) -> str:
+    """The jobs as bash assignments for run.sh: ``JOB_KEYS`` (every job's key, :attr:`ts2.conf.Job.key`, in table
+    order), ``RUN[<key>]`` (the folder), ``TRAINED[<key>]`` (1 when a finished run of the exact config is reused),
+    ``METHOD_OF[<key>]`` and ``JOB_ARGS[<key>]`` (its seed and row overrides, e.g. ``seed=1235 loss.alpha=1.0``),
+    ``FRONTIER_KEYS`` (the jobs whose runs get a temperature frontier) and ``CONFLICTS`` (refusals, one per
+    line)."""
     import shlex
 
-    run = " ".join(f"[{j.method}/{j.seed}]={shlex.quote(str(j.run_dir))}" for j in jobs)
-    trained = " ".join(f"[{j.method}/{j.seed}]=1" for j in jobs if j.status == "done")
+    def q(x: str) -> str:
+        return shlex.quote(str(x))
+
+    def assoc(name: str, values: Mapping[str, str]) -> str:
+        return f"declare -A {name}=({' '.join(f'[{q(k)}]={q(v)}' for k, v in values.items())})"
+
+    own = [j for j in jobs if j.overrides]
     return "\n".join(
         [
-            f"declare -A RUN=({run})",
-            f"declare -A TRAINED=({trained})",
-            f"CONFLICTS=({' '.join(shlex.quote(c) for c in conflicts)})",
+            f"JOB_KEYS=({' '.join(q(j.key) for j in jobs)})",
+            assoc("RUN", {j.key: str(j.run_dir) for j in jobs}),
+            assoc("TRAINED", {j.key: "1" for j in jobs if j.status == "done"}),
+            assoc("METHOD_OF", {j.key: j.method for j in jobs}),
+            assoc("JOB_ARGS", {j.key: " ".join(_job_args(j)) for j in own}),
+            f"FRONTIER_KEYS=({' '.join(q(j.key) for j in frontier)})",
+            f"CONFLICTS=({' '.join(q(c) for c in conflicts)})",
         ]
     )
+
+
+def _job_args(j: TrainJob) -> list[str]:
+    """The overrides of a job between ``name=`` and ``train.resume=true`` (:meth:`ts2.conf.Pipeline.train_overrides`):
+    its seed (any but the first) and its row's settings."""
+    o = list(j.overrides)
+    return o[o.index(next(x for x in o if x.startswith("name="))) + 1 : o.index("train.resume=true")]
 
 
 PIPELINE_USAGE = """usage:
@@ -1160,7 +1456,9 @@ PIPELINE_USAGE = """usage:
   python -m ts2.plan runs <experiment> [overrides]        for run.sh: each training job's folder and status
   python -m ts2.plan done samples <run> <bench> <limit|all> <n> <max_new_tokens>
   python -m ts2.plan done metrics <run> <bench> [<limit|all> <n>]
-  python -m ts2.plan done rm <k=v ...>                    for run.sh: exit 0 when that output is complete"""
+  python -m ts2.plan done rm <k=v ...>
+  python -m ts2.plan done gguf <model id>
+  python -m ts2.plan done control <folder> <kind>        for run.sh: exit 0 when that output is complete"""
 
 
 def _opt_int(value: str) -> int | None:
@@ -1182,7 +1480,13 @@ def pipeline_main(argv: Sequence[str]) -> int:
                 return 0 if metrics_done(Path(run), bench, lim, n) else 1
             if what == "rm":
                 return 0 if rm_done(rest) else 1
-            raise ValueError(f"done {what}: expected samples, metrics or rm")
+            if what == "gguf":
+                (model,) = rest
+                return 0 if gguf_done(model) else 1
+            if what == "control":
+                folder, kind = rest
+                return 0 if control_done(Path(folder), kind) else 1
+            raise ValueError(f"done {what}: expected samples, metrics, rm, gguf or control")
         from ts2.conf import pipeline
 
         if cmd == "alpha_sweep":
@@ -1191,7 +1495,7 @@ def pipeline_main(argv: Sequence[str]) -> int:
             return 0
         p = pipeline(args[0], args[1:])
         if cmd == "runs":
-            print(runs_shell(*train_jobs(p)))
+            print(runs_shell(*train_jobs(p), p.frontier))
             return 0
         if cmd == "table1":
             text, ok = table1_plan(p)

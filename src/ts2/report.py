@@ -18,7 +18,8 @@ bootstrap, :mod:`ts2.claims`) and the poster's value beside it; under the table,
 whether it is reproduced, not reproduced, inconclusive or "quality differs" at this scale (judge gate and
 matched-quality TOST, :mod:`ts2.claims`), then diversity at matched quality along the temperature frontiers,
 the judge controls, the answers' lengths and length-controlled diversity, the paper's diversity string when
-scored as secondary, and MT-Bench-101 / OpenLLM tables. Tiny-scale numbers are labelled so everywhere. Nothing
+scored as secondary, and MT-Bench-101 / OpenLLM tables. Tiny- and small-scale numbers are labelled so everywhere
+(:data:`ts2.conf.SCALE_LABELS`). Nothing
 here is typed by hand: rerun this command to regenerate every number.
 """
 
@@ -37,7 +38,7 @@ from ts2 import table as T
 from ts2.analysis.bon import frontiers
 from ts2.analysis.figures import FigureOptions, figure_names, write_figures
 from ts2.claims import JudgeCheck, QualityRule, check_judge, judge, load_claims, verdict_line
-from ts2.conf import CONF_DIR, check_config
+from ts2.conf import CONF_DIR, check_config, scale_key, scale_label
 from ts2.eval.stats import matched_difference, matched_level
 from ts2.paths import check_output_dir
 from ts2.runs import RunGroup, claim_groups, collect, group_runs
@@ -129,6 +130,33 @@ def frontier_section(chosen: dict[str, RunGroup], fs: Mapping[str, Any]) -> list
     return [*head, *lines, ""]
 
 
+TEXT_MODES = {
+    "response": "the answer alone",
+    "paper": "the paper's string (the chat-templated prompt + answer, PAPER.md §4)",
+    "templated": "the prompt as sent + the answer",
+}
+
+
+def diversity_text_note(runs: list[Any]) -> str | None:
+    """The line that says which text the table's diversity columns score (``details.diversity.text`` of the runs'
+    metrics files: ``diversity.text``), and where the others are; None when no run has a diversity score."""
+    modes = sorted(
+        {
+            str(((m.get("details") or {}).get("diversity") or {}).get("text"))
+            for r in runs
+            for m in r.metrics.values()
+            if ((m.get("details") or {}).get("diversity") or {}).get("text")
+        }
+    )
+    if not modes:
+        return None
+    said = " / ".join(TEXT_MODES.get(x, x) for x in modes)
+    return (
+        f"Diversity columns score {said} (`diversity.text={'/'.join(modes)}`); other texts, when scored, are in "
+        '"Diversity of other strings" below, the answers\' lengths and length-cut diversity in "The answers".'
+    )
+
+
 def _cut(text: str, chars: int) -> str:
     text = text.replace("```", "ʼʼʼ")
     return text if len(text) <= chars else text[:chars] + " …[cut]"
@@ -211,9 +239,10 @@ def report(
     chosen = claim_groups(groups)
     df, pub = T.frame(runs, groups), T.load_paper(paper_numbers)
     scales = sorted(set(df.loc[df["control"].isna(), "scale"]))
-    tiny = any("tiny" in s for s in scales)
-    model = "llama31_8b" if tiny else str(trained[0].model)
-    title = f"Table 1 ({name}) — {'TINY-SCALE, not comparable to the paper' if tiny else ', '.join(scales)}"
+    key = scale_key(scales)  # tiny / small / paper: the title's label (ts2.conf.SCALE_LABELS)
+    small = key in ("tiny", "small")  # our CPU scales: the poster's Llama values beside, for orientation only
+    model = "llama31_8b" if small else str(trained[0].model)
+    title = f"Table 1 ({name}) — {scale_label(key)}"
     check = check_judge({r.control: [r.metrics] for r in controls})
     gate = check if cfg["judge"].get("require_controls", True) else None
     samples_name, sm = f"{name}_samples.md", cfg["samples"]
@@ -244,8 +273,12 @@ def report(
         if samples_md is not None
         else "What the models write: no sample files under the run folders.",
     ]
-    if tiny and pub.get(model):
-        notes.append(f"(p X): the poster's {model} value, beside the tiny-scale number for orientation only.")
+    if small and pub.get(model):
+        notes.append(
+            f"(p X): the poster's {model} value, beside the {key}-scale number for orientation only."
+        )
+    if line := diversity_text_note(trained):
+        notes.append(line)
     n_max = df.loc[df["control"].isna(), "alpaca_eval/n_max"] if "alpaca_eval/n_max" in df else None
     if n_max is not None and n_max.notna().any():
         notes.append(
@@ -258,7 +291,7 @@ def report(
     table.footer = T.seed_noise(groups, table.columns)
     for col, by_method in (pub.get(model) or {}).items():
         df[f"paper:{col}"] = df["method"].map(by_method)
-    scale = "tiny scale" if tiny else "paper scale"
+    scale = f"{key} scale"
     mt = pub.get("mt_bench_101") or {}
     answer_cols, cut_notes = T.answer_columns(trained)
     sections = [

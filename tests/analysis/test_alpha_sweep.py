@@ -161,6 +161,14 @@ def test_bad_sweeps_are_clear_errors(tmp_path: Path) -> None:
 
     with pytest.raises(NoData, match="at least two α values"):  # one α is not a sweep: the figure is skipped
         alpha_sweep(collect(root / "a"), tmp_path / "r", FigureOptions())
+    # a Table-1 folder of TS² rows (α 0.25, and α 1 with two seed runs): not a sweep, so the figure is skipped
+    rows = tmp_path / "rows"
+    make_run(rows, 0.25, 0.99)
+    make_run(rows / "seed1", 1.0, 0.99)
+    make_run(rows / "seed2", 1.0, 0.99)
+    runs = [*collect(rows), *collect(rows / "seed1"), *collect(rows / "seed2")]
+    with pytest.raises(NoData, match=r"one run per \(α, clamp\)"):
+        alpha_sweep(runs, tmp_path / "r", FigureOptions())
 
 
 def _dry_run(**env: str) -> list[str]:

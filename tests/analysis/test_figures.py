@@ -212,7 +212,13 @@ def test_scale_label_from_metrics_or_the_runs_model():
 
     assert scale_label([run("tiny", None)]) == "TINY SCALE (not comparable to the paper)"
     assert scale_label([run(None, "tiny-scale (random-init tiny model and tiny RM): ...")]).startswith("TINY")
-    assert scale_label([run("llama31_8b", None)]) == "scale: paper"
+    assert scale_label([run("llama31_8b", None)]) == "paper scale"
+    small = "SMALL SCALE (SmolLM2-135M on a CPU; not comparable to the paper)"
+    assert scale_label([run("smollm2_135m", None)]) == scale_label([run(None, "small")]) == small
+    assert scale_label([run("smollm2_135m", None), run("tiny", None)]).startswith(
+        "TINY"
+    )  # the smallest present
+    assert scale_label([run(None, None)]) == "scale: unspecified"
 
 
 def _frontier(run: Path, points: dict, prompts: int = 5, seed: int = 0) -> None:

@@ -138,3 +138,23 @@ def test_scorer_per_prompt_means_and_evaluate_end_to_end(smol, smollm2_2layer, c
     bad = [Sample(0, 0, "t", "a", "stop", 1, {"dataset": "x"}, line=7)]
     with pytest.raises(ValueError, match="line 7.*instruction_field"):
         score(bad, cfg)
+
+
+def test_samples_per_prompt_scores_the_first_k_samples_only(smol, smollm2_2layer, compose, tmp_path):
+    """The budget knob (pipeline.ref_lm.samples_per_prompt): prompt 0 is scored on its sample 0 alone, by hand."""
+    model, tok = smol
+    overrides = [f"eval.metrics.ref_model_path={smollm2_2layer}", "eval.metrics.answer_tokens=64",
+                 "eval.metrics.context_tokens=256", f"samples_dir={tmp_path}", "limit=2"]  # fmt: skip
+    cfg = compose(["eval=ref_lm", *overrides, "eval.metrics.samples_per_prompt=1"], config_name="evaluate")
+    res = score(_samples(), cfg)
+    assert res.num_samples == 2 and res.details["settings"]["samples_per_prompt"] == 1
+    assert res.per_prompt["ref_lm"] == pytest.approx(
+        [
+            by_hand(model, tok, INSTRUCTIONS[0], ANSWERS[0], True),
+            by_hand(model, tok, INSTRUCTIONS[1], ANSWERS[2], True),
+        ],
+        abs=1e-5,
+    )
+    bad = compose(["eval=ref_lm", *overrides, "eval.metrics.samples_per_prompt=0"], config_name="evaluate")
+    with pytest.raises(ValueError, match=r"eval.metrics.samples_per_prompt=0 must be a number >= 1"):
+        score(_samples(), bad)

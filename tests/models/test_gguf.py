@@ -179,3 +179,16 @@ def test_sample_command_equals_the_gguf_readers_greedy_decoding(reader, smollm2_
         out_ids = gguf_model.generate(ids, do_sample=False, max_new_tokens=16)[0, ids.shape[1] :]
         assert s["completion"] == gguf_tok.decode(out_ids, skip_special_tokens=True)
         assert s["num_tokens"] == len(out_ids)
+
+
+def test_spec_of_a_model_id_and_is_built(smollm2_spec, tmp_path, monkeypatch):
+    """The pipeline's GGUF stage (`python -m ts2.models.gguf <model id>`, `ts2.plan done gguf <model id>`)."""
+    from ts2.models.gguf import is_built, main, spec_of
+
+    assert spec_of("smollm2_135m") == spec_of() == smollm2_spec
+    with pytest.raises(ValueError, match=r"model 'tiny': conf/model/tiny.yaml has no gguf: block"):
+        spec_of("tiny")
+    monkeypatch.setenv("TS2_CACHE_DIR", str(tmp_path))
+    assert not is_built(smollm2_spec)  # an empty cache
+    with pytest.raises(ValueError, match=r"usage: python -m ts2.models.gguf \[<model id>\] \[--force\]"):
+        main(["smollm2_135m", "tiny"])

@@ -284,19 +284,25 @@ class FrontierCurve:
 def frontiers(
     groups: Sequence[RunGroup], quality: str, diversity: str, min_temperatures: int = 3
 ) -> list[FrontierCurve]:
-    """The frontier of every row whose runs all have per-prompt ``quality`` and ``diversity``
+    """The frontier of every row whose runs with a frontier share per-prompt ``quality`` and ``diversity``
     (``<bench>/<metric>``) at >= ``min_temperatures`` common temperatures; rows with fewer are left out (logged).
-    Every curve holds the prompts all of them share, so curves can be compared prompt by prompt."""
-    kept: list[tuple[RunGroup, list[float]]] = []
+    A row's seed runs without a frontier (a pipeline that samples the frontier of the first seed only, to fit its
+    budget: ``pipeline.frontier.seeds``) are left out of its curve, and said so in the log; ``Frontier`` keeps the
+    runs it holds, so the matched-quality lines name how many seed runs each curve has. Every curve holds the
+    prompts all of them share, so curves can be compared prompt by prompt."""
+    kept: list[tuple[RunGroup, list[Any], list[float]]] = []
     for g in groups:
-        temps = [
-            {t for t, m in r.frontier.items() if per_prompt(m, quality) and per_prompt(m, diversity)}
+        temps = {
+            r.path: {t for t, m in r.frontier.items() if per_prompt(m, quality) and per_prompt(m, diversity)}
             for r in g.runs
-        ]
-        common = sorted(set.intersection(*temps)) if temps else []
+        }
+        runs = [r for r in g.runs if temps[r.path]]
+        common = sorted(set.intersection(*(temps[r.path] for r in runs))) if runs else []
         if len(common) >= min_temperatures:
-            kept.append((g, common))
-        elif any(temps):
+            kept.append((g, runs, common))
+            if len(runs) < len(g.runs):
+                log.info("frontier: %s: %d of %d seed runs have a frontier", g.label, len(runs), len(g.runs))
+        elif any(temps.values()):
             log.info(
                 "frontier: %s has %d temperature(s) with %s and %s; left out",
                 g.label,
@@ -308,8 +314,8 @@ def frontiers(
         return []
     series = [
         per_prompt(r.frontier[t], k)
-        for g, ts in kept
-        for r in g.runs
+        for _, runs, ts in kept
+        for r in runs
         for t in ts
         for k in (quality, diversity)
     ]
@@ -317,8 +323,8 @@ def frontiers(
     if not ids:
         raise ValueError(f"frontier: the rows share no prompt scored on {quality} and {diversity}.")
     out = []
-    for g, ts in kept:
-        q = np.stack([stack([per_prompt(r.frontier[t], quality) for t in ts], ids) for r in g.runs])
-        d = np.stack([stack([per_prompt(r.frontier[t], diversity) for t in ts], ids) for r in g.runs])
+    for g, runs, ts in kept:
+        q = np.stack([stack([per_prompt(r.frontier[t], quality) for t in ts], ids) for r in runs])
+        d = np.stack([stack([per_prompt(r.frontier[t], diversity) for t in ts], ids) for r in runs])
         out.append(FrontierCurve(g.key, g.method.id, g.label, Frontier(tuple(ts), q, d)))
     return out

@@ -122,23 +122,21 @@ def _color(method: str, i: int) -> str:
 
 
 def scale_label(runs: Sequence[RunRecord]) -> str:
-    """``TINY SCALE (not comparable to the paper)`` when any run's metrics are tiny scale, else the scales."""
-    from ts2.conf import scale_of
+    """The runs' scale as titles say it (:func:`ts2.conf.scale_label`: ``TINY SCALE (not comparable to the paper)``,
+    ``SMALL SCALE (...)``, ``paper scale``), from their metrics files' labels and their models (conf/model/)."""
+    from ts2.conf import scale_key, scale_of
+    from ts2.conf import scale_label as label_of
 
     scales = {str(s) for r in runs for s in r.scales}
     scales |= {scale_of(str(r.model)) for r in runs if r.model}  # the run's model (conf/model/)
-    scales = sorted(scales - {"unspecified"}) or sorted(scales)
-    if any("tiny" in s for s in scales):
-        return "TINY SCALE (not comparable to the paper)"
-    return "scale: " + (", ".join(scales) or "unspecified")
+    return label_of(scale_key(scales))
 
 
 def _titled(what: str, title: str | None, runs: Sequence[RunRecord]) -> str:
+    """``what``, the title, and the scale's label unless the title already says it."""
     scale = scale_label(runs)
     lines = [what, *([title] if title else [])]
-    if "TINY" in scale and not any("TINY" in x.upper().replace("-", " ") for x in lines):
-        lines.append(scale)
-    elif "TINY" not in scale:
+    if not any(scale in x for x in lines):
         lines.append(scale)
     return "\n".join(lines)
 
@@ -423,6 +421,11 @@ def alpha_sweep(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions
         raise NoData(f"the α sweep needs runs whose loss has an alpha (method=ts2); {no_alpha[:3]} have none")
     if len({float(r.config.loss.alpha) for r in runs}) < 2:
         raise NoData("the α sweep needs runs of at least two α values")
+    settings = [(float(r.config.loss.alpha), r.config.loss.get("clamp")) for r in runs]
+    if len(set(settings)) < len(settings):  # a Table-1 folder of TS² rows with seed runs, not a sweep
+        raise NoData(
+            "the α sweep needs one run per (α, clamp); these runs repeat one (seed runs of a table row)"
+        )
     points = sweep.collect(runs, allow_missing=options.allow_missing)
     return [
         sweep.sweep_figure(points, out_dir / "figures" / "alpha_sweep.png"),

@@ -175,8 +175,9 @@ def score(samples: list, cfg: Any) -> ScoreResult:
     """``ref_lm`` of each sample (module doc), averaged per prompt then over prompts, with a bootstrap CI.
 
     Settings (``cfg.eval.metrics``): ``ref_model`` / ``ref_model_path``, ``instruction_field`` (the sample field
-    holding the instruction), ``context_tokens``, ``answer_tokens``, ``batch_size``, ``num_threads``,
-    ``n_bootstrap``. An answer counts as ended when its ``finish_reason`` is ``stop`` and the benchmark has no
+    holding the instruction), ``context_tokens``, ``answer_tokens``, ``samples_per_prompt`` (score only the samples
+    with ``sample_idx`` below it: the per-prompt mean of fewer samples, at a fraction of the cost; null: all),
+    ``batch_size``, ``num_threads``, ``n_bootstrap``. An answer counts as ended when its ``finish_reason`` is ``stop`` and the benchmark has no
     stop strings (then "stop" can only be the EOS).
     """
     import torch
@@ -187,6 +188,13 @@ def score(samples: list, cfg: Any) -> ScoreResult:
 
     m = cfg.eval.metrics
     field = str(cfg_get(m, "instruction_field", "instruction"))
+    k = cfg_get(m, "samples_per_prompt")
+    if k is not None:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(
+                f"eval.metrics.samples_per_prompt={k!r} must be a number >= 1, or null for all samples."
+            )
+        samples = [s for s in samples if s.sample_idx < k]
     missing = next((s for s in samples if not isinstance(s.fields.get(field), str)), None)
     if missing is not None:
         raise ValueError(
@@ -235,7 +243,10 @@ def score(samples: list, cfg: Any) -> ScoreResult:
             "scored_tokens": int(counts.sum()),
             "ref_lm_token": float(np.nansum(means * counts) / max(int(counts.sum()), 1)),
             "empty_unscored_answers": empty,
-            "settings": {k: cfg_get(m, k) for k in ("context_tokens", "answer_tokens", "instruction_field")},
+            "settings": {
+                key: cfg_get(m, key)
+                for key in ("context_tokens", "answer_tokens", "samples_per_prompt", "instruction_field")
+            },
         },
         note=f"{empty} empty answers not scored" if empty else None,
     )

@@ -19,7 +19,8 @@ in ``run.json`` and in the samples' meta file).
 ``num_hidden_layers`` (tests only) keeps the first k decoder layers, with the embeddings and final norm: a small,
 fast copy with the real weights of those layers, built from the full converted folder and cached beside it.
 
-Run ``python -m ts2.models.gguf`` to convert (or find) the SmolLM2 folder and print its path.
+Run ``python -m ts2.models.gguf [<model id>]`` to convert (or find) the folder of ``conf/model/<model id>.yaml``
+(default: SmolLM2) and print its path; experiments/table1/run.sh does so first (its ``gguf`` stage).
 """
 
 from __future__ import annotations
@@ -107,6 +108,24 @@ def cached_folder(spec: GGUFSpec) -> Path:
     if spec.num_hidden_layers is not None:
         name += f"-layers{spec.num_hidden_layers}"
     return cache_dir() / "gguf" / name
+
+
+def spec_of(model: str = "smollm2_135m") -> GGUFSpec:
+    """The :class:`GGUFSpec` of ``conf/model/<model>.yaml``'s ``gguf:`` block (a model without one is an error)."""
+    from omegaconf import OmegaConf
+
+    from ts2.conf import CONF_DIR
+
+    path = Path(CONF_DIR) / "model" / f"{model}.yaml"
+    cfg = OmegaConf.load(path) if path.is_file() else None
+    if cfg is None or cfg.get("gguf") is None:
+        raise ValueError(f"model {model!r}: conf/model/{model}.yaml has no gguf: block (e.g. smollm2_135m).")
+    return GGUFSpec(**OmegaConf.to_container(cfg.gguf))
+
+
+def is_built(spec: GGUFSpec) -> bool:
+    """The converted folder of ``spec`` is in the cache (:func:`build_gguf_model` returns it at once)."""
+    return _is_built(cached_folder(spec), spec)
 
 
 def _is_built(folder: Path, spec: GGUFSpec) -> bool:
@@ -222,13 +241,12 @@ def _write_manifest(folder: Path, spec: GGUFSpec, gguf_path: Path, info: dict, t
 
 
 def main(argv: list[str]) -> int:
-    """``python -m ts2.models.gguf [--force]``: build (or find) the SmolLM2 folder and print its path."""
-    from omegaconf import OmegaConf
-
-    from ts2.conf import CONF_DIR
-
-    cfg = OmegaConf.load(Path(CONF_DIR) / "model" / "smollm2_135m.yaml")
-    print(build_gguf_model(GGUFSpec(**OmegaConf.to_container(cfg.gguf)), force="--force" in argv))
+    """``python -m ts2.models.gguf [<model id>] [--force]``: build (or find) the converted folder of
+    ``conf/model/<model id>.yaml`` (default smollm2_135m) and print its path."""
+    models = [a for a in argv if not a.startswith("-")]
+    if len(models) > 1 or any(a != "--force" for a in argv if a.startswith("-")):
+        raise ValueError(f"usage: python -m ts2.models.gguf [<model id>] [--force], got {argv}")
+    print(build_gguf_model(spec_of(*models), force="--force" in argv))
     return 0
 
 
