@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
@@ -1349,7 +1350,10 @@ def test_gpu_sh_on_cpu_writes_to_a_scratch_folder_not_results():
 
 def test_make_test_and_known_distribution_take_a_small_form():
     def dry(*args: str) -> str:
-        res = subprocess.run(["make", "-n", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
+        # Under `make test ARGS=…` the parent make's flags and ARGS are in the environment: leave them out.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS")}
+        res = subprocess.run(["make", "-n", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
+                             timeout=60, env=env)  # fmt: skip
         assert res.returncode == 0, res.stderr
         return res.stdout.splitlines()[-1]
 

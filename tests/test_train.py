@@ -134,7 +134,7 @@ def test_alpha_multirun_gives_one_folder_per_value(tmp_path):
     runs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if (p / "train_summary.json").exists())
     # debug=cpu is part of the name: a debug run never shares a folder with a full run (issue #10).
     assert runs == [f"debug=cpu,loss.alpha={a},method=ts2,train.max_steps=2" for a in ("0.1", "0.25", "1.0")]
-    run = tmp_path / "sweep" / "debug=cpu,loss.alpha=1,method=ts2,train.max_steps=2"
+    run = tmp_path / "sweep" / "debug=cpu,loss.alpha=1.0,method=ts2,train.max_steps=2"
     assert "alpha: 1.0" in (run / "config.yaml").read_text()
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "finished" and meta["choices"]["debug"] == "cpu"

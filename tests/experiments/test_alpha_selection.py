@@ -48,11 +48,16 @@ def test_write_config_sets_the_one_selected_alpha_line(tmp_path, monkeypatch):
         als.write_config("small", 1.0)
 
 
-@pytest.mark.parametrize("experiment", ["table1_tiny", "table1_small"])
-def test_the_experiment_configs_carry_a_selected_alpha(compose, experiment):
-    assert (
-        compose([f"experiment={experiment}"]).pipeline.selected_alpha is None
-    )  # until the selection has run
+@pytest.mark.parametrize("scale", ["tiny", "small"])
+def test_the_experiment_configs_carry_the_selected_alpha_of_the_committed_selection(compose, scale):
+    """selected_alpha is the α that results/alpha_selection_<scale>.csv marks chosen, or null before it has run."""
+    selected = compose([f"experiment=table1_{scale}"]).pipeline.selected_alpha
+    table = als.REPO / "results" / f"alpha_selection_{scale}.csv"
+    if not table.exists():
+        assert selected is None
+        return
+    chosen = [float(r["alpha"]) for r in csv.DictReader(open(table)) if r["chosen"] == "True"]
+    assert len(chosen) == 1 and selected == pytest.approx(chosen[0])
 
 
 def test_debug_run_scores_selection_rows_and_resumes(tmp_path):
