@@ -527,6 +527,11 @@ class DiversityConfig:
     secondary: tuple[str, ...] = ()
     length_cut: int | None = None
 
+    def sent_bert_options(self) -> dict[str, Any]:
+        """The keywords of :func:`sentence_embeddings` this config sets."""
+        keys = ("batch_size", "cache_dir", "show_progress", "max_seq_length", "allow_download", "revision")
+        return {k: getattr(self, k) for k in keys}
+
     def __post_init__(self) -> None:
         bad = [m for m in self.secondary if m not in TEXT_MODES or m == self.text]
         if bad or len(set(self.secondary)) != len(self.secondary):
@@ -594,16 +599,7 @@ def diversity_scores(
     _check_groups(groups, 2, "diversity_report")
     ngram = ngram_per_prompt(groups, num_workers=c.num_workers)
     bleu = self_bleu(groups, c.self_bleu_mode, num_workers=c.num_workers)
-    sims = sent_bert_similarities(
-        groups,
-        c.model,
-        batch_size=c.batch_size,
-        cache_dir=c.cache_dir,
-        show_progress=c.show_progress,
-        max_seq_length=c.max_seq_length,
-        allow_download=c.allow_download,
-        revision=c.revision,
-    )
+    sims = sent_bert_similarities(groups, c.model, **c.sent_bert_options())
     return DiversityScores(
         metrics={
             "ngram": 100.0 * float(np.mean(ngram)),
