@@ -17,6 +17,7 @@ setting, before a stage writes anything.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import shutil
 import tempfile
@@ -105,6 +106,15 @@ def read_text(path: str | Path) -> str:
             f"{p}:{line}:{column}: byte 0x{data[err.start]:02x} is not valid UTF-8 ({err.reason}): re-save the "
             "file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`) or fix that line."
         ) from None
+
+
+def sha256_file(path: Path) -> str:
+    """The sha256 hex digest of a file, read 1 MiB at a time (checks cached and installed weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def check_output_dir(path: str | Path, key: str) -> None:

@@ -30,7 +30,7 @@ import logging
 import os
 import struct
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +137,14 @@ def stage_run(run_dir: str | Path | None, job_type: str, force: bool | None = No
         wandb.finish()
 
 
-def _force(cfg: DictConfig) -> bool | None:
-    v = cfg.get("wandb")
-    if v is None or isinstance(v, bool):
-        return v
-    raise ValueError(f"wandb={v!r}: expected null (follow the training run), true or false.")
+def _stage(cfgs: Sequence[DictConfig], job_type: str) -> AbstractContextManager[Any]:
+    """:func:`stage_run` of the training run the stage's configs name (yields None without configs)."""
+    if not cfgs:
+        return nullcontext()
+    force = cfgs[0].get("wandb")
+    if force is not None and not isinstance(force, bool):
+        raise ValueError(f"wandb={force!r}: expected null (follow the training run), true or false.")
+    return stage_run(cfgs[0].get("run_dir"), job_type, force)
 
 
 def sample_table(path: Path, k: int = SAMPLE_TABLE_PROMPTS) -> tuple[list[str], list[list[Any]]]:
@@ -162,9 +165,7 @@ def sample_table(path: Path, k: int = SAMPLE_TABLE_PROMPTS) -> tuple[list[str], 
 
 def log_samples(cfgs: Sequence[DictConfig], paths: Sequence[Path]) -> None:
     """``ts2.sample``: the sample table and sizes of each benchmark, into the training run's wandb run."""
-    if not cfgs:
-        return
-    with stage_run(cfgs[0].get("run_dir"), "sample", _force(cfgs[0])) as run:
+    with _stage(cfgs, "sample") as run:
         if run is None:
             return
         import wandb
@@ -236,9 +237,7 @@ def tspd_rows(mfile: dict[str, Any]) -> list[list[Any]]:
 
 def log_evaluation(cfgs: Sequence[DictConfig], paths: Sequence[Path]) -> None:
     """``ts2.evaluate``: metrics, CIs, best-of-n curve and TSPD quantities into the training run's wandb run."""
-    if not cfgs:
-        return
-    with stage_run(cfgs[0].get("run_dir"), "evaluate", _force(cfgs[0])) as run:
+    with _stage(cfgs, "evaluate") as run:
         if run is None:
             return
         import wandb

@@ -473,56 +473,30 @@ def sentence_embeddings(
 def sent_bert_diversity(
     groups: Sequence[Sequence[str]],
     model: SentenceTransformer | str | os.PathLike[str] | None = None,
-    *,
-    batch_size: int = 64,
-    cache_dir: str | os.PathLike[str] | None = None,
-    show_progress: bool | None = None,
-    max_seq_length: int | None = None,
+    **options: Any,
 ) -> float:
     """Sent-BERT diversity (PAPER.md §4): ``100 · mean_prompts (1 − mean_{i<j} cos(e_i, e_j))``.
 
     e_i = sentence embedding of sample i (:func:`sentence_embeddings`: batched, L2-normalised, optionally
     cached chunk by chunk in ``cache_dir`` so a killed run resumes), and each prompt's Gram matrix gives its
     pairwise cosines. ``model``: a SentenceTransformer, a name/folder, or None for the offline
-    all-MiniLM-L6-v2 default (paper: :data:`PAPER_SENT_BERT_MODEL`); ``max_seq_length`` overrides its
-    truncation length (None: the model's own). Each prompt needs ≥ 2 samples.
+    all-MiniLM-L6-v2 default (paper: :data:`PAPER_SENT_BERT_MODEL`); ``options``: the keywords of
+    :func:`sentence_embeddings` (``batch_size``, ``cache_dir``, ``show_progress``, ``max_seq_length``: its
+    truncation length, None: the model's own, ...). Each prompt needs ≥ 2 samples.
     """
-    sims = sent_bert_similarities(
-        groups,
-        model,
-        batch_size=batch_size,
-        cache_dir=cache_dir,
-        show_progress=show_progress,
-        max_seq_length=max_seq_length,
-    )
+    sims = sent_bert_similarities(groups, model, **options)
     return 100.0 * float(np.mean([1.0 - s for s in sims]))
 
 
 def sent_bert_similarities(
     groups: Sequence[Sequence[str]],
     model: SentenceTransformer | str | os.PathLike[str] | None = None,
-    *,
-    batch_size: int = 64,
-    cache_dir: str | os.PathLike[str] | None = None,
-    show_progress: bool | None = None,
-    max_seq_length: int | None = None,
-    allow_download: bool = False,
-    revision: str | None = None,
+    **options: Any,
 ) -> list[float]:
     """Per prompt, the mean cosine similarity over its unordered sample pairs (Sent-BERT diversity is
     ``100 · mean_prompts (1 − similarity)``); arguments as :func:`sent_bert_diversity`."""
     _check_groups(groups, 2, "sent_bert_diversity")
-    flat = [s for g in groups for s in g]
-    emb = sentence_embeddings(
-        flat,
-        model,
-        batch_size=batch_size,
-        cache_dir=cache_dir,
-        show_progress=show_progress,
-        max_seq_length=max_seq_length,
-        allow_download=allow_download,
-        revision=revision,
-    )
+    emb = sentence_embeddings([s for g in groups for s in g], model, **options)
     return _pairwise_cosine_means(emb, [len(g) for g in groups])
 
 
@@ -552,6 +526,11 @@ class DiversityConfig:
     show_progress: bool | None = None
     secondary: tuple[str, ...] = ()
     length_cut: int | None = None
+
+    def sent_bert_options(self) -> dict[str, Any]:
+        """The keywords of :func:`sentence_embeddings` this config sets."""
+        keys = ("batch_size", "cache_dir", "show_progress", "max_seq_length", "allow_download", "revision")
+        return {k: getattr(self, k) for k in keys}
 
     def __post_init__(self) -> None:
         bad = [m for m in self.secondary if m not in TEXT_MODES or m == self.text]
@@ -620,16 +599,7 @@ def diversity_scores(
     _check_groups(groups, 2, "diversity_report")
     ngram = ngram_per_prompt(groups, num_workers=c.num_workers)
     bleu = self_bleu(groups, c.self_bleu_mode, num_workers=c.num_workers)
-    sims = sent_bert_similarities(
-        groups,
-        c.model,
-        batch_size=c.batch_size,
-        cache_dir=c.cache_dir,
-        show_progress=c.show_progress,
-        max_seq_length=c.max_seq_length,
-        allow_download=c.allow_download,
-        revision=c.revision,
-    )
+    sims = sent_bert_similarities(groups, c.model, **c.sent_bert_options())
     return DiversityScores(
         metrics={
             "ngram": 100.0 * float(np.mean(ngram)),

@@ -28,7 +28,7 @@ Commands::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,43 @@ from ts2.models.source import cfg_get, model_source_of
 IGNORE_INDEX = -100
 
 
+def response_hidden_states(
+    model: Any,
+    examples: Sequence[dict[str, list[int]]],
+    *,
+    batch_size: int = 4,
+    pad_token_id: int = 0,
+    device: Any = "cpu",
+) -> Iterator[tuple[Any, Any, np.ndarray]]:
+    """Per batch of ``examples`` (longest first, right-padded): the base model's hidden states [n, d] at the
+    positions whose next token is a response token, those tokens [n] (both on ``device``) and the index of the
+    example each belongs to [n]. Call it under ``torch.no_grad()``.
+
+    ``examples``: ``{"input_ids", "attention_mask", "labels"}`` lists (as :func:`ts2.data.build_sft_dataset`
+    gives); the label at t+1 is predicted from the hidden state at t; positions labelled -100 are not counted.
+    """
+    import torch
+
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        width = max(len(examples[i]["input_ids"]) for i in idx)
+        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
+        att = torch.zeros((len(idx), width), dtype=torch.long)
+        lab = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
+        for r, i in enumerate(idx):
+            ex, n = examples[i], len(examples[i]["input_ids"])
+            ids[r, :n] = torch.tensor(ex["input_ids"])
+            att[r, :n] = torch.tensor(ex["attention_mask"])
+            lab[r, :n] = torch.tensor(ex["labels"])
+        hidden = model.base_model(input_ids=ids.to(device), attention_mask=att.to(device)).last_hidden_state
+        nxt = lab[:, 1:]
+        mask = nxt.ne(IGNORE_INDEX)
+        owner = torch.tensor(idx).unsqueeze(1).expand_as(mask)[mask].numpy()
+        yield hidden[:, :-1][mask.to(device)], nxt[mask].to(device), owner
+
+
 def response_nll(
     model: Any,
     examples: Sequence[dict[str, list[int]]],
@@ -49,40 +86,20 @@ def response_nll(
     pad_token_id: int = 0,
     device: str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(sum of -log p(y_t), number of response tokens) per example, in example order.
-
-    ``examples``: ``{"input_ids", "attention_mask", "labels"}`` lists; the label at t+1 is predicted from the
-    hidden state at t; positions labelled -100 are not counted.
-    """
+    """(sum of -log p(y_t), number of response tokens) per example, in example order
+    (``examples`` as :func:`response_hidden_states`)."""
     import torch
 
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}.")
-    model.eval()
     head = model.get_output_embeddings()
     sums = np.zeros(len(examples))
     counts = np.zeros(len(examples), dtype=np.int64)
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     with torch.no_grad():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            width = max(len(examples[i]["input_ids"]) for i in idx)
-            ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
-            att = torch.zeros((len(idx), width), dtype=torch.long)
-            lab = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
-            for r, i in enumerate(idx):
-                ex, n = examples[i], len(examples[i]["input_ids"])
-                ids[r, :n] = torch.tensor(ex["input_ids"])
-                att[r, :n] = torch.tensor(ex["attention_mask"])
-                lab[r, :n] = torch.tensor(ex["labels"])
-            hidden = model.base_model(
-                input_ids=ids.to(device), attention_mask=att.to(device)
-            ).last_hidden_state
-            nxt = lab[:, 1:]
-            mask = nxt.ne(IGNORE_INDEX)
-            h = hidden[:, :-1][mask.to(device)]
-            targets = nxt[mask].to(device)
-            owner = torch.tensor(idx).unsqueeze(1).expand_as(mask)[mask].numpy()
+        batches = response_hidden_states(
+            model, examples, batch_size=batch_size, pad_token_id=pad_token_id, device=device
+        )
+        for h, targets, owner in batches:
             for c in range(0, h.shape[0], chunk_size):
                 z = head(h[c : c + chunk_size]).float()
                 nll = torch.nn.functional.cross_entropy(z, targets[c : c + chunk_size], reduction="none")

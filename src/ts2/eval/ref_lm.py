@@ -85,15 +85,14 @@ def answer_logprobs(
     instructions: Sequence[str],
     answers: Sequence[str],
     *,
-    context_tokens: int = 128,
-    answer_tokens: int = 256,
-    ended: Sequence[bool] | bool = False,
     batch_size: int = 16,
     chunk_size: int = 2048,
     progress: bool = True,
+    **encoding: Any,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(mean log p_ref per scored answer token, number of scored tokens) for each (instruction, answer).
 
+    ``encoding``: the keywords of :func:`encode_pairs` (``context_tokens``, ``answer_tokens``, ``ended``).
     The module doc's score, batched: pairs sorted by length, right-padded (real tokens never see padding and keep
     positions 0..L-1), the LM head applied to ``chunk_size`` answer positions at a time (never B x L x V logits).
     A pair with no scored token (an empty answer that did not end) gets NaN.
@@ -103,14 +102,7 @@ def answer_logprobs(
 
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size={batch_size} and chunk_size={chunk_size} must be >= 1.")
-    pairs = encode_pairs(
-        tokenizer,
-        instructions,
-        answers,
-        context_tokens=context_tokens,
-        answer_tokens=answer_tokens,
-        ended=ended,
-    )
+    pairs = encode_pairs(tokenizer, instructions, answers, **encoding)
     sums = np.zeros(len(pairs))
     counts = np.array([len(a) for _, a in pairs], dtype=np.int64)
     order = sorted(range(len(pairs)), key=lambda i: -(len(pairs[i][0]) + len(pairs[i][1])))

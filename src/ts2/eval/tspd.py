@@ -48,13 +48,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ts2.eval.heldout_ce import response_hidden_states
 from ts2.eval.result import ScoreResult
 from ts2.eval.stats import ratio_ci
 from ts2.models.source import cfg_get, model_source_of
 
 DEFAULT_MS: tuple[int, ...] = (2, 5, 10)
 DEFAULT_QUANTILES: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95)
-IGNORE_INDEX = -100
 
 
 def quantity_names(ms: Sequence[int] = DEFAULT_MS) -> list[str]:
@@ -149,13 +149,6 @@ class TSPDAccumulator:
         return cat, (np.concatenate(self.prompt) if self.prompt else np.zeros(0, dtype=np.int64))
 
 
-def _response_positions(batch_labels: Tensor) -> tuple[Tensor, Tensor]:
-    """(mask [B, T-1] of positions whose next token is a response token, their labels [n])."""
-    nxt = batch_labels[:, 1:]
-    mask = nxt.ne(IGNORE_INDEX)
-    return mask, nxt[mask]
-
-
 def _logits_fn(model: Any):
     """hidden [n, d] -> logits [n, V] with the model's own LM head (and final soft-capping, if any)."""
     head = model.get_output_embeddings()
@@ -189,32 +182,14 @@ def stream_model_stats(
     """
     if batch_size < 1 or chunk_size < 1:
         raise ValueError(f"batch_size and chunk_size must be >= 1, got {batch_size} and {chunk_size}")
-    model.eval()
-    base = model.base_model
     logits_of = _logits_fn(model)
     acc = TSPDAccumulator(ms)
-    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
-    for b in range(0, len(order), batch_size):
-        idx = order[b : b + batch_size]
-        width = max(len(examples[i]["input_ids"]) for i in idx)
-        ids = torch.full((len(idx), width), pad_token_id, dtype=torch.long)
-        att = torch.zeros((len(idx), width), dtype=torch.long)
-        lab = torch.full((len(idx), width), IGNORE_INDEX, dtype=torch.long)
-        for r, i in enumerate(idx):
-            ex, n = examples[i], len(examples[i]["input_ids"])
-            ids[r, :n] = torch.tensor(ex["input_ids"])
-            att[r, :n] = torch.tensor(ex["attention_mask"])
-            lab[r, :n] = torch.tensor(ex["labels"])
-        hidden = base(input_ids=ids.to(device), attention_mask=att.to(device)).last_hidden_state
-        mask, targets = _response_positions(lab)
-        h = hidden[:, :-1][mask.to(device)]
-        owner = torch.tensor(idx).unsqueeze(1).expand_as(mask)[mask]
+    batches = response_hidden_states(
+        model, examples, batch_size=batch_size, pad_token_id=pad_token_id, device=device
+    )
+    for h, targets, owner in batches:
         for c in range(0, h.shape[0], chunk_size):
-            acc.add(
-                logits_of(h[c : c + chunk_size]),
-                targets[c : c + chunk_size].to(device),
-                owner[c : c + chunk_size].numpy(),
-            )
+            acc.add(logits_of(h[c : c + chunk_size]), targets[c : c + chunk_size], owner[c : c + chunk_size])
     return acc
 
 

@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from ts2.models.tiny_rm import Pair, load_pairs, pairwise_accuracy
+from ts2.models.tiny_rm import Pair, load_pairs, pairwise_accuracy, settings_from_args
 
 POOLINGS = ("last", "mean")
 SELECTION_FROM = 800
@@ -379,15 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     base = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "rm" / "smollm2_bt.yaml").bt)
-    for item in args.set:
-        key, sep, val = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE.")
-        try:
-            base[key] = json.loads(val)
-        except json.JSONDecodeError:
-            base[key] = val
-    path = build_feature_rm(FeatureRMSpec.from_dict(base), force=args.force, progress=True)
+    spec = FeatureRMSpec.from_dict(settings_from_args(args.set, base))
+    path = build_feature_rm(spec, force=args.force, progress=True)
     ev = json.loads((path / "rm_eval.json").read_text())
     lo, hi = ev["pairwise_accuracy_ci95"]
     print(path)

@@ -25,7 +25,6 @@ Run ``python -m ts2.models.gguf [<model id>]`` to convert (or find) the folder o
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import sys
@@ -64,17 +63,11 @@ class GGUFSpec:
         )
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def find_gguf(spec: GGUFSpec) -> Path:
     """The GGUF file inside the installed ``spec.package``, checked against ``spec.sha256``."""
     import importlib.metadata as md
+
+    from ts2.paths import sha256_file
 
     try:
         dist = md.distribution(spec.package)
@@ -90,7 +83,7 @@ def find_gguf(spec: GGUFSpec) -> Path:
             f"model.gguf: {spec.package} {dist.version} is installed but holds no file {spec.file!r}: "
             f"reinstall the pinned version ({spec.install_hint()})."
         )
-    digest = file_sha256(path)
+    digest = sha256_file(path)
     if digest != spec.sha256.lower():
         raise GGUFError(
             f"model.gguf: {path} has sha256 {digest}, not the pinned {spec.sha256} "

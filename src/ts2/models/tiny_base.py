@@ -53,7 +53,7 @@ from typing import Any
 
 from ts2.models.corpus import Document, corpus_fingerprint, corpus_record, load_corpus
 from ts2.models.tiny import chat_ids, init_llama, spec_from_dict, spec_hash, train_bpe, train_loop
-from ts2.paths import atomic_dir, cache_dir
+from ts2.paths import atomic_dir, cache_dir, sha256_file
 
 logger = logging.getLogger("ts2.tiny_base")
 
@@ -278,14 +278,6 @@ def generate_samples(model: Any, tok: Any, *, seed: int = 0, max_new_tokens: int
             {"prompt": prompt, "completion": tok.decode(gen[0, ids.shape[1] :], skip_special_tokens=False)}
         )
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- build / find

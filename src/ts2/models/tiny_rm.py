@@ -334,9 +334,10 @@ def build_tiny_rm(spec: TinyRMSpec | None = None, *, force: bool = False, progre
     return target
 
 
-def spec_from_args(items: Sequence[str]) -> TinyRMSpec:
-    """``["quirk=false", "epochs=6"]`` -> TinyRMSpec (values parsed as JSON, else kept as strings)."""
-    d: dict[str, Any] = {}
+def settings_from_args(items: Sequence[str], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``base`` with ``--set`` items like ``["quirk=false", "epochs=6"]`` set on it (values parsed as JSON, else
+    kept as strings)."""
+    d = dict(base or {})
     for item in items:
         key, sep, val = item.partition("=")
         if not sep:
@@ -345,7 +346,12 @@ def spec_from_args(items: Sequence[str]) -> TinyRMSpec:
             d[key] = json.loads(val)
         except json.JSONDecodeError:
             d[key] = val
-    return TinyRMSpec.from_dict(d)
+    return d
+
+
+def spec_from_args(items: Sequence[str]) -> TinyRMSpec:
+    """``["quirk=false", "epochs=6"]`` -> TinyRMSpec (:func:`settings_from_args`)."""
+    return TinyRMSpec.from_dict(settings_from_args(items))
 
 
 if (

@@ -85,8 +85,8 @@ def _data_file(data_dir: str | Path | None, *parts: str) -> Path:
     return p
 
 
-def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-empty line; gzip by suffix; a byte that is not UTF-8 is an error
+def _jsonl(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(``"<path>:<line number>"``, object) for each non-empty line; gzip by suffix; a byte that is not UTF-8 is an error
     naming file, line and column (:func:`ts2.paths.read_text`)."""
     for lineno, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
@@ -97,7 +97,7 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             raise DataError(f"{path}:{lineno}: not valid JSON ({err.msg}).") from err
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}.")
-        yield lineno, obj
+        yield f"{path}:{lineno}", obj
 
 
 def _field(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...] = str) -> Any:
@@ -107,6 +107,14 @@ def _field(obj: dict[str, Any], key: str, where: str, kind: type | tuple[type, .
     if not isinstance(value, kind):
         raise DataError(f"{where}: field {key!r} should be {kind}, got {type(value).__name__}.")
     return value
+
+
+def _split_name(task: str, split: str, names: dict[str, str]) -> str:
+    """The file name part of ``prompts.split`` for ``task``, or a ValueError listing the splits it has."""
+    if split not in names:
+        *first, last = names
+        raise ValueError(f"prompts.split={split!r} for {task}: expected {', '.join(first)} or {last}.")
+    return names[split]
 
 
 def _user(content: str) -> list[dict[str, str]]:
@@ -126,7 +134,7 @@ def alpaca_eval(
     rows: list[tuple[str, dict[str, Any]]] = []
     if source == "local":
         path = _data_file(data_dir, "alpaca_eval", "alpaca_eval_instructions.jsonl")
-        rows = [(f"{path}:{n}", obj) for n, obj in _jsonl(path)]
+        rows = list(_jsonl(path))
     elif source == "hub":
         from huggingface_hub import hf_hub_download
 
@@ -203,13 +211,10 @@ def humaneval(
 
 # ----------------------------------------------------------------------------------------------- OpenLLM
 def _arc(root: Path, split: str) -> list[tuple[str, list[str], str, dict[str, Any]]]:
-    name = {"validation": "Dev", "test": "Test", "train": "Train"}.get(split)
-    if name is None:
-        raise ValueError(f"prompts.split={split!r} for arc_challenge: expected validation, test or train.")
+    name = _split_name("arc_challenge", split, {"validation": "Dev", "test": "Test", "train": "Train"})
     path = root / "arc_challenge" / f"ARC-Challenge-{name}.jsonl"
     items = []
-    for n, obj in _jsonl(path):
-        where = f"{path}:{n}"
+    for where, obj in _jsonl(path):
         q = _field(obj, "question", where, dict)
         choices = _field(q, "choices", where + " question", list)
         labels = [str(c.get("label", "")) for c in choices]
@@ -233,8 +238,7 @@ def _hellaswag(root: Path, split: str) -> list[tuple[str, list[str], str, dict[s
         raise ValueError(f"prompts.split={split!r} for hellaswag: only 'validation' is available offline.")
     path = root / "hellaswag" / "hellaswag_val.jsonl.gz"
     items = []
-    for n, obj in _jsonl(path):
-        where = f"{path}:{n}"
+    for where, obj in _jsonl(path):
         endings = _field(obj, "endings", where, list)
         label = _field(obj, "label", where, int)
         items.append((_field(obj, "query", where), endings, LETTERS[label], {}))
@@ -242,13 +246,12 @@ def _hellaswag(root: Path, split: str) -> list[tuple[str, list[str], str, dict[s
 
 
 def _winogrande(root: Path, split: str) -> list[tuple[str, list[str], str, dict[str, Any]]]:
-    name = {"validation": "dev", "train_s": "train_s", "train_xs": "train_xs"}.get(split)
-    if name is None:
-        raise ValueError(f"prompts.split={split!r} for winogrande: expected validation, train_s or train_xs.")
+    name = _split_name(
+        "winogrande", split, {"validation": "dev", "train_s": "train_s", "train_xs": "train_xs"}
+    )
     path = root / "winogrande" / f"{name}.jsonl"
     items = []
-    for n, obj in _jsonl(path):
-        where = f"{path}:{n}"
+    for where, obj in _jsonl(path):
         answer = str(_field(obj, "answer", where)).strip()
         if answer not in ("1", "2"):
             raise DataError(f"{where}: field 'answer' should be '1' or '2', got {answer!r}.")
@@ -261,9 +264,7 @@ def _winogrande(root: Path, split: str) -> list[tuple[str, list[str], str, dict[
 
 
 def _mmlu(root: Path, split: str) -> list[tuple[str, list[str], str, dict[str, Any]]]:
-    name = {"test": "test", "validation": "val", "dev": "dev"}.get(split)
-    if name is None:
-        raise ValueError(f"prompts.split={split!r} for mmlu: expected test, validation or dev.")
+    name = _split_name("mmlu", split, {"test": "test", "validation": "val", "dev": "dev"})
     files = sorted((root / "mmlu" / name).glob(f"*_{name}.csv"))
     if not files:
         raise FileNotFoundError(f"No MMLU files match {root / 'mmlu' / name}/*_{name}.csv.")
@@ -349,8 +350,7 @@ def openllm(
             raise FileNotFoundError(
                 f"Expected data file {path} does not exist (prompts.split: test or train)."
             )
-        for i, (n, obj) in enumerate(_jsonl(path)):
-            where = f"{path}:{n}"
+        for i, (where, obj) in enumerate(_jsonl(path)):
             question = _field(obj, "question", where)
             ref, raw = _gsm8k_answer(_field(obj, "answer", where), where)
             out.append(
@@ -399,8 +399,7 @@ def mt_bench_101(data_dir: str | None = None) -> list[PromptRecord]:
     path = _data_file(data_dir, "mt_bench_101", "mtbench101.jsonl")
     out: list[PromptRecord] = []
     seen: set[int] = set()
-    for n, obj in _jsonl(path):
-        where = f"{path}:{n}"
+    for where, obj in _jsonl(path):
         task = _field(obj, "task", where)
         did = _field(obj, "id", where, int)
         if did in seen:
