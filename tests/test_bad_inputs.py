@@ -1438,3 +1438,18 @@ def test_paper_pipeline_without_a_tiny_judge_builds_none():
         tiny.settings["rm"]
         and f"RM=({' '.join(tiny.settings['rm'])})" in shell_assignments(tiny).splitlines()
     )
+
+
+def test_judge_cache_file_appears_with_the_first_answer_only(tmp_path):
+    """``python -m ts2.evaluate ... eval=mt_bench_101`` with an unreachable judge is refused and leaves no
+    ``metrics/.cache/judge/`` behind: the cache file is created by its first answer, not when it is opened."""
+    from ts2.eval.judge import JudgmentCache
+
+    path = tmp_path / "metrics" / ".cache" / "judge" / "mt_bench_101.jsonl"
+    cache = JudgmentCache(path)
+    cache.close()
+    assert list(tmp_path.iterdir()) == []
+    cache = JudgmentCache(path)
+    cache.put("k", "[[7]]", model="m", attempt=0)
+    cache.close()
+    assert JudgmentCache(path).get("k") == "[[7]]" and len(path.read_text().splitlines()) == 1
