@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
 from ts2.conf import method_ids
 from ts2.report import report
@@ -1364,3 +1365,91 @@ def test_make_test_and_known_distribution_take_a_small_form():
     )
     assert dry("known-distribution", "ARGS=--quick", "OUT=/tmp/kd").endswith('--out "/tmp/kd" --quick')
     assert dry("known-distribution").endswith("--out results --sft-answer mode --suffix _mode")
+
+
+# --- README commands (tests/test_readme.py): what running them as written found -----------------------------------
+
+
+def test_slurm_sweep_without_slurm_is_one_line_and_writes_nothing(tmp_path):
+    """README "Scale-out": ``python -m ts2.train -m hydra/launcher=slurm ...`` off a cluster; submitit alone would
+    end in a traceback ("Could not detect srun")."""
+    env = {**os.environ, "PATH": str(Path(sys.executable).parent), "TMPDIR": str(tmp_path)}  # no srun there
+    args = ["-m", "hydra/launcher=slurm", "method=ce,ts2", f"paths.runs_dir={tmp_path / 'runs'}"]
+    res = subprocess.run([sys.executable, "-m", "ts2.train", *args], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "error: hydra/launcher=slurm submits the sweep to SLURM, but srun is not on PATH here (not a SLURM node): "
+        "run the command on the cluster's login node, or leave hydra/launcher out to run the jobs here one after "
+        "another."
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_harness_model_path_missing_offline_is_one_line_before_any_file(tmp_path):
+    """``eval=openllm_harness eval.harness.model_path=<hub id>`` offline: refused before lm-eval writes its task
+    files (it used to end in transformers' OSError traceback, after writing them)."""
+    from ts2.eval.openllm_harness import _model_path
+
+    cfg = OmegaConf.create({"eval": {"harness": {"model_path": "meta-llama/Not-A-Cached-Model"}}})
+    with pytest.raises(
+        FileNotFoundError, match=r"eval.harness.model_path='meta-llama/Not-A-Cached-Model' is not"
+    ):
+        _model_path(None, cfg)
+    cfg.eval.harness.model_path = str(tmp_path / "nothing")
+    with pytest.raises(
+        FileNotFoundError, match=r"eval.harness.model_path=.* is a local path but not a folder"
+    ):
+        _model_path(None, cfg)
+    cfg.eval.harness.model_path = str(tmp_path)  # a folder: taken as it is
+    assert _model_path(None, cfg) == str(tmp_path)
+
+
+def test_train_paper_without_deepspeed_is_one_line():
+    """``make train-paper METHOD=ts2`` (ZeRO-2) where deepspeed is not installed: one line naming the fix, not
+    accelerate's ImportError traceback; PRINT=1 still prints the command."""
+    script = ["bash", "experiments/table1/train_paper.sh", "experiment=paper_llama31_8b", "method=ts2"]
+    env = {**os.environ, "PY": sys.executable}
+    if importlib.util.find_spec("deepspeed") is None:
+        res = subprocess.run(script, cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1 and res.stdout == ""
+        assert res.stderr.splitlines() == [
+            f"error: BACKEND=deepspeed_zero2 needs deepspeed, which {sys.executable} does not have: run make "
+            "install-gpu on the GPU node (or use BACKEND=fsdp2, which needs none)"
+        ]
+    printed = subprocess.run(
+        script, cwd=REPO, env={**env, "PRINT": "1"}, capture_output=True, text=True, timeout=60
+    )
+    assert printed.returncode == 0 and printed.stdout.splitlines()[-2:] == [
+        "experiment=paper_llama31_8b",
+        "method=ts2",
+    ]
+
+
+def test_paper_pipeline_without_a_tiny_judge_builds_none():
+    """``DRY_RUN=1 SCALE=paper make reproduce-table1``: ``pipeline.rm: null`` (the paper's judge is FsfairX) is an
+    empty RM array, not one empty string (run.sh then called ``ts2.plan done rm ''`` and stopped)."""
+    from ts2.conf import pipeline, shell_assignments
+
+    lines = shell_assignments(pipeline("paper_llama31_8b")).splitlines()
+    assert "RM=()" in lines and "RM_BUILD=()" in lines
+    tiny = pipeline("table1_tiny")
+    assert (
+        tiny.settings["rm"]
+        and f"RM=({' '.join(tiny.settings['rm'])})" in shell_assignments(tiny).splitlines()
+    )
+
+
+def test_judge_cache_file_appears_with_the_first_answer_only(tmp_path):
+    """``python -m ts2.evaluate ... eval=mt_bench_101`` with an unreachable judge is refused and leaves no
+    ``metrics/.cache/judge/`` behind: the cache file is created by its first answer, not when it is opened."""
+    from ts2.eval.judge import JudgmentCache
+
+    path = tmp_path / "metrics" / ".cache" / "judge" / "mt_bench_101.jsonl"
+    cache = JudgmentCache(path)
+    cache.close()
+    assert list(tmp_path.iterdir()) == []
+    cache = JudgmentCache(path)
+    cache.put("k", "[[7]]", model="m", attempt=0)
+    cache.close()
+    assert JudgmentCache(path).get("k") == "[[7]]" and len(path.read_text().splitlines()) == 1

@@ -29,6 +29,11 @@ CMD=("$(dirname "$PYBIN")/accelerate" launch --config_file "conf/accelerate/$BAC
      ${NPROC:+--num_processes "$NPROC"} -m ts2.train "$@" ${SETTINGS[@]+"${SETTINGS[@]}"})
 if [ "${PRINT:-0}" = 1 ]; then
   printf '%s\n' "${CMD[@]}"
-else
-  exec "${CMD[@]}"
+  exit 0
 fi
+# accelerate's DeepSpeed launcher would fail with a traceback: say it in one line, before anything starts
+if [ "$BACKEND" = deepspeed_zero2 ] && ! "$PYBIN" -c 'import importlib.util as u, sys; sys.exit(not u.find_spec("deepspeed"))'; then
+  echo "error: BACKEND=deepspeed_zero2 needs deepspeed, which $PYBIN does not have: run make install-gpu on the GPU node (or use BACKEND=fsdp2, which needs none)" >&2
+  exit 1
+fi
+exec "${CMD[@]}"

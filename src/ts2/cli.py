@@ -127,16 +127,18 @@ def task(fn: F) -> F:
 def run(main: Callable[[], Any], *, interrupted: str = RESUME, check_overrides: bool = False) -> NoReturn:
     """Run an entry point's ``main`` and exit: its int return value (None: 0), 1 for a refused input (one line),
     130 on Ctrl-C (the ``interrupted`` line). ``check_overrides``: a Hydra entry point, whose arguments are
-    checked for an unquoted ``=`` first (:func:`ts2.conf.check_quoting`)."""
+    checked for an unquoted ``=`` (:func:`ts2.conf.check_quoting`) and a SLURM launcher without SLURM
+    (:func:`ts2.conf.check_launcher`) first."""
     global _full_error
     before = os.environ.get("HYDRA_FULL_ERROR")
     _full_error = before == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises a config error here instead of printing it
     try:
         if check_overrides:
-            from ts2.conf import check_quoting
+            from ts2.conf import check_launcher, check_quoting
 
             check_quoting(sys.argv[1:])
+            check_launcher(sys.argv[1:])
         code = main()
     except KeyboardInterrupt:
         _close_progress_bars()

@@ -307,6 +307,27 @@ def check_quoting(argv: Sequence[str]) -> None:
             )
 
 
+def check_launcher(argv: Sequence[str]) -> None:
+    """Exit with one line when a multirun asks for the SLURM launcher (``hydra/launcher=slurm...``) where SLURM's
+    ``srun`` is not on PATH: submitit would otherwise fail with a traceback ("Could not detect srun")."""
+    import shutil
+
+    if not {"-m", "--multirun"} & set(argv):
+        return
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if (
+            key.lstrip("+~") == "hydra/launcher"
+            and value.startswith("slurm")
+            and shutil.which("srun") is None
+        ):
+            sys.exit(
+                f"error: {arg} submits the sweep to SLURM, but srun is not on PATH here (not a SLURM node): "
+                "run the command on the cluster's login node, or leave hydra/launcher out to run the jobs here "
+                "one after another."
+            )
+
+
 def check_model_source(model: Mapping[str, Any] | None, key: str = "model.name_or_path") -> None:
     """Fail early, saying which, when a model is neither a local folder nor a hub id reachable offline.
 
@@ -717,7 +738,7 @@ def shell_assignments(p: Pipeline) -> str:
     ``MODEL_SCALE``, ``GGUF`` (models to convert, :func:`gguf_models`), ``REF_LM`` (the ``eval.metrics.*``
     overrides of ``eval=ref_lm``, empty when it is off) and ``REF_LM_N`` (samples per prompt it reads), ``REPORT``
     (``pipeline.report`` + ``ts2_alpha.selected=<selected_alpha>``), ``FRONTIER_TEMPERATURES``, ``CONTROLS``,
-    ``HELDOUT_CE`` and ``RM_BUILD`` (arrays, empty when null), then every other ``pipeline.*`` key
+    ``HELDOUT_CE``, ``RM`` and ``RM_BUILD`` (arrays, empty when null), then every other ``pipeline.*`` key
     upper-cased, nested keys joined by ``_`` (``pipeline.sample.n`` -> ``SAMPLE_N``), lists as arrays, null as
     empty."""
     flat: dict[str, Any] = {}
@@ -733,7 +754,8 @@ def shell_assignments(p: Pipeline) -> str:
     walk({k: v for k, v in p.settings.items() if k not in special}, "")
     ref = p.settings.get("ref_lm")
     sel = p.settings.get("selected_alpha")
-    for key in ("controls", "heldout_ce", "rm_build"):  # lists run.sh loops over: an empty array when null
+    # lists run.sh loops over (rm: the tiny judge's TinyRMSpec, null at paper scale): an empty array when null
+    for key in ("controls", "heldout_ce", "rm_build", "rm"):
         flat[key.upper()] = list(p.settings.get(key) or [])
     flat.update(
         EXPERIMENT=p.experiment,

@@ -159,7 +159,6 @@ class JudgmentCache:
         self._fd: int | None = None
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             dropped = repair_torn_tail(self.path)
             if dropped:
@@ -172,7 +171,6 @@ class JudgmentCache:
                         f"{self.path}:{lineno}: a judge-cache line needs string 'key' and 'text'."
                     )
                 self._mem[obj["key"]] = obj["text"]
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def __len__(self) -> int:
         return len(self._mem)
@@ -185,7 +183,12 @@ class JudgmentCache:
             if key in self._mem:
                 return
             self._mem[key] = text
-            if self._fd is not None:
+            if self.path is not None:
+                if (
+                    self._fd is None
+                ):  # created with the first answer: a judge that never answers leaves no file
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 line = {"key": key, "model": model, "attempt": attempt, "text": text, "created": time.time()}
                 os.write(self._fd, (json.dumps(line, ensure_ascii=False) + "\n").encode("utf-8"))
                 os.fsync(self._fd)

@@ -253,6 +253,10 @@ def summarize(
 def _model_path(run_dir: str | None, cfg: Any) -> str:
     h = cfg.eval.harness
     if h.get("model_path"):
+        from ts2.conf import check_model_source
+
+        # before lm-eval writes its task files: a hub id missing offline is one line, not transformers' traceback
+        check_model_source({"name_or_path": str(h.model_path)}, key="eval.harness.model_path")
         return str(h.model_path)
     if run_dir:
         final = Path(run_dir) / "model"
