@@ -833,7 +833,7 @@ def control_folder(p: Pipeline, kind: str) -> Path:
 
 
 def frontier_folder(run: Path, temperature: float) -> Path:
-    """``<run>/frontier/t<T>``: one temperature's samples/ and metrics/ (:attr:`ts2.runs.RunRecord.frontier`)."""
+    """``<run>/frontier/t<T>``: one temperature's samples/ and metrics/ (:attr:`ts2.records.RunRecord.frontier`)."""
     return Path(run) / "frontier" / f"t{temperature}"
 
 

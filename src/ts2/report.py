@@ -1,7 +1,7 @@
 """Collect run folders into results tables: ``python -m ts2.report runs_dir=runs/table1_tiny name=table1_tiny``.
 
 Every sub-folder of ``runs_dir`` with a ``run.json`` (written by ``ts2.train``) is a run; the runs of one method
-whose configs differ in ``seed`` alone are one row (:func:`ts2.runs.group_runs`: seeds pooled with the two-level
+whose configs differ in ``seed`` alone are one row (:func:`ts2.records.group_runs`: seeds pooled with the two-level
 bootstrap, other settings such as TS²'s α make separate rows, labelled), ordered by the method's ``order``.
 Folders marked as judge controls (``run.json`` ``control:``, :mod:`ts2.sampling.controls`) are scored like runs
 but listed in the "Judge controls" section, never as rows. Writes ``results/<name>.csv`` (every number of every
@@ -41,7 +41,7 @@ from ts2.claims import JudgeCheck, QualityRule, check_judge, judge, load_claims,
 from ts2.conf import CONF_DIR, check_config, scale_key, scale_label
 from ts2.eval.stats import matched_difference, matched_level
 from ts2.paths import check_output_dir
-from ts2.runs import RunGroup, claim_groups, collect, group_runs
+from ts2.records import RunGroup, claim_groups, collect, group_runs
 from ts2.sampling.store import group_by_prompt, read_samples
 
 log = logging.getLogger("ts2.report")
@@ -68,7 +68,7 @@ def claims_section(
     check: JudgeCheck | None,
 ) -> list[str]:
     """One line per poster claim: reproduced / not reproduced / inconclusive / quality differs at this scale.
-    Each method is its claim row (:func:`ts2.runs.claim_groups`: TS²'s selected α, else the paper's)."""
+    Each method is its claim row (:func:`ts2.records.claim_groups`: TS²'s selected α, else the paper's)."""
     if not path or not path.is_file():
         return []
     specs = load_claims(path)

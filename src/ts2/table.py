@@ -1,6 +1,6 @@
 """The results table as data: rows (run groups) x columns (benchmark metrics) of :class:`Cell`, and its writers.
 
-A row is a :class:`ts2.runs.RunGroup`: the seed runs of one method configuration (runs whose configs differ in
+A row is a :class:`ts2.records.RunGroup`: the seed runs of one method configuration (runs whose configs differ in
 ``seed`` alone), labelled with the settings that set it apart (``TS² (α=1, selected)``). A cell carries its
 number, its 95% CI, how many prompts and samples stand behind it, and marks: a cell from a partial benchmark
 run, from a training run that did not finish, or sized differently from the rest of its column is marked, with
@@ -23,7 +23,8 @@ from omegaconf import OmegaConf
 
 from ts2.analysis.bon import estimates, win_rate_ns
 from ts2.claims import JUDGE_ORDER, JudgeCheck, difference, resolve_metric, significance
-from ts2.runs import CONTROLS, RunGroup, RunRecord
+from ts2.records import RunGroup, RunRecord
+from ts2.runs import CONTROLS
 
 MARKS = {  # mark -> (symbol, legend)
     "partial": (

@@ -17,7 +17,7 @@ import yaml
 
 from ts2.analysis import alpha_sweep as sw
 from ts2.plan import multirun_configs
-from ts2.runs import collect
+from ts2.records import collect
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_SH = REPO / "experiments" / "alpha_sweep" / "run.sh"

@@ -8,7 +8,7 @@ import pytest
 
 from ts2.analysis.bon import bon_curves, bon_differences, estimates, plane_points
 from ts2.eval.stats import bootstrap_means
-from ts2.runs import collect
+from ts2.records import collect
 
 from .bon_runs import METHODS, alpaca_metrics, heldout_metrics, make_run, make_table, rewards
 

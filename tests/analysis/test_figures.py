@@ -11,7 +11,7 @@ import pytest
 
 from ts2.analysis.figures import FigureOptions
 from ts2.eval.tspd import quantity_names, summarize, tspd_table, write_metrics
-from ts2.runs import collect
+from ts2.records import collect
 
 from .bon_runs import heldout_metrics, make_run, make_table
 
@@ -202,7 +202,7 @@ def test_report_writes_the_figures_after_the_tables(tmp_path, titles):
 def test_scale_label_from_metrics_or_the_runs_model():
     from ts2.analysis.figures import scale_label
     from ts2.conf import method_info
-    from ts2.runs import RunRecord
+    from ts2.records import RunRecord
 
     def run(model, scale):
         metrics = {"x": {"scale": scale}} if scale else {}
@@ -243,7 +243,7 @@ def _frontier(run: Path, points: dict, prompts: int = 5, seed: int = 0) -> None:
 def test_frontier_figure_draws_one_curve_per_row_with_three_temperatures(tmp_path, titles):
     from ts2.analysis import bon
     from ts2.analysis.figures import frontier
-    from ts2.runs import group_runs
+    from ts2.records import group_runs
 
     runs_dir = tmp_path / "runs"
     _frontier(make_run(runs_dir, "ce", "ce", {}), {0.3: (-1.0, 10.0), 0.6: (-2.0, 20.0), 1.0: (-3.0, 30.0)})

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from ts2.eval.alpaca_data import reference_outputs
-from ts2.runs import RunFolderError, collect, load_run, mark_control
+from ts2.records import collect, load_run
+from ts2.runs import RunFolderError, mark_control
 from ts2.sample import run
 from ts2.sampling import read_samples
 from ts2.sampling.controls import random_token_ids, shuffled_words

@@ -10,7 +10,7 @@ reward-model win rate and the three diversity metrics, each with its 95% bootstr
 draws the figure with ``python -m ts2.report runs_dir=runs/alpha_sweep_tiny name=alpha_sweep_tiny
 figures=[alpha_sweep]`` (:func:`ts2.analysis.figures.alpha_sweep`).
 
-- :func:`collect`: one :class:`SweepPoint` per run record (:class:`ts2.runs.RunRecord`: α and clamp from its
+- :func:`collect`: one :class:`SweepPoint` per run record (:class:`ts2.records.RunRecord`: α and clamp from its
   saved config, the metrics and CIs of ``metrics/<bench>.json``, the last logged softmax entropy and sparsemax
   support size). Missing data is an error naming the folder and what is missing, unless
   ``allow_missing=True``, which keeps the point and flags it in the figure.
@@ -33,7 +33,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from ts2.runs import RunRecord
+from ts2.records import RunRecord
 
 PAPER_ALPHA = 0.25
 """α of the official Llama-3.1-8B run script (PAPER.md §1)."""
@@ -109,7 +109,7 @@ def read_point(run: RunRecord, bench: str = "alpaca_eval") -> SweepPoint:
 def collect(
     runs: Sequence[RunRecord], bench: str = "alpaca_eval", *, allow_missing: bool = False
 ) -> list[SweepPoint]:
-    """The sweep's points from its run records (:func:`ts2.runs.collect`), sorted by clamp, then α.
+    """The sweep's points from its run records (:func:`ts2.records.collect`), sorted by clamp, then α.
 
     Refuses (ValueError naming the folders) two runs with the same (α, clamp), and any run with missing
     or incomplete results unless ``allow_missing``; then the point is kept and flagged.

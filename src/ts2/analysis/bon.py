@@ -22,10 +22,10 @@ The diversity–quality plane: one point per method; x = a quality metric (held-
 better fit; or the best-of-N win rate), y = a diversity metric (AlpacaEval N-gram, 100 − Self-BLEU,
 Sent-BERT), each with the same 95% CI as above, drawn as error bars in both directions.
 
-A "method" here is a table row (:func:`ts2.runs.group_runs`): seed runs pool only when their configs differ in
+A "method" here is a table row (:func:`ts2.records.group_runs`): seed runs pool only when their configs differ in
 ``seed`` alone, so two TS² rows of different α stay two curves. Temperature frontiers (:func:`frontiers`): per
 row, a quality and a diversity metric at each temperature of its runs' ``frontier/t<T>/`` metrics
-(:attr:`ts2.runs.RunRecord.frontier`), as a :class:`ts2.eval.stats.Frontier` on the prompts every row shares.
+(:attr:`ts2.records.RunRecord.frontier`), as a :class:`ts2.eval.stats.Frontier` on the prompts every row shares.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from ts2.eval.stats import (
     shared_ids,
     stack,
 )
-from ts2.runs import RunGroup, RunRecord, group_runs
+from ts2.records import RunGroup, RunRecord, group_runs
 
 log = logging.getLogger("ts2.analysis.bon")
 
@@ -157,7 +157,7 @@ def estimates(
 
 def by_method(runs: Sequence[RunRecord], bench: str) -> dict[str, tuple[Method, list[dict]]]:
     """{row key: (method named by the row's label, [metrics file of ``bench`` per seed run])} in table order
-    (:func:`ts2.runs.group_runs`; judge controls left out), runs lacking ``bench`` left out."""
+    (:func:`ts2.records.group_runs`; judge controls left out), runs lacking ``bench`` left out."""
     out: dict[str, tuple[Method, list[dict]]] = {}
     for g in group_runs(list(runs)):
         files = [r.metrics[bench] for r in g.runs if bench in r.metrics]
@@ -275,7 +275,7 @@ def bon_differences(
 class FrontierCurve:
     """One row's temperature frontier of (``quality``, ``diversity``), on the prompts every curve shares."""
 
-    key: str  # the row key (:class:`ts2.runs.RunGroup`)
+    key: str  # the row key (:class:`ts2.records.RunGroup`)
     method: str
     label: str
     frontier: Frontier

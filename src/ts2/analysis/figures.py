@@ -1,4 +1,4 @@
-"""Every figure, in one place: each a function of run records (:class:`ts2.runs.RunRecord`) and options,
+"""Every figure, in one place: each a function of run records (:class:`ts2.records.RunRecord`) and options,
 listed in :data:`FIGURES` and drawn by ``python -m ts2.report`` after its tables (``figures:`` in
 ``conf/report.yaml``: null draws every figure the runs have data for; a list draws those, or fails).
 
@@ -34,7 +34,7 @@ from ts2.analysis import bon
 from ts2.analysis.plotting import COLORS, EXTRA_COLORS, NoData, plt
 from ts2.analysis.plotting import save as _save
 from ts2.analysis.token_distribution import token_distribution_figure
-from ts2.runs import RunRecord
+from ts2.records import RunRecord
 
 log = logging.getLogger("ts2.analysis.figures")
 
@@ -298,7 +298,7 @@ def frontier(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -
     ``options.frontier_diversity`` metric; the dashed line is the common quality level (the midpoint of the
     overlap of the curves' quality ranges) at which ``ts2.report`` compares diversity."""
     from ts2.eval.stats import matched_level
-    from ts2.runs import group_runs
+    from ts2.records import group_runs
 
     groups = group_runs(list(runs))
     panels = [(d, bon.frontiers(groups, options.frontier_quality, d)) for d in options.frontier_diversity]
