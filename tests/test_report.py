@@ -366,3 +366,22 @@ def test_diversity_at_matched_quality_interpolates_the_frontiers_by_hand(tmp_pat
         "temperatures 0.3/0.6/1 vs 0.3/0.6/1; 4 prompts, 1 seed each; 0 of 1000 resamples" in md
     )
     assert paths["figure:frontier.png"].stat().st_size > 10_000
+
+
+def test_model_note_names_the_model_and_what_trained():
+    from types import SimpleNamespace
+
+    from ts2 import table as T
+
+    def run(**model):
+        return SimpleNamespace(config=OmegaConf.create({"model": model}), model=model.get("id"))
+
+    small = dict(id="smollm2_135m", provenance="Q4_1 GGUF", trainable_layers=10, train_embeddings=False)
+    assert T.model_note([run(**small), run(**small)]) == (
+        "Model: smollm2_135m, Q4_1 GGUF: the top 10 decoder layers + final norm fine-tuned, the embedding matrix / "
+        "LM head frozen (not the paper's full fine-tuning)."
+    )
+    assert T.model_note([run(id="tiny_base", trainable_layers=None, train_embeddings=True)]) == (
+        "Model: tiny_base: full fine-tuning."
+    )
+    assert T.model_note([SimpleNamespace(config=None, model=None)]) is None

@@ -331,6 +331,31 @@ def judge_note(runs: list[RunRecord]) -> str | None:
     return None
 
 
+def model_note(runs: list[RunRecord]) -> str | None:
+    """The models the rows fine-tuned and what trained (issue #20 item 5: a frozen part is said in the header).
+
+    Per distinct setting: the model id, its provenance when recorded (the small scale's GGUF), and
+    ``model.trainable_layers`` / ``model.train_embeddings`` (:mod:`ts2.models.freeze`): full fine-tuning, as the
+    paper (PAPER.md §3), or the top k decoder layers with the embedding matrix / LM head frozen or trained.
+    """
+    seen: dict[str, None] = {}
+    for r in runs:
+        m = (r.config or {}).get("model") or {}
+        if not m:
+            continue
+        k, emb = m.get("trainable_layers"), m.get("train_embeddings", True)
+        what = (
+            "full fine-tuning"
+            if k is None and emb
+            else ("every decoder layer" if k is None else f"the top {k} decoder layers + final norm")
+            + f" fine-tuned, the embedding matrix / LM head {'trained' if emb else 'frozen'}"
+            + ("" if k is None and emb else " (not the paper's full fine-tuning)")
+        )
+        prov = f", {m['provenance']}" if m.get("provenance") else ""
+        seen[f"{m.get('id', r.model)}{prov}: {what}"] = None
+    return f"Model: {'; '.join(seen)}." if seen else None
+
+
 def annotate(
     table: Table, groups: list[RunGroup], paper: dict[str, Any], results: dict, reference: str | None
 ) -> None:
