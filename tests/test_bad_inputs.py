@@ -831,18 +831,20 @@ def test_harness_vllm_backend_without_the_cuda_vllm_distribution_says_what_to_us
         )
     except PackageNotFoundError:
         message = r"eval.harness.backend=vllm needs the `vllm` package"
+    model = tmp_path / "model"  # a local model folder: the offline hub-cache check passes it
+    model.mkdir()
     cfg = compose(
         [
             "eval=openllm_harness",
             "eval.harness.backend=vllm",
-            "eval.harness.model_path=x",
+            f"eval.harness.model_path={model}",
             f"metrics_dir={tmp_path}/m",
         ],
         "evaluate",
     )
     with pytest.raises(ImportError, match=message):
         evaluate_bench(cfg)
-    assert sorted(tmp_path.iterdir()) == []
+    assert sorted(tmp_path.iterdir()) == [model]
 
 
 def test_harness_model_path_without_run_dir_has_a_metrics_dir_and_the_readme_override_composes(tmp_path):
@@ -1279,7 +1281,12 @@ def test_openllm_harness_with_a_limit_is_marked_incomplete(compose, monkeypatch,
         }
 
     monkeypatch.setattr(oh, "run_harness", fake_run)
-    base = ["eval=openllm_harness", "eval.harness.model_path=x", f"metrics_dir={tmp_path}"]
+    (tmp_path / "model").mkdir()  # a local model folder: the offline hub-cache check passes it
+    base = [
+        "eval=openllm_harness",
+        f"eval.harness.model_path={tmp_path / 'model'}",
+        f"metrics_dir={tmp_path}",
+    ]
     limited = oh.score(None, compose([*base, "limit=2"], "evaluate"))
     assert limited.complete is False and limited.note.startswith("INCOMPLETE: limit=2 documents per task")
     full = oh.score(None, compose(base, "evaluate"))

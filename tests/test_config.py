@@ -300,11 +300,17 @@ def test_the_small_table_pipeline():
     assert [p.limit(b) for b in p.settings["evals"]] == [32, 16, 16, 12]
     assert gguf_models(p) == ["smollm2_135m"] and p.ref_lm_n == 2
     assert "rm=smollm2_bt" in p.settings["evaluate"] and "diversity.length_cut=24" in p.settings["evaluate"]
-    assert len(p.jobs) == 11 and [j.key for j in p.frontier] == ["ce/1234", "gem/1234", "ts2/1234"]
+    # 8 methods + a second seed of CE and GEM + the selected α = 1 TS² row's 2 seeds beside the paper's α row (1 seed);
+    # the frontier of TS² is its selected-α row's
+    assert len(p.jobs) == 12 and [j.key for j in p.frontier] == [
+        "ce/1234",
+        "gem/1234",
+        "ts2@loss.alpha=1/1234",
+    ]
     sh = shell_assignments(p)
     assert (
-        "REPORT=(frontier.quality=alpaca_eval/win_rate@1 'quality.metrics={ref_lm/ref_lm:{margin:null}}')"
-        in sh
+        "REPORT=(frontier.quality=alpaca_eval/win_rate@1 'quality.metrics={ref_lm/ref_lm:{margin:null}}' "
+        "ts2_alpha.selected=1)" in sh
     )
     assert "BASE_MODEL=smollm2_135m" in sh and "RM=()" in sh and "RM_BUILD=(-m ts2.models.feature_rm)" in sh
 

@@ -4,6 +4,7 @@ offline run files (the .wandb record log), not from what the code meant to log."
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -93,7 +94,9 @@ def _folder(tmp_path: Path, backend: str) -> Path:
 def test_settings_follow_the_training_run_unless_forced(tmp_path):
     run = _folder(tmp_path, "wandb")
     s = wandb_settings(run, None)
-    assert s["id"] == wandb_id(run) and s["resume"] == "allow" and s["dir"] == str(run)
+    assert s["id"] == wandb_id(run) and s["resume"] == "allow" and s["dir"] == str(run.resolve())
+    # a relative run_dir gives the absolute dir (a wandb service of a parent process has another cwd)
+    assert wandb_settings(os.path.relpath(run), None)["dir"] == str(run.resolve())
     assert s["group"] == "exp" and s["project"] == "p"
     assert s["tags"] == ["ts2", "tiny", "alpha=0.5", "seed=3", "x"]
     assert wandb_settings(run, False) is None

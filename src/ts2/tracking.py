@@ -74,7 +74,8 @@ def run_settings(cfg: Mapping[str, Any], run_dir: str | Path) -> dict[str, Any]:
         "tags": list(dict.fromkeys(t for t in tags if t)),
         "id": wandb_id(run),
         "name": run.name,
-        "dir": str(run),
+        # absolute: a wandb service shared with a parent process resolves a relative dir against ITS cwd
+        "dir": str(run.resolve()),
         "resume": "allow",
     }
 
