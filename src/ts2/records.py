@@ -4,7 +4,8 @@
 ``train_log.jsonl``, ``metrics/<bench>.json``, ``frontier/t<T>/metrics/``) into a :class:`RunRecord`: config,
 status, method, seed, scale, metrics and their sizes, training numbers. :func:`collect` reads a runs folder;
 :func:`group_runs` pools the seed runs of one configuration into a table row (:class:`RunGroup`). ``report``,
-``table``, ``claims``, ``figures``, the α sweep and the planner read runs through here only.
+``table``, ``claims``, ``figures`` and the α sweep read runs through here; ``run.json`` itself is read only by
+:func:`ts2.runs.run_meta` (the planner's status checks use it directly).
 """
 
 from __future__ import annotations
