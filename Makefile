@@ -135,7 +135,7 @@ endif
 # α sweep of TS² (experiments/alpha_sweep/run.sh; knobs ALPHAS, CLAMPS, OVERRIDES, DRY_RUN=1, ...); sampled and judged
 # as the tiny Table 1 (conf/experiment/table1_tiny.yaml's pipeline: block).
 .PHONY: sweep-alpha
-sweep-alpha: install ## α sweep: 6 α x clamp on/off TS² runs, trained, sampled, scored -> results/figures/alpha_sweep.png (~24 min est.)
+sweep-alpha: install ## α sweep: 6 α x clamp on/off TS² runs, trained, sampled, scored -> results/figures/alpha_sweep_tiny/alpha_sweep.png (~24 min est.)
 	PY=$(BIN)/python bash experiments/alpha_sweep/run.sh
 
 # Figures from the run folders' saved metrics (README "Figures"): ts2.report writes its tables, then every figure.

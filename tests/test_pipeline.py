@@ -185,7 +185,7 @@ def test_report_tables_match_the_metrics_files(table):
                  "## The answers: length, EOS and length-controlled diversity", "AE paper N-gram"):  # fmt: skip
         assert text in md, text
     assert (out / "t1.tex").read_text().count(r"\\") >= 3
-    assert (out / "figures" / "bon_curves.png").stat().st_size > 1000  # the win rate against n
+    assert (out / "figures" / "t1" / "bon_curves.png").stat().st_size > 1000  # the win rate against n
     assert (out / "t1_samples.md").is_file()
 
 

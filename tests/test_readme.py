@@ -490,8 +490,20 @@ def _scratch(root: Path) -> Path:
 
 
 def _env(root: Path) -> dict[str, str]:
-    drop = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "ARGS", "OPENAI_API_KEY", "OPENAI_BASE_URL", "WANDB_API_KEY",
-            "HYDRA_FULL_ERROR", "DRY_RUN", "SCALE", "PY", "WANDB_SERVICE")  # fmt: skip  (as in a fresh shell)
+    drop = (  # as in a fresh shell
+        "MAKEFLAGS",
+        "MFLAGS",
+        "MAKELEVEL",
+        "ARGS",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "WANDB_API_KEY",
+        "HYDRA_FULL_ERROR",
+        "DRY_RUN",
+        "SCALE",
+        "PY",
+        "WANDB_SERVICE",
+    )
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", TMPDIR=str(root / "tmp"))  # fmt: skip

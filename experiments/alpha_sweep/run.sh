@@ -2,7 +2,7 @@
 # The α sweep of TS² (issue #13 item 4; `make sweep-alpha`): one TS² training run per (α, clamp), each sampled
 # and scored on AlpacaEval (best-of-n win rate against the reference answers, judged by the tiny RM, and the
 # three diversity metrics, every number with its 95% bootstrap CI over prompts), then the figure
-# results/figures/alpha_sweep.png and the table results/alpha_sweep.csv (ts2.report figures=[alpha_sweep]).
+# results/figures/<NAME>/alpha_sweep.png and the table alpha_sweep.csv beside it (ts2.report figures=[alpha_sweep]).
 #
 # Default grid: ALPHAS=0,0.1,0.25,0.5,1,2 (0 = the sparsemax loss alone; 0.25 = the official Llama value)
 # x CLAMPS=0.99,null (the official cap on the tail mass, and the exact uncapped penalty) = 12 runs.
@@ -65,6 +65,6 @@ for run in "${SWEEP_RUNS}/${SWEEP}"/*/; do
   "$PY" -m ts2.evaluate "run_dir='${run}'" "${EVAL_ARGS[@]}"
 done
 
-echo "== [3/3] figure -> ${SWEEP_RESULTS}/figures/alpha_sweep.png, ${SWEEP_RESULTS}/alpha_sweep.csv"
+echo "== [3/3] figure -> ${SWEEP_RESULTS}/figures/${SWEEP}/alpha_sweep.{png,csv}"
 "$PY" -m ts2.report "runs_dir='${SWEEP_RUNS}/${SWEEP}'" "name=${SWEEP}" "out_dir=${SWEEP_RESULTS}" "figures=[alpha_sweep]"
 echo "α sweep done in $(( ($(date +%s) - START) / 60 )) min $(( ($(date +%s) - START) % 60 )) s"

@@ -297,9 +297,9 @@ for EXPERIMENT_ID in ${EXPERIMENTS//,/ }; do
   if [ "$TOKEN_DISTRIBUTION" = true ]; then  # the token-distribution figure's data (our models beside the official 8B)
     mapfile -t RUNS < <(printf '%s\n' "${RUN[@]}" | sort)
     timed token_distribution "$NAME" "$RUNS_DIR/$NAME/logs/token_distribution.log" env OMP_NUM_THREADS=1 \
-      "$PY" -m ts2.analysis.token_distribution "${RUNS[@]}" --out "$RESULTS"
+      "$PY" -m ts2.analysis.token_distribution "${RUNS[@]}" --out "$RESULTS" --name "$NAME"
   fi
-  echo "== [4/5] report -> $RESULTS/${NAME}.{md,csv,tex} + $RESULTS/figures/"
+  echo "== [4/5] report -> $RESULTS/${NAME}.{md,csv,tex} + $RESULTS/figures/${NAME}/"
   timed report "$NAME" "$RUNS_DIR/$NAME/logs/report.log" "$PY" -m ts2.report runs_dir="$RUNS_DIR/${NAME}" \
     name="${NAME}" out_dir="$RESULTS" ${REPORT[@]+"${REPORT[@]}"}
   [ "$DRY_RUN" = 1 ] && continue

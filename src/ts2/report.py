@@ -9,8 +9,8 @@ run, with ``<bench>/n_prompts``, ``n_samples``, ``complete`` and CI bounds per b
 ``status``, the ``row`` and ``control``), ``<name>.md`` and ``<name>.tex`` (the Table-1 columns as a
 :class:`ts2.table.Table`: marked cells, ``missing`` benchmarks, a legend, the seed-noise lines),
 ``<name>_samples.md`` (three answers per row and control: what the models write), then the figures
-(``figures:``, :mod:`ts2.analysis.figures`) into ``<out_dir>/figures/``. Benchmarks scored on different sizes in
-one column are an error unless ``allow_mixed=true``.
+(``figures:``, :mod:`ts2.analysis.figures`) into ``<out_dir>/figures/<name>/``. Benchmarks scored on different sizes
+in one column are an error unless ``allow_mixed=true``.
 
 The header states the judge's held-out accuracy, its controls and its verdict (:func:`ts2.claims.check_judge`),
 and the quality margins. Each cell shows its 95% CI, a mark when it differs significantly from CE (paired
@@ -79,7 +79,7 @@ def claims_section(
     return [*lines, ""]
 
 
-def frontier_section(chosen: dict[str, RunGroup], fs: Mapping[str, Any]) -> list[str]:
+def frontier_section(chosen: dict[str, RunGroup], fs: Mapping[str, Any], name: str) -> list[str]:
     """Diversity at matched quality: for each ``fs["compare"]`` method minus ``fs["reference"]`` (claim rows),
     each diversity metric interpolated along the temperature frontiers at one quality level, the midpoint of
     the overlap of the curves' quality ranges, with a paired (two-level) bootstrap CI. Empty without frontiers."""
@@ -121,8 +121,8 @@ def frontier_section(chosen: dict[str, RunGroup], fs: Mapping[str, Any]) -> list
     head = [
         "## Diversity at matched quality (temperature frontiers)",
         "",
-        f"Each method sampled at several temperatures (figures/frontier.png); diversity is interpolated linearly "
-        f"along its curve at one quality level of {quality}: the midpoint of the overlap of the methods' quality "
+        f"Each method sampled at several temperatures (figures/{name}/frontier.png); diversity is interpolated "
+        f"linearly along its curve at one quality level of {quality}: the midpoint of the overlap of the methods' quality "
         "ranges. The difference has a paired 95% bootstrap CI (prompts shared by both curves, seed runs resampled "
         "first; the level held fixed); * = the CI excludes 0.",
         "",
@@ -222,12 +222,7 @@ def report(
     check_output_dir(out_dir, "out_dir")
     cfg = settings_of(settings)
     rule = QualityRule.from_config(cfg["quality"])
-    names = figure_names(figures)  # an unknown figure is an error before anything is written
-    if name == "alpha_sweep" and "alpha_sweep" in names:
-        raise ValueError(
-            f"name={name}: {out_dir}/{name}.csv is the α sweep figure's table; choose another name= "
-            "(e.g. name=alpha_sweep_tiny)."
-        )
+    figure_names(figures)  # an unknown figure is an error before anything is written
     runs = collect(runs_dir)
     controls = [r for r in runs if r.control]
     trained = [r for r in runs if not r.control]
@@ -297,7 +292,7 @@ def report(
     answer_cols, cut_notes = T.answer_columns(trained)
     sections = [
         *claims_section(paper_numbers, chosen, scale, rule, gate),
-        *frontier_section(chosen, cfg["frontier"]),
+        *frontier_section(chosen, cfg["frontier"], name),
         *T.controls_section(controls, check),
         *T.sub_table(
             "The answers: length, EOS and length-controlled diversity",
@@ -352,7 +347,7 @@ def report(
         paths["samples"] = out_dir / samples_name
         paths["samples"].write_text(samples_md)
     fr = cfg["frontier"]
-    options = FigureOptions(title, allow_missing, fr["quality"], tuple(fr.get("diversity") or ()))
+    options = FigureOptions(title, allow_missing, fr["quality"], tuple(fr.get("diversity") or ()), name=name)
     drawn = write_figures(trained, out_dir, figures, options)
     paths.update({f"figure:{p.name}": p for p in drawn})
     log.info("wrote %s", ", ".join(str(p) for p in paths.values()))

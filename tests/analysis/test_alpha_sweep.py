@@ -99,9 +99,12 @@ def test_report_reads_every_run_and_draws_a_png(sweep: Path, tmp_path: Path) -> 
 
     out = report(sweep, "alpha_sweep_tiny", tmp_path / "results", figures=["alpha_sweep"])
     png = out["figure:alpha_sweep.png"]
-    assert png == tmp_path / "results" / "figures" / "alpha_sweep.png"
+    assert png == tmp_path / "results" / "figures" / "alpha_sweep_tiny" / "alpha_sweep.png"
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 20_000
-    assert out["figure:alpha_sweep.csv"] == tmp_path / "results" / "alpha_sweep.csv"
+    assert (
+        out["figure:alpha_sweep.csv"]
+        == tmp_path / "results" / "figures" / "alpha_sweep_tiny" / "alpha_sweep.csv"
+    )
     rows = list(csv.DictReader(out["figure:alpha_sweep.csv"].open()))
     assert len(rows) == 12
     r = next(r for r in rows if r["alpha"] == "2.0" and r["clamp"] == "0.99")
@@ -229,4 +232,4 @@ def test_micro_sweep_through_the_script(tmp_path: Path) -> None:
     points = [sw.read_point(run) for run in collect(tmp_path / "runs" / "micro")]
     assert sorted((p.alpha, p.clamp, p.missing) for p in points) == [(0.25, 0.99, ()), (1.0, 0.99, ())]
     assert all({"win_rate@1", "win_rate@2", "ngram", "self_bleu", "sent_bert"} <= set(p.ci) for p in points)
-    assert (tmp_path / "results" / "figures" / "alpha_sweep.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "results" / "figures" / "micro" / "alpha_sweep.png").read_bytes()[:8] == PNG_MAGIC

@@ -34,16 +34,17 @@ def test_tspd_table_and_figure(tmp_path, monkeypatch):
     for m in ("ce", "ts2"):
         make_run(runs, m, m, {})
     (f_ce, v_ce), _ = _metrics_file(runs, "ce", 0.0), _metrics_file(runs, "ts2", 0.3)
-    fig, table_md = tspd(collect(runs), tmp_path / "results", FigureOptions())
-    assert fig == tmp_path / "results" / "figures" / "tspd.png" and fig.stat().st_size > 20_000
+    fig, table_md = tspd(collect(runs), tmp_path / "results", FigureOptions(name="t1"))
+    folder = tmp_path / "results" / "figures" / "t1"  # one folder per report
+    assert fig == folder / "tspd.png" and fig.stat().st_size > 20_000 and table_md == folder / "tspd_table.md"
     table = table_md.read_text()
     rows = [line for line in table.splitlines() if line.startswith("| ce") or line.startswith("| ts2")]
     assert len(rows) == 2 and "| tiny |" in rows[0]
     # The CE row's head@2 cell starts with the mean of the values it was built from.
     assert rows[0].split("|")[4].strip().startswith(f"{v_ce['head@2'].mean():.3g} [")
-    copied = json.loads((tmp_path / "results" / "tspd" / "ce.json").read_text())
+    copied = json.loads((folder / "tspd" / "ce.json").read_text())
     assert copied["metrics"] == json.loads(f_ce.read_text())["metrics"]
-    assert tspd_table([tmp_path / "results" / "tspd" / "ts2.json"]).count("\n| ts2") == 1
+    assert tspd_table([folder / "tspd" / "ts2.json"]).count("\n| ts2") == 1
 
 
 def test_load_errors_name_the_file(tmp_path):
@@ -84,11 +85,11 @@ def titles(monkeypatch, tmp_path):
     return seen
 
 
-def _token_files(results, runs_dir, runs: dict[str, str]) -> None:
-    """results/token_distribution/: the official panels and one json per (run folder name -> method)."""
+def _token_files(results, runs_dir, runs: dict[str, str], name: str) -> None:
+    """results/token_distribution/<name>/: the official panels and one json per (run folder name -> method)."""
     from ts2.analysis.token_distribution import our_panel
 
-    src = results / "token_distribution"
+    src = results / "token_distribution" / name
     src.mkdir(parents=True)
     official = [
         {"method": m, "label": m.upper(), "scale": "official 8B", "tokens": ["42", "7"], "probs": [0.9, 0.1]}
@@ -113,7 +114,7 @@ def test_write_figures_draws_every_figure_with_data(tmp_path, titles, monkeypatc
     runs_dir = make_table(tmp_path / "runs", seeds=2)
     results = tmp_path / "results"
     # token distributions of two of these runs, and of a run elsewhere (left out of the figure)
-    _token_files(results, runs_dir, {"ce_s0": "ce", "ts2_s1": "ts2", "other_run": "gem"})
+    _token_files(results, runs_dir, {"ce_s0": "ce", "ts2_s1": "ts2", "other_run": "gem"}, "t")
     panels, real = {}, F.token_distribution_figure
 
     def spy(rows, out, **kw):
@@ -121,7 +122,9 @@ def test_write_figures_draws_every_figure_with_data(tmp_path, titles, monkeypatc
         return real(rows, out, **kw)
 
     monkeypatch.setattr(F, "token_distribution_figure", spy)
-    paths = F.write_figures(collect(runs_dir), results, options=FigureOptions("Table 1 (t) — runs/x"))
+    paths = F.write_figures(
+        collect(runs_dir), results, options=FigureOptions("Table 1 (t) — runs/x", name="t")
+    )
     names = sorted(p.name for p in paths)
     assert names == [
         "bon_curves.png",
@@ -131,6 +134,7 @@ def test_write_figures_draws_every_figure_with_data(tmp_path, titles, monkeypatc
         "tspd_table.md",
     ]
     for p in paths:
+        assert p.parent == results / "figures" / "t", p  # the report's own folder
         assert p.is_file() and (p.suffix != ".png" or p.stat().st_size > 30_000)
     for png in ("bon_curves.png", "quality_diversity.png", "token_distribution.png", "tspd.png"):
         assert "TINY SCALE" in titles[png], png
@@ -141,7 +145,7 @@ def test_write_figures_draws_every_figure_with_data(tmp_path, titles, monkeypatc
     ours, official = panels["rows"]
     assert [p["label"] for p in ours] == ["CE", "TS²"] and ours[0]["scale"] == "tiny scale (ours)"
     assert [p["method"] for p in official] == ["pretrained", "ce", "ts2"]
-    table = (results / "tspd_table.md").read_text()
+    table = (results / "figures" / "t" / "tspd_table.md").read_text()
     assert "TINY SCALE" in table and table.count("\n| ts2 #") == 2 and "ts2 #2 = run ts2_s1" in table
 
 
@@ -191,11 +195,17 @@ def test_report_writes_the_figures_after_the_tables(tmp_path, titles):
 
     runs_dir = make_table(tmp_path / "runs", tspd=False)
     paths = report(runs_dir, "t", tmp_path / "results")
-    assert paths["figure:bon_curves.png"] == tmp_path / "results" / "figures" / "bon_curves.png"
+    assert paths["figure:bon_curves.png"] == tmp_path / "results" / "figures" / "t" / "bon_curves.png"
     assert paths["figure:quality_diversity.png"].is_file()
+    first = paths["figure:bon_curves.png"].read_bytes()
     assert "TINY" in titles["bon_curves.png"] and "Table 1 (t)" in titles["bon_curves.png"]
     assert not (tmp_path / "results" / "t_winrate.png").exists()  # the win rate against n is bon_curves
-    only = report(runs_dir, "t2", tmp_path / "results2", figures=["quality_diversity"])
+    # Another table into the same results folder draws into its own folder: the first table's figures stay.
+    other = make_table(tmp_path / "runs2", tspd=False, seeds=2)
+    again = report(other, "t2", tmp_path / "results")
+    assert again["figure:bon_curves.png"] == tmp_path / "results" / "figures" / "t2" / "bon_curves.png"
+    assert paths["figure:bon_curves.png"].read_bytes() == first != again["figure:bon_curves.png"].read_bytes()
+    only = report(runs_dir, "t3", tmp_path / "results2", figures=["quality_diversity"])
     assert [k for k in only if k.startswith("figure:")] == ["figure:quality_diversity.png"]
 
 

@@ -15,8 +15,8 @@ NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 # the committed tiny results must be there).
 NEEDS = {
     "known_distribution.ipynb": ["known_distribution/results.json"],
-    "tspd.ipynb": ["tspd"],
-    "token_distribution.ipynb": ["token_distribution/official_8b.json"],
+    "tspd.ipynb": ["figures/table1_tiny/tspd"],
+    "token_distribution.ipynb": ["token_distribution/table1_tiny/official_8b.json"],
 }
 
 

@@ -121,9 +121,9 @@ def test_cli_writes_the_figures_data(tiny_cfg, tmp_path, monkeypatch):
 
     cache, _ = tiny_cfg
     monkeypatch.setenv("TS2_CACHE_DIR", str(cache))
-    written = main(["--model", "tiny", "--n", "2", "--out", str(tmp_path)])
-    src = tmp_path / "token_distribution"
+    written = main(["--model", "tiny", "--n", "2", "--out", str(tmp_path), "--name", "t1"])
+    src = tmp_path / "token_distribution" / "t1"  # one folder per report
     assert written == [src / "tiny_random_init.json", src / "official_8b.json"]
     assert [p["method"] for p in json.loads(written[1].read_text())] == list(OFFICIAL_FILES)
-    d = json.loads((tmp_path / "token_distribution" / "tiny_random_init.json").read_text())
+    d = json.loads((src / "tiny_random_init.json").read_text())
     assert d["n"] == 2 and len(d["tokens"]) == 50 and not math.isnan(sum(d["probs"]))

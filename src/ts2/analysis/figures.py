@@ -10,9 +10,10 @@ listed in :data:`FIGURES` and drawn by ``python -m ts2.report`` after its tables
 - :func:`tspd`: the TSPD quantities per method, as box plots built from the stored quantiles of
   ``<run>/metrics/tspd.json`` (box 25–75%, line median, whiskers 5–95%, marker mean), and their table;
 - :func:`token_distribution`: top-k next-token distributions, our runs beside the official 8B ones (data:
-  ``<out>/token_distribution/*.json`` from ``python -m ts2.analysis.token_distribution``);
+  ``<out>/token_distribution/<name>/*.json`` from ``python -m ts2.analysis.token_distribution``);
 - :func:`alpha_sweep`: win rate and diversity against TS²'s α (:mod:`ts2.analysis.alpha_sweep`).
 
+Each report's figures, and the tables drawn with them, go to ``<out>/figures/<name>/`` (:func:`figure_dir`).
 A figure whose data the runs do not hold raises :class:`NoData` (skipped, with a log line, unless it was asked
 for by name); any other error propagates. Every figure states its scale in its title or panel titles.
 Matplotlib runs headless (Agg).
@@ -33,7 +34,7 @@ import numpy as np
 from ts2.analysis import bon
 from ts2.analysis.plotting import COLORS, EXTRA_COLORS, NoData, plt
 from ts2.analysis.plotting import save as _save
-from ts2.analysis.token_distribution import token_distribution_figure
+from ts2.analysis.token_distribution import token_distribution_dir, token_distribution_figure
 from ts2.records import RunRecord
 
 log = logging.getLogger("ts2.analysis.figures")
@@ -47,6 +48,14 @@ class FigureOptions:
     allow_missing: bool = False  # the α sweep: draw runs lacking results, flagged, instead of refusing
     frontier_quality: str = "ref_lm/ref_lm"  # the frontier's quality axis (<bench>/<metric>)
     frontier_diversity: tuple[str, ...] = ("alpaca_eval/ngram",)  # one panel per diversity metric
+    name: str | None = None  # the report: figures in <out>/figures/<name>/ (None: <out>/figures/)
+
+
+def figure_dir(out_dir: Path, options: FigureOptions) -> Path:
+    """Where a report's figures and their tables go: ``<out_dir>/figures/<name>/``, one folder per report, so the
+    tiny and the small table (and the α sweep) never overwrite each other's figures; ``<out_dir>/figures/`` when
+    the options name no report."""
+    return Path(out_dir) / "figures" / (options.name or "")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -151,7 +160,7 @@ def _sizes(curves: Sequence[Any]) -> str:
 
 
 def bon_curves(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
-    """``figures/bon_curves.png``: best-of-n win rate (%) against n (log2 axis) per method with 95% bands
+    """``figures/<name>/bon_curves.png``: best-of-n win rate (%) against n (log2 axis) per method with 95% bands
     (:func:`ts2.analysis.bon.bon_curves`); beside it, each method minus CE with the paired 95% CI when CE and
     per-prompt values are there."""
     curves = bon.bon_curves(runs)
@@ -191,7 +200,7 @@ def bon_curves(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions)
     axes[0, 0].legend(fontsize=7, ncol=2)
     fig.suptitle(_titled("Best-of-n win rate (AlpacaEval, RM judge)", options.title, runs), fontsize=10)
     fig.tight_layout()
-    return [_save(fig, out_dir / "figures" / "bon_curves.png")]
+    return [_save(fig, figure_dir(out_dir, options) / "bon_curves.png")]
 
 
 QUALITY_AXES = {
@@ -213,8 +222,8 @@ def quality_diversity(
     bench: str = "alpaca_eval",
     diversity: Sequence[str] = ("ngram", "self_bleu", "sent_bert"),
 ) -> list[Path]:
-    """``figures/quality_diversity.png``: the diversity–quality plane, one point per method with 95% CIs in
-    both directions; a row per quality axis present (held-out CE, best-of-N win rate), a column per diversity
+    """``figures/<name>/quality_diversity.png``: the diversity–quality plane, one point per method with 95% CIs
+    in both directions; a row per quality axis present (held-out CE, best-of-N win rate), a column per diversity
     metric of ``bench``."""
     rows = []
     for qx, qlabel in QUALITY_AXES.items():
@@ -289,11 +298,11 @@ def quality_diversity(
         fontsize=10,
     )
     fig.tight_layout()
-    return [_save(fig, out_dir / "figures" / "quality_diversity.png")]
+    return [_save(fig, figure_dir(out_dir, options) / "quality_diversity.png")]
 
 
 def frontier(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
-    """``figures/frontier.png``: diversity (y) against quality (x, ``options.frontier_quality``) along each row's
+    """``figures/<name>/frontier.png``: diversity (y) against quality (x, ``options.frontier_quality``) along each row's
     sampling temperatures (labelled), one curve per row with >= 3 temperatures, a panel per
     ``options.frontier_diversity`` metric; the dashed line is the common quality level (the midpoint of the
     overlap of the curves' quality ranges) at which ``ts2.report`` compares diversity."""
@@ -330,7 +339,7 @@ def frontier(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -
         ax.set_title(f"{p} prompts; points: means over prompts (and seed runs)", fontsize=8)
     fig.suptitle(_titled("Temperature frontiers: diversity vs quality", options.title, runs), fontsize=10)
     fig.tight_layout()
-    return [_save(fig, out_dir / "figures" / "frontier.png")]
+    return [_save(fig, figure_dir(out_dir, options) / "frontier.png")]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -338,15 +347,17 @@ def frontier(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -
 
 
 def tspd(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
-    """``figures/tspd.png`` (:func:`_tspd_boxes`) and ``tspd_table.md``, rows from ``tspd/<label>.json``
-    (copies of the runs' ``metrics/tspd.json``, seed runs labelled ``ts2 #1``, ``ts2 #2``)."""
+    """``figures/<name>/tspd.png`` (:func:`_tspd_boxes`) and ``figures/<name>/tspd_table.md``, rows from
+    ``figures/<name>/tspd/<label>.json`` (copies of the runs' ``metrics/tspd.json``, seed runs labelled ``ts2 #1``,
+    ``ts2 #2``)."""
     from ts2.eval.tspd import tspd_table
 
     have = [r for r in runs if "tspd" in r.metrics]
     if not have:
         raise NoData("no run has metrics/tspd.json (python -m ts2.evaluate run_dir=... eval=tspd)")
     count = {m: sum(x.method.id == m for x in have) for m in (r.method.id for r in have)}
-    (out_dir / "tspd").mkdir(parents=True, exist_ok=True)
+    folder = figure_dir(out_dir, options)
+    (folder / "tspd").mkdir(parents=True, exist_ok=True)
     rows, files, seen, legend = [], [], {}, []
     for r in have:
         mid = r.method.id
@@ -357,26 +368,28 @@ def tspd(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> li
         d = dict(r.metrics["tspd"])
         details = dict(d.get("details") or {})  # the copy names its row: the table labels rows by method
         d["details"] = {**details, "model": {**(details.get("model") or {}), "method": label}}
-        f = out_dir / "tspd" / (label.replace("/", "_").replace(" #", "_") + ".json")
+        f = folder / "tspd" / (label.replace("/", "_").replace(" #", "_") + ".json")
         f.write_text(json.dumps(d, indent=2, default=str))
         files.append(f)
         rows.append({**d, "_label": label})
     note = _titled("", options.title, runs).strip()
-    table = out_dir / "tspd_table.md"
+    table = folder / "tspd_table.md"
     table.write_text(f"{note}\n\n" + tspd_table(files) + ("\n" + "; ".join(legend) + ".\n" if legend else ""))
-    return [_tspd_boxes(rows, out_dir / "figures" / "tspd.png", note=note), table]
+    return [_tspd_boxes(rows, folder / "tspd.png", note=note), table]
 
 
 def token_distribution(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
-    """``figures/token_distribution.png`` from ``<out_dir>/token_distribution/*.json`` (written by
-    ``python -m ts2.analysis.token_distribution <run folders> --out <out_dir>``), panels of these runs only."""
+    """``figures/<name>/token_distribution.png`` from ``<out_dir>/token_distribution/<name>/*.json``
+    (:func:`token_distribution_dir`, written by ``python -m ts2.analysis.token_distribution <run folders> --out
+    <out_dir> --name <name>``), panels of these runs only."""
     from ts2.analysis.token_distribution import PROMPT, our_panel
 
-    src = out_dir / "token_distribution"
+    src = token_distribution_dir(out_dir, options.name)
+    name_arg = f" --name {options.name}" if options.name else ""
     official = src / "official_8b.json"
     if not official.is_file():
         raise NoData(
-            f"no {official} (python -m ts2.analysis.token_distribution <run folders> --out {out_dir})"
+            f"no {official} (python -m ts2.analysis.token_distribution <run folders> --out {out_dir}{name_arg})"
         )
     names = {r.name: r for r in runs}
     ours = []
@@ -390,7 +403,7 @@ def token_distribution(runs: Sequence[RunRecord], out_dir: Path, options: Figure
     if not ours:
         raise NoData(
             f"{src} holds no distribution of these runs ({', '.join(list(names)[:3])}, ...): run "
-            f"python -m ts2.analysis.token_distribution <run folders> --out {out_dir}"
+            f"python -m ts2.analysis.token_distribution <run folders> --out {out_dir}{name_arg}"
         )
     ours.sort(key=lambda x: (x[0].method.order, x[0].name))
     dup = {r.method.id for r, _ in ours if sum(x.method.id == r.method.id for x, _ in ours) > 1}
@@ -404,16 +417,16 @@ def token_distribution(runs: Sequence[RunRecord], out_dir: Path, options: Figure
     )
     fig = token_distribution_figure(
         [panels, json.loads(official.read_text())],
-        out_dir / "figures" / "token_distribution.png",
+        figure_dir(out_dir, options) / "token_distribution.png",
         title=_titled(what, options.title, runs),
     )
     return [fig]
 
 
 def alpha_sweep(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions) -> list[Path]:
-    """``figures/alpha_sweep.png`` and ``alpha_sweep.csv`` (:mod:`ts2.analysis.alpha_sweep`): the runs must all
-    be TS² runs (a loss with ``alpha``) of at least two α values; runs lacking results are refused unless
-    ``options.allow_missing``."""
+    """``figures/<name>/alpha_sweep.png`` and ``figures/<name>/alpha_sweep.csv`` (:mod:`ts2.analysis.alpha_sweep`):
+    the runs must all be TS² runs (a loss with ``alpha``) of at least two α values; runs lacking results are
+    refused unless ``options.allow_missing``."""
     import ts2.analysis.alpha_sweep as sweep
 
     no_alpha = [r.name for r in runs if r.config is None or "alpha" not in (r.config.get("loss") or {})]
@@ -428,8 +441,8 @@ def alpha_sweep(runs: Sequence[RunRecord], out_dir: Path, options: FigureOptions
         )
     points = sweep.collect(runs, allow_missing=options.allow_missing)
     return [
-        sweep.sweep_figure(points, out_dir / "figures" / "alpha_sweep.png"),
-        sweep.write_table(points, out_dir / "alpha_sweep.csv"),
+        sweep.sweep_figure(points, figure_dir(out_dir, options) / "alpha_sweep.png"),
+        sweep.write_table(points, figure_dir(out_dir, options) / "alpha_sweep.csv"),
     ]
 
 
@@ -455,7 +468,7 @@ def write_figures(
     options: FigureOptions | None = None,
 ) -> list[Path]:
     """Draw the figures ``names`` (None: every figure of :data:`FIGURES` whose data the runs hold) into
-    ``<out_dir>/figures/`` (tables beside them in ``out_dir``). A figure without data (:class:`NoData`) is
+    :func:`figure_dir` (``<out_dir>/figures/<options.name>/``, their tables beside them). A figure without data (:class:`NoData`) is
     skipped with a log line when ``names`` is None, an error when it was named; any other error propagates.
     Returns the paths written. Called by ``ts2.report`` after its tables."""
     options = options or FigureOptions()

@@ -23,8 +23,8 @@ is not recorded; its raw continuations read like plain completions, so the raw p
 Command (the data; the figure is drawn by ``python -m ts2.report``, :mod:`ts2.analysis.figures`)::
 
     python -m ts2.analysis.token_distribution runs/train/method=ce runs/train/method=ts2 \
-        [--model tiny] [--n 10] [--out results]
-    # -> results/token_distribution/<label>.json and official_8b.json
+        [--model tiny] [--n 10] [--out results] [--name table1_tiny]
+    # -> results/token_distribution/table1_tiny/<label>.json and official_8b.json
 """
 
 from __future__ import annotations
@@ -260,8 +260,14 @@ def our_panel(dist: dict[str, Any], label: str, method: str | None = None) -> di
     }
 
 
+def token_distribution_dir(out_dir: str | Path, name: str | None) -> Path:
+    """The token-distribution figure's data: ``<out_dir>/token_distribution/<name>/`` (``name`` None: the folder
+    itself), written by ``python -m ts2.analysis.token_distribution --out <out_dir> --name <name>``."""
+    return Path(out_dir) / "token_distribution" / (name or "")
+
+
 def main(argv: Sequence[str] | None = None) -> list[Path]:
-    """Measure the models and write ``<out>/token_distribution/<label>.json`` and ``official_8b.json``: the
+    """Measure the models and write ``<out>/token_distribution/<name>/<label>.json`` and ``official_8b.json``: the
     data of the ``token_distribution`` figure, which ``python -m ts2.report figures=[token_distribution]``
     draws for the run folders of its ``runs_dir``."""
     p = argparse.ArgumentParser(description="Token distributions of our models and of the official 8B data.")
@@ -271,12 +277,13 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--chat-template", action="store_true", help="render the prompt as a user turn")
     p.add_argument("--out", default="results", help="output root")
+    p.add_argument("--name", default=None, help="the report of these runs: <out>/token_distribution/<name>/")
     a = p.parse_args(argv)
     from omegaconf import OmegaConf
 
     from ts2.conf import CONF_DIR
 
-    out = Path(a.out) / "token_distribution"
+    out = token_distribution_dir(a.out, a.name)
     out.mkdir(parents=True, exist_ok=True)
     todo: list[tuple[str, Any, dict | None]] = [(str(s), s, None) for s in a.sources]
     if a.model:
