@@ -44,8 +44,9 @@ from ts2.provenance import log_to_file
 
 log = logging.getLogger("ts2.runs")
 
-NOT_IDENTITY = ("train.resume", "paths", "logger", "train.dataloader_num_workers")
-"""Config keys a rerun may change without making it another run (left out of ``config_hash``)."""
+NOT_IDENTITY = ("train.resume", "paths", "logger", "train.dataloader_num_workers", "train.keep_checkpoints")
+"""Config keys a rerun may change without making it another run (left out of ``config_hash``): whether the
+checkpoints stay once the run is finished changes the disk, not the model."""
 
 
 class RunFolderError(FileExistsError):
