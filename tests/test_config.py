@@ -373,10 +373,14 @@ def test_training_leaves_the_pipeline_block_out_of_the_run_config(compose):
     assert config_hash(other) == config_hash(base)
     assert config_hash(training_config(compose(["experiment=table1_tiny", "method=ce"]))) != config_hash(base)
     # Dropping the checkpoints once finished is a disk setting: it leaves the hash (and so the finished runs) alone.
-    dropped = training_config(compose(["experiment=table1_tiny", "method=ts2", "+train.keep_checkpoints=false"]))
+    dropped = training_config(
+        compose(["experiment=table1_tiny", "method=ts2", "+train.keep_checkpoints=false"])
+    )
     assert config_hash(dropped) == config_hash(base) and dropped.train.keep_checkpoints is False
     small = compose(["experiment=table1_small", "method=ts2"])
-    assert small.train.keep_checkpoints is False and "train.keep_checkpoints" not in identity(training_config(small))
+    assert small.train.keep_checkpoints is False and "train.keep_checkpoints" not in identity(
+        training_config(small)
+    )
 
 
 def test_scale_key_reads_the_metrics_labels():

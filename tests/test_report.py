@@ -206,6 +206,9 @@ def test_figure_settings_are_checked_before_anything_is_written(tmp_path):
     make_run(runs, "a", CE, metrics={"alpaca_eval": {"metrics": {"win_rate@1": 30.0}}})
     with pytest.raises(ValueError, match=r"figures=\['bon', 'tspd'\]: no figure \['bon'\]"):
         report(runs, "t", tmp_path / "out", figures=["bon", "tspd"])
+    for bad in ("../escape", "a/b", "", ".."):  # the name is a file stem and a figures folder: never a path
+        with pytest.raises(ValueError, match=r"name=.* is not a plain name"):
+            report(runs, bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -133,3 +133,15 @@ def check_output_dir(path: str | Path, key: str) -> None:
                 f"{key}={str(path)!r}: cannot write in {q} (permission denied): point {key} at a folder you can write."
             )
         return
+
+
+def check_name(name: str, key: str) -> None:
+    """Refuse, naming the setting ``key``, a name that is not a plain file stem: ``ts2.report`` writes
+    ``<out_dir>/<name>.csv`` and ``<out_dir>/figures/<name>/``, so a ``/``, a ``..`` or an empty name would write
+    outside ``out_dir`` or into it unnamed."""
+    name = str(name)
+    if not name or name in {".", ".."} or "/" in name or "\\" in name:
+        raise ValueError(
+            f"{key}={name!r} is not a plain name (no '/', not '.' or '..', not empty): it names the files "
+            f"<out_dir>/{{name}}.csv and the folder <out_dir>/figures/{{name}}/; e.g. {key}=table1_tiny."
+        )

@@ -40,7 +40,7 @@ from ts2.analysis.figures import FigureOptions, figure_names, write_figures
 from ts2.claims import JudgeCheck, QualityRule, check_judge, judge, load_claims, verdict_line
 from ts2.conf import CONF_DIR, check_config, scale_key, scale_label
 from ts2.eval.stats import matched_difference, matched_level
-from ts2.paths import check_output_dir
+from ts2.paths import check_name, check_output_dir
 from ts2.records import RunGroup, claim_groups, collect, group_runs
 from ts2.sampling.store import group_by_prompt, read_samples
 
@@ -220,6 +220,7 @@ def report(
     conf/report.yaml. Every error in the tables is raised before anything is written."""
     columns = columns or dict(OmegaConf.load(Path(CONF_DIR) / "report.yaml").columns)
     check_output_dir(out_dir, "out_dir")
+    check_name(name, "name")
     cfg = settings_of(settings)
     rule = QualityRule.from_config(cfg["quality"])
     figure_names(figures)  # an unknown figure is an error before anything is written

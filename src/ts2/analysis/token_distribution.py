@@ -279,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     p.add_argument("--out", default="results", help="output root")
     p.add_argument("--name", default=None, help="the report of these runs: <out>/token_distribution/<name>/")
     a = p.parse_args(argv)
+    if a.name is not None:
+        from ts2.paths import check_name
+
+        check_name(a.name, "--name")
     from omegaconf import OmegaConf
 
     from ts2.conf import CONF_DIR
